@@ -1,0 +1,553 @@
+//! Tiled exact attention with online softmax (FlashAttention's forward pass, for CPUs).
+//!
+//! Work is cut into tiles of [`BR`] stacked query rows (all `g` query heads that share a key/value
+//! head, position-major; see `tile::RowMap`) and [`BC`] keys. For each query tile, a worker walks the
+//! key tiles its rows can see; inside a tile, every block of `MR` rows
+//! 1. computes `S = Q Kᵀ` against the packed key panels in registers (`MR × NV` vectors),
+//! 2. applies softcap / ALiBi / the mask (only on blocks that straddle the mask's edge) and runs the
+//!    shared online-softmax step, turning `S` into `P` and producing the rescale factor `α`,
+//! 3. updates its accumulator `O ← diag(α)·O + P·V` (`MR × NV` vectors per column chunk).
+//!
+//! Memory: keys are packed once per key/value head into panels `[D][W]` (`W = NV·lanes` keys) so
+//! that one vector load gives `W` consecutive keys of one dimension; V is read in place when it is
+//! f32 with unit stride (else packed). Heads are processed in groups whose packed copies fit
+//! [`PACK_BUDGET`]; per worker, scratch holds one query tile, its accumulator and one `MR × BC`
+//! score block. Everything is allocated before the parallel phase; the tile loop allocates nothing.
+//!
+//! Threads: tiles of a head group are handed out through an atomic counter, longest first (for
+//! causal masks the last query tiles see the most keys), to at most `Par::threads()` workers.
+
+use super::tile::{
+    self, classify, direct_rows, fix_scores, mask_scores, round_up, Cover, RowMap, Rows, ScoreFix,
+    SharedMut,
+};
+use crate::dispatch::{Capabilities, Exactness, Inputs, Method, OutputMut};
+use crate::error::Result;
+use crate::par::Par;
+use crate::params::Resolved;
+use crate::primitives::online_softmax::RowState;
+use crate::primitives::simd::{dispatch, Kernel, Level, Simd};
+use crate::problem::Problem;
+use crate::tensor::{Data, TensorRef};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// Keys per tile: a multiple of every level's panel width; `MR × BC` scores stay in L1.
+pub const BC: usize = 64;
+/// Query rows per tile: a multiple of every level's `MR`; large enough that each key tile loaded
+/// from L2/L3 serves many rows, small enough that the accumulator (`BR × D_v`) stays in L2.
+pub const BR: usize = 96;
+/// Largest packed K/V copy held at once (bytes); heads are processed in groups that fit it.
+pub const PACK_BUDGET: usize = 64 << 20;
+
+/// `sdpa-flash`.
+#[derive(Debug, Clone, Copy)]
+pub struct Flash;
+
+impl Method for Flash {
+    fn name(&self) -> &'static str {
+        "sdpa-flash"
+    }
+    fn family(&self) -> &'static str {
+        "sdpa"
+    }
+    fn description(&self) -> &'static str {
+        "exact softmax attention: tiled online softmax, packed K, SIMD at run time, threads over query tiles"
+    }
+    fn exactness(&self) -> Exactness {
+        Exactness::Exact
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            dtypes: super::DTYPES,
+            masks: super::MASKS,
+            max_head_dim: 1024,
+            gqa: true,
+            softcap: true,
+            alibi: true,
+            max_query_rows: None,
+            min_kv: 0,
+        }
+    }
+    fn scratch_bytes(&self, p: &Problem, _: &Resolved, par: Par) -> usize {
+        Plan::new(p, Level::current(), par).scratch_bytes()
+    }
+    fn forward(
+        &self,
+        p: &Problem,
+        inputs: &Inputs,
+        params: &Resolved,
+        par: Par,
+        out: OutputMut,
+    ) -> Result<()> {
+        forward_at(Level::current(), p, inputs, params, par, out);
+        Ok(())
+    }
+}
+
+/// Runs the kernel at a given SIMD level (clamped to the CPU's).
+pub fn forward_at(
+    level: Level,
+    p: &Problem,
+    inputs: &Inputs,
+    params: &Resolved,
+    par: Par,
+    out: OutputMut,
+) {
+    dispatch(level, FlashKernel { p, inputs, params, par, out });
+}
+
+/// Register blocking per level: `(MR rows, NV vectors)`; `MR·NV` accumulators plus `NV` loads and
+/// one broadcast fit the register file (32 zmm, 16 ymm).
+const fn blocking(level: Level) -> (usize, usize) {
+    match level {
+        Level::Avx512 => (6, 4),
+        Level::Avx2 => (6, 2),
+        Level::Scalar => (4, 4),
+    }
+}
+
+/// Sizes of one call.
+struct Plan {
+    lanes: usize,
+    dv_pad: usize,
+    s_kv_pad: usize,
+    v_direct: bool,
+    heads_per_group: usize,
+    threads: usize,
+    mr: usize,
+    d: usize,
+}
+
+impl Plan {
+    fn new(p: &Problem, level: Level, par: Par) -> Self {
+        let level = level.min(Level::detected());
+        let lanes = match level {
+            Level::Avx512 => 16,
+            Level::Avx2 => 8,
+            Level::Scalar => 1,
+        };
+        let dv_pad = round_up(p.d_v, lanes);
+        let s_kv_pad = round_up(p.s_kv, BC);
+        let v_direct = dv_pad == p.d_v && p.dtype == crate::tensor::DType::F32;
+        let per_head = 4 * (s_kv_pad * p.d + if v_direct { 0 } else { p.s_kv * dv_pad });
+        let heads = p.b * p.h_kv;
+        let heads_per_group = (PACK_BUDGET / per_head.max(1)).clamp(1, heads);
+        Self {
+            lanes,
+            dv_pad,
+            s_kv_pad,
+            v_direct,
+            heads_per_group,
+            threads: par.threads(),
+            mr: blocking(level).0,
+            d: p.d,
+        }
+    }
+
+    fn worker_floats(&self) -> usize {
+        BR * self.d + BR * self.dv_pad + self.mr * BC
+    }
+
+    fn scratch_bytes(&self) -> usize {
+        let per_head =
+            self.s_kv_pad * self.d + if self.v_direct { 0 } else { (self.s_kv_pad) * self.dv_pad };
+        4 * (self.heads_per_group * per_head + self.threads * self.worker_floats())
+            + self.threads * BR * 8
+    }
+}
+
+/// Per-worker scratch.
+struct Worker {
+    q: Vec<f32>,          // [BR, D]      packed, pre-scaled query tile
+    o: Vec<f32>,          // [BR, dv_pad] unnormalised accumulator
+    s: Vec<f32>,          // [MR, BC]     scores, then probabilities, of one row block
+    state: Vec<RowState>, // [BR]
+}
+
+struct FlashKernel<'a, 'b> {
+    p: &'a Problem,
+    inputs: &'a Inputs<'b>,
+    params: &'a Resolved,
+    par: Par,
+    out: OutputMut<'a>,
+}
+
+impl Kernel for FlashKernel<'_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self) {
+        match S::LEVEL {
+            Level::Avx512 => run::<S, 6, 4>(self),
+            Level::Avx2 => run::<S, 6, 2>(self),
+            Level::Scalar => run::<S, 4, 4>(self),
+        }
+    }
+}
+
+#[inline(always)]
+fn run<S: Simd, const MR: usize, const NV: usize>(k: FlashKernel) {
+    let FlashKernel { p, inputs, params, par, out } = k;
+    let plan = Plan::new(p, S::LEVEL, par);
+    debug_assert_eq!((plan.mr, plan.lanes), (MR, S::LANES));
+    let (d, dv, dv_pad) = (p.d, p.d_v, plan.dv_pad);
+    let w = NV * S::LANES; // keys per panel
+    let map = RowMap { g: p.group() };
+    let rows = tile::rows_per_head(p);
+    let ntiles = rows.div_ceil(BR);
+    let heads: Vec<(usize, usize)> =
+        (0..p.b).flat_map(|b| (0..p.h_kv).map(move |hk| (b, hk))).collect();
+    let k_len = plan.s_kv_pad * d;
+    let v_len = if plan.v_direct { 0 } else { plan.s_kv_pad * dv_pad };
+    let mut kpack = vec![0.0f32; plan.heads_per_group * k_len];
+    let mut vpack = vec![0.0f32; plan.heads_per_group * v_len];
+    let workers: Vec<Mutex<Worker>> = (0..plan.threads)
+        .map(|_| {
+            Mutex::new(Worker {
+                q: vec![0.0; BR * d],
+                o: vec![0.0; BR * dv_pad],
+                s: vec![0.0; MR * BC],
+                state: vec![RowState::EMPTY; BR],
+            })
+        })
+        .collect();
+    let o_out = SharedMut(out.o.as_mut_ptr());
+    let lse_out = SharedMut(out.lse.as_mut_ptr());
+    let qmul = tile::q_multiplier(params);
+
+    for group in heads.chunks(plan.heads_per_group) {
+        // Phase 1: pack K (and V if needed) of the group's heads, one key tile per job.
+        let tiles_kv = plan.s_kv_pad / BC;
+        let kp = SharedMut(kpack.as_mut_ptr());
+        let vp = SharedMut(vpack.as_mut_ptr());
+        let njobs = group.len() * tiles_kv;
+        let next = AtomicUsize::new(0);
+        par.run(plan.threads.min(njobs), |_| {
+            let mut row = vec![0.0f32; d];
+            loop {
+                let job = next.fetch_add(1, Ordering::Relaxed);
+                if job >= njobs {
+                    break;
+                }
+                let (gi, kt) = (job / tiles_kv, job % tiles_kv);
+                let (b, hk) = group[gi];
+                // SAFETY: job (gi, kt) owns keys [kt·BC, (kt+1)·BC) of head gi in both packs.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(kp.get().add(gi * k_len + kt * BC * d), BC * d)
+                };
+                pack_k_tile(&inputs.k, b, hk, kt * BC, w, &mut row, dst);
+                if !plan.v_direct {
+                    let j0 = kt * BC;
+                    let nk = BC.min(p.s_kv.saturating_sub(j0));
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            vp.get().add(gi * v_len + j0 * dv_pad),
+                            BC * dv_pad,
+                        )
+                    };
+                    pack_rows_range(&inputs.v, b, hk, j0, nk, dv_pad, dst);
+                }
+            }
+        });
+
+        // Phase 2: query tiles of the group, longest first.
+        let njobs = group.len() * ntiles;
+        let next = AtomicUsize::new(0);
+        let (kpack, vpack) = (&kpack, &vpack);
+        par.run(plan.threads.min(njobs), |wi| {
+            let mut wk = workers[wi].lock().unwrap_or_else(|e| e.into_inner());
+            let wk = &mut *wk;
+            loop {
+                let job = next.fetch_add(1, Ordering::Relaxed);
+                if job >= njobs {
+                    break;
+                }
+                let t = ntiles - 1 - job / group.len();
+                let gi = job % group.len();
+                let (b, hk) = group[gi];
+                let vrows = if plan.v_direct {
+                    direct_rows(&inputs.v, b, hk, dv_pad).expect("v_direct checked by the plan")
+                } else {
+                    Rows::Packed(&vpack[gi * v_len..(gi + 1) * v_len])
+                };
+                let ctx = TileCtx {
+                    p,
+                    params,
+                    q: &inputs.q,
+                    b,
+                    hk,
+                    map,
+                    kpack: &kpack[gi * k_len..(gi + 1) * k_len],
+                    vrows,
+                    dv_pad,
+                    qmul,
+                };
+                let (r0, nrows) = (t * BR, BR.min(rows - t * BR));
+                tile_forward::<S, MR, NV>(&ctx, r0, nrows, wk);
+                // Write the finished rows. SAFETY: row (b, h, i) belongs to this tile alone.
+                for r in 0..nrows {
+                    let (i, h) = map.row(hk, r0 + r);
+                    let orow = (b * p.h + h) * p.s_q + i;
+                    let (inv, lse) = wk.state[r].finish();
+                    unsafe {
+                        *lse_out.get().add(orow) = lse;
+                        let dst = std::slice::from_raw_parts_mut(o_out.get().add(orow * dv), dv);
+                        for (x, a) in dst.iter_mut().zip(&wk.o[r * dv_pad..r * dv_pad + dv]) {
+                            *x = a * inv;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+struct TileCtx<'a> {
+    p: &'a Problem,
+    params: &'a Resolved,
+    q: &'a TensorRef<'a>,
+    b: usize,
+    hk: usize,
+    map: RowMap,
+    kpack: &'a [f32],
+    vrows: Rows<'a>,
+    dv_pad: usize,
+    qmul: f32,
+}
+
+/// One query tile (`nrows` stacked rows from `r0`) against every key tile it can see; leaves the
+/// unnormalised accumulator in `wk.o` and the row states in `wk.state`.
+#[inline(always)]
+fn tile_forward<S: Simd, const MR: usize, const NV: usize>(
+    c: &TileCtx,
+    r0: usize,
+    nrows: usize,
+    wk: &mut Worker,
+) {
+    let (d, dv_pad, s_kv) = (c.p.d, c.dv_pad, c.p.s_kv);
+    let mask = &c.params.mask;
+    let w = NV * S::LANES;
+    let nrows_pad = round_up(nrows, MR);
+    for r in 0..nrows {
+        let (i, h) = c.map.row(c.hk, r0 + r);
+        c.q.read_row(c.b, h, i, c.qmul, &mut wk.q[r * d..(r + 1) * d]);
+    }
+    wk.q[nrows * d..nrows_pad * d].fill(0.0);
+    wk.o[..nrows_pad * dv_pad].fill(0.0);
+    wk.state[..nrows].fill(RowState::EMPTY);
+
+    // Keys any row of the tile may see: rows are position-major, so positions are contiguous.
+    let (i_first, i_last) = (r0 / c.map.g, (r0 + nrows - 1) / c.map.g);
+    let (mut lo, mut hi) = (usize::MAX, 0);
+    for i in i_first..=i_last {
+        let (l, h) = mask.interval(&c.params.geometry, c.b, i);
+        if l < h {
+            lo = lo.min(l);
+            hi = hi.max(h);
+        }
+    }
+    if lo >= hi {
+        return; // every row fully masked
+    }
+    let (vptr, vstride) = match c.vrows {
+        Rows::Direct { data, base, stride } => (data[base..].as_ptr(), stride),
+        Rows::Packed(pk) => (pk.as_ptr(), dv_pad),
+    };
+    let mut alpha = [1.0f32; MR];
+    for kt in lo / BC..hi.div_ceil(BC) {
+        let j0 = kt * BC;
+        let nk = BC.min(s_kv - j0);
+        let ktile = &c.kpack[j0 * d..(j0 + BC) * d];
+        for rb in (0..nrows).step_by(MR) {
+            let rvalid = MR.min(nrows - rb);
+            let cover = classify(
+                mask,
+                c.params,
+                c.b,
+                (rb..rb + rvalid).map(|r| c.map.row(c.hk, r0 + r).0),
+                j0,
+                j0 + BC,
+            );
+            if cover == Cover::Empty {
+                continue;
+            }
+            // 1. S = Q Kᵀ for MR rows × BC keys.
+            for pnl in 0..BC / w {
+                // SAFETY: q holds nrows_pad ≥ rb + MR rows of D; the panel holds D × w floats;
+                // s holds MR rows of BC.
+                unsafe {
+                    s_panel::<S, MR, NV>(
+                        wk.q[rb * d..].as_ptr(),
+                        d,
+                        ktile[pnl * d * w..].as_ptr(),
+                        wk.s[pnl * w..].as_mut_ptr(),
+                    )
+                }
+            }
+            // 2. scores → probabilities, α per row.
+            for r in 0..MR {
+                let row = &mut wk.s[r * BC..(r + 1) * BC];
+                if r >= rvalid {
+                    row.fill(0.0);
+                    alpha[r] = 1.0;
+                    continue;
+                }
+                let (i, h) = c.map.row(c.hk, r0 + rb + r);
+                if c.params.softcap.is_some() || c.params.alibi_slopes.is_some() {
+                    let fix = ScoreFix {
+                        softcap: c.params.softcap,
+                        slope2: tile::slope2(c.params, h),
+                        pos: c.params.position(i),
+                    };
+                    unsafe { fix_scores::<S>(row, j0, fix) };
+                }
+                if cover == Cover::Partial {
+                    mask_scores(row, mask, c.params, c.b, h, i, j0);
+                }
+                alpha[r] = unsafe { wk.state[rb + r].update::<S>(row) };
+            }
+            // 3. O = diag(α) O + P V, in column chunks of NV vectors.
+            let nvec = dv_pad / S::LANES;
+            let mut col = 0;
+            // SAFETY: o holds nrows_pad ≥ rb + MR rows of dv_pad; V rows j0..j0+nk exist and hold
+            // dv_pad floats each; s holds MR rows of BC ≥ nk.
+            unsafe {
+                let o = wk.o[rb * dv_pad..].as_mut_ptr();
+                let v = vptr.add(j0 * vstride);
+                let s = wk.s.as_ptr();
+                while col + NV <= nvec {
+                    pv_block::<S, MR, NV>(s, &alpha, v, vstride, nk, o, dv_pad, col * S::LANES);
+                    col += NV;
+                }
+                match nvec - col {
+                    0 => {}
+                    1 => pv_block::<S, MR, 1>(s, &alpha, v, vstride, nk, o, dv_pad, col * S::LANES),
+                    2 => pv_block::<S, MR, 2>(s, &alpha, v, vstride, nk, o, dv_pad, col * S::LANES),
+                    _ => pv_block::<S, MR, 3>(s, &alpha, v, vstride, nk, o, dv_pad, col * S::LANES),
+                }
+            }
+        }
+    }
+}
+
+/// `s[r, 0..W] = Σ_d q[r, d] · panel[d, 0..W]` for `MR` rows; `W = NV·lanes`, `s` row stride `BC`.
+#[inline(always)]
+unsafe fn s_panel<S: Simd, const MR: usize, const NV: usize>(
+    q: *const f32,
+    d: usize,
+    k: *const f32,
+    s: *mut f32,
+) {
+    unsafe {
+        let mut acc = [[S::splat(0.0); NV]; MR];
+        for dd in 0..d {
+            let kr = k.add(dd * NV * S::LANES);
+            let mut kv = [S::splat(0.0); NV];
+            for (v, x) in kv.iter_mut().enumerate() {
+                *x = S::load(kr.add(v * S::LANES));
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                let qb = S::splat(*q.add(r * d + dd));
+                for v in 0..NV {
+                    a[v] = S::fma(qb, kv[v], a[v]);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (v, x) in a.iter().enumerate() {
+                S::store(s.add(r * BC + v * S::LANES), *x);
+            }
+        }
+    }
+}
+
+/// `o[r, c..c+NV·lanes] = α_r · o[r, ..] + Σ_{j<nk} p[r, j] · v[j, c..]` for `MR` rows.
+#[allow(clippy::too_many_arguments)] // a register-blocked micro-kernel: raw pointers and strides
+#[inline(always)]
+unsafe fn pv_block<S: Simd, const MR: usize, const NV: usize>(
+    p: *const f32,
+    alpha: &[f32; MR],
+    v: *const f32,
+    vstride: usize,
+    nk: usize,
+    o: *mut f32,
+    ld_o: usize,
+    c: usize,
+) {
+    unsafe {
+        let mut acc = [[S::splat(0.0); NV]; MR];
+        for (r, a) in acc.iter_mut().enumerate() {
+            let al = S::splat(alpha[r]);
+            for (vi, x) in a.iter_mut().enumerate() {
+                *x = S::mul(S::load(o.add(r * ld_o + c + vi * S::LANES)), al);
+            }
+        }
+        for j in 0..nk {
+            let vr = v.add(j * vstride + c);
+            let mut vv = [S::splat(0.0); NV];
+            for (vi, x) in vv.iter_mut().enumerate() {
+                *x = S::load(vr.add(vi * S::LANES));
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                let pb = S::splat(*p.add(r * BC + j));
+                for vi in 0..NV {
+                    a[vi] = S::fma(pb, vv[vi], a[vi]);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (vi, x) in a.iter().enumerate() {
+                S::store(o.add(r * ld_o + c + vi * S::LANES), *x);
+            }
+        }
+    }
+}
+
+/// Packs keys `[j0, j0 + BC)` of head `(b, hk)` into `BC / w` panels `[D][w]` (zeros past `S_kv`).
+fn pack_k_tile(
+    k: &TensorRef,
+    b: usize,
+    hk: usize,
+    j0: usize,
+    w: usize,
+    row: &mut [f32],
+    dst: &mut [f32],
+) {
+    let [_, _, s_kv, d] = k.shape();
+    let nk = BC.min(s_kv.saturating_sub(j0));
+    if nk < BC {
+        dst.fill(0.0);
+    }
+    for t in 0..nk {
+        let src: &[f32] = match (k.data(), k.row_f32(b, hk, j0 + t)) {
+            (Data::F32(_), Some(r)) => r,
+            _ => {
+                k.read_row(b, hk, j0 + t, 1.0, row);
+                row
+            }
+        };
+        let panel = &mut dst[(t / w) * d * w..(t / w + 1) * d * w];
+        let lane = t % w;
+        for (dd, &x) in src.iter().enumerate() {
+            panel[dd * w + lane] = x;
+        }
+    }
+}
+
+/// Copies rows `j0..j0+n` of head `(b, h)` of `t` into `dst` (`[n, pad]`, zero-padded).
+fn pack_rows_range(
+    t: &TensorRef,
+    b: usize,
+    h: usize,
+    j0: usize,
+    n: usize,
+    pad: usize,
+    dst: &mut [f32],
+) {
+    let d = t.shape()[3];
+    for j in 0..n {
+        let row = &mut dst[j * pad..(j + 1) * pad];
+        t.read_row(b, h, j0 + j, 1.0, &mut row[..d]);
+        row[d..].fill(0.0);
+    }
+}

@@ -1,0 +1,5 @@
+//! Numerics shared by many methods; each file carries its own tests.
+
+pub mod merge;
+pub mod online_softmax;
+pub mod simd;

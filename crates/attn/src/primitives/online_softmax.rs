@@ -1,0 +1,180 @@
+//! The online-softmax step shared by every tiled, decode and split-KV path.
+//!
+//! A row's state after seeing some keys is `(m, l)` plus an unnormalised accumulator `A` kept by
+//! the caller: `m` the running maximum of the scores, `l = Σ 2^(z − m)`, `A = Σ 2^(z − m) v`.
+//! Scores are in **base-2 units** (pre-multiplied by `log2 e`, so every exponential is one `exp2`);
+//! [`RowState::finish`] converts the log-sum-exp back to natural log.
+//!
+//! Seeing a new tile of scores `s`:
+//! ```text
+//! m' = max(m, max s);   p = 2^(s − m');   α = 2^(m − m');   l' = α·l + Σ p;   A' = α·A + p·V
+//! ```
+//! While everything seen is masked (`m' = −∞`) the step leaves `l = 0`, writes `p = 0` and returns
+//! `α = 1`, so `−∞ − (−∞)` is never evaluated; a row that stays fully masked finishes with
+//! `o = 0` and `lse = −∞`.
+
+use super::simd::Simd;
+
+/// `log2(e)`: multiply natural-log scores by it to get base-2 scores.
+pub const LOG2_E: f32 = std::f32::consts::LOG2_E;
+
+/// Running max and sum of one row (base-2 units).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowState {
+    /// Running maximum score (`−∞` until an allowed key is seen).
+    pub m: f32,
+    /// `Σ 2^(z − m)` over the keys seen.
+    pub l: f32,
+}
+
+impl Default for RowState {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
+impl RowState {
+    /// The state before any key.
+    pub const EMPTY: RowState = RowState { m: f32::NEG_INFINITY, l: 0.0 };
+
+    /// Takes a tile of base-2 scores, overwrites them with `p = 2^(s − m')` and returns the factor
+    /// `α` by which the caller must rescale its accumulator. Masked scores are `−∞` and give `p = 0`.
+    ///
+    /// `s.len()` must be a multiple of `S::LANES`.
+    ///
+    /// # Safety
+    /// The CPU must support `S` (call from a [`super::simd::Kernel`]).
+    #[inline(always)]
+    pub unsafe fn update<S: Simd>(&mut self, s: &mut [f32]) -> f32 {
+        debug_assert_eq!(s.len() % S::LANES, 0);
+        let ptr = s.as_mut_ptr();
+        let n = s.len();
+        unsafe {
+            let mut vm = S::splat(f32::NEG_INFINITY);
+            let mut i = 0;
+            while i < n {
+                vm = S::max(vm, S::load(ptr.add(i)));
+                i += S::LANES;
+            }
+            let m_new = self.m.max(S::reduce_max(vm));
+            if m_new == f32::NEG_INFINITY {
+                s.fill(0.0);
+                return 1.0;
+            }
+            let vmn = S::splat(m_new);
+            let mut vs = S::splat(0.0);
+            let mut i = 0;
+            while i < n {
+                let p = S::exp2(S::sub(S::load(ptr.add(i)), vmn));
+                S::store(ptr.add(i), p);
+                vs = S::add(vs, p);
+                i += S::LANES;
+            }
+            let alpha = super::simd::exp2_scalar(self.m - m_new);
+            self.l = alpha * self.l + S::reduce_sum(vs);
+            self.m = m_new;
+            alpha
+        }
+    }
+
+    /// Merges another row state over a disjoint key set into this one; returns the factors
+    /// `(a_self, a_other)` by which the two accumulators must be scaled before adding them.
+    #[inline]
+    pub fn merge(&mut self, other: RowState) -> (f32, f32) {
+        let m = self.m.max(other.m);
+        if m == f32::NEG_INFINITY {
+            return (1.0, 0.0);
+        }
+        let (a, b) = ((self.m - m).exp2(), (other.m - m).exp2());
+        self.l = a * self.l + b * other.l;
+        self.m = m;
+        (a, b)
+    }
+
+    /// `(1 / l, lse)` with `lse` in natural log; `(0, −∞)` for a fully masked row.
+    #[inline]
+    pub fn finish(&self) -> (f32, f32) {
+        if self.l == 0.0 || self.m == f32::NEG_INFINITY {
+            (0.0, f32::NEG_INFINITY)
+        } else {
+            (1.0 / self.l, (self.m + self.l.log2()) * std::f32::consts::LN_2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::primitives::simd::{dispatch, Kernel, Level};
+
+    /// Streams `scores` through `RowState::update` in tiles of `tile`, accumulating `Σ p·x`.
+    struct Stream<'a> {
+        scores: &'a [f32],
+        x: &'a [f32],
+        tile: usize,
+    }
+    impl Kernel for Stream<'_> {
+        type Output = (f32, f32);
+        #[inline(always)]
+        fn run<S: Simd>(self) -> (f32, f32) {
+            let mut st = RowState::EMPTY;
+            let mut acc = 0.0f32;
+            for (sc, xs) in self.scores.chunks(self.tile).zip(self.x.chunks(self.tile)) {
+                let mut buf = sc.to_vec();
+                let alpha = unsafe { st.update::<S>(&mut buf) };
+                acc = acc * alpha + buf.iter().zip(xs).map(|(p, x)| p * x).sum::<f32>();
+            }
+            let (inv, lse) = st.finish();
+            (acc * inv, lse)
+        }
+    }
+
+    #[test]
+    fn streaming_equals_softmax_at_every_level_and_tile() {
+        let n = 96;
+        let mut z: Vec<f64> = (0..n).map(|i| ((i * 37 % 23) as f64 - 11.0) * 0.7).collect();
+        for i in 0..20 {
+            z[i] = f64::NEG_INFINITY; // a fully masked first tile must not poison the row
+        }
+        let x: Vec<f64> = (0..n).map(|i| (i as f64 * 0.3).cos()).collect();
+        let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let l: f64 = z.iter().map(|&s| (s - m).exp()).sum();
+        let want_o: f64 = z.iter().zip(&x).map(|(&s, &x)| (s - m).exp() * x).sum::<f64>() / l;
+        let want_lse = m + l.ln();
+        let scores: Vec<f32> = z.iter().map(|&s| (s * std::f64::consts::LOG2_E) as f32).collect();
+        let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+        for level in Level::available() {
+            for tile in [16, 32, 48, 96] {
+                let (o, lse) = dispatch(level, Stream { scores: &scores, x: &xf, tile });
+                assert!((o as f64 - want_o).abs() < 1e-5, "{level:?} tile {tile}: {o} vs {want_o}");
+                assert!(
+                    (lse as f64 - want_lse).abs() < 1e-5,
+                    "{level:?} tile {tile}: {lse} vs {want_lse}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fully_masked_row_finishes_to_zero() {
+        let scores = vec![f32::NEG_INFINITY; 32];
+        let x = vec![1.0f32; 32];
+        for level in Level::available() {
+            let (o, lse) = dispatch(level, Stream { scores: &scores, x: &x, tile: 16 });
+            assert_eq!(o, 0.0);
+            assert_eq!(lse, f32::NEG_INFINITY);
+        }
+    }
+
+    #[test]
+    fn merge_matches_single_pass() {
+        let mut a = RowState { m: 3.0, l: 2.0 };
+        let b = RowState { m: 5.0, l: 1.5 };
+        let (fa, fb) = a.merge(b);
+        assert!((a.l - (2.0 * 0.25 + 1.5)).abs() < 1e-6);
+        assert_eq!((fa, fb), (0.25, 1.0));
+        let mut e = RowState::EMPTY;
+        assert_eq!(e.merge(RowState::EMPTY), (1.0, 0.0));
+        assert_eq!(e.finish().1, f32::NEG_INFINITY);
+    }
+}

@@ -1,0 +1,499 @@
+//! One SIMD abstraction, dispatched at run time.
+//!
+//! Kernels are written once, generic over [`Simd`], marked `#[inline(always)]`, and instantiated
+//! inside a `#[target_feature]` entry point per [`Level`] (the pattern of pulp/faer, written out so
+//! that AVX-512 needs no cargo feature). The scalar level is an ordinary one-lane implementation: it
+//! is what runs on CPUs without AVX2 and it is tested on every machine.
+//!
+//! The level a kernel runs at is [`Level::current`]: the best the CPU has, lowered by the
+//! `ATTN_SIMD` environment variable (`scalar`, `avx2`, `avx512`) or, for the calling thread, by
+//! [`with_level`] (used by tests to exercise every level).
+
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+/// A SIMD instruction set the kernels are compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    /// One f32 lane, no intrinsics.
+    Scalar,
+    /// AVX2 + FMA, 8 lanes.
+    Avx2,
+    /// AVX-512F, 16 lanes.
+    Avx512,
+}
+
+impl Level {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Scalar => "scalar",
+            Level::Avx2 => "avx2",
+            Level::Avx512 => "avx512",
+        }
+    }
+
+    /// The best level this CPU supports.
+    pub fn detected() -> Level {
+        static DETECTED: OnceLock<Level> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                {
+                    return Level::Avx512;
+                }
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    return Level::Avx2;
+                }
+            }
+            Level::Scalar
+        })
+    }
+
+    /// Every level this CPU can run, lowest first.
+    pub fn available() -> Vec<Level> {
+        [Level::Scalar, Level::Avx2, Level::Avx512]
+            .into_iter()
+            .filter(|&l| l <= Level::detected())
+            .collect()
+    }
+
+    /// The level kernels use on this thread now (see the module doc).
+    pub fn current() -> Level {
+        static ENV: OnceLock<Option<Level>> = OnceLock::new();
+        let env =
+            *ENV.get_or_init(|| std::env::var("ATTN_SIMD").ok().and_then(|s| Level::parse(&s)));
+        let mut l = Level::detected();
+        if let Some(e) = env {
+            l = l.min(e);
+        }
+        if let Some(t) = FORCED.with(Cell::get) {
+            l = l.min(t);
+        }
+        l
+    }
+
+    /// Parses `scalar`, `avx2` or `avx512`.
+    pub fn parse(s: &str) -> Option<Level> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "scalar" => Some(Level::Scalar),
+            "avx2" => Some(Level::Avx2),
+            "avx512" => Some(Level::Avx512),
+            _ => None,
+        }
+    }
+}
+
+thread_local! {
+    static FORCED: Cell<Option<Level>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with kernels called from this thread limited to `level` (never above the CPU's).
+pub fn with_level<R>(level: Level, f: impl FnOnce() -> R) -> R {
+    let prev = FORCED.with(|c| c.replace(Some(level)));
+    struct Restore(Option<Level>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FORCED.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(prev);
+    f()
+}
+
+/// Vector operations on f32 lanes. All functions are `unsafe`: the caller guarantees that the CPU
+/// supports the level (by calling through [`dispatch`]) and that pointers
+/// are valid for `LANES` elements.
+pub trait Simd: Copy + Send + Sync + 'static {
+    /// The register type.
+    type V: Copy;
+    /// f32 lanes per register.
+    const LANES: usize;
+    /// The level.
+    const LEVEL: Level;
+
+    /// All lanes `x`.
+    unsafe fn splat(x: f32) -> Self::V;
+    /// Unaligned load of `LANES` values.
+    unsafe fn load(p: *const f32) -> Self::V;
+    /// Unaligned store of `LANES` values.
+    unsafe fn store(p: *mut f32, v: Self::V);
+    /// `a + b`
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    /// `a − b`
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+    /// `a · b`
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    /// `a / b`
+    unsafe fn div(a: Self::V, b: Self::V) -> Self::V;
+    /// `a · b + c`, fused.
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// Lane-wise maximum.
+    unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
+    /// Largest lane.
+    unsafe fn reduce_max(v: Self::V) -> f32;
+    /// Sum of lanes.
+    unsafe fn reduce_sum(v: Self::V) -> f32;
+    /// `2^x` lane-wise with relative error ≤ 2e-7 for `x ∈ [−126, 127]`; exactly 0 for
+    /// `x < −126` (including `−∞`).
+    unsafe fn exp2(x: Self::V) -> Self::V;
+}
+
+/// Cephes-style minimax coefficients of `2^f` on `f ∈ [−½, ½]`, highest degree first.
+const EXP2_POLY: [f32; 6] =
+    [1.535_336_2e-4, 1.339_887_4e-3, 9.618_437_4e-3, 5.550_332_5e-2, 2.402_264_8e-1, 6.931_472e-1];
+
+/// Scalar `2^x` with the same polynomial as the vector levels (the one-lane level).
+#[inline(always)]
+pub fn exp2_scalar(x: f32) -> f32 {
+    if x < -126.0 || x.is_nan() {
+        return if x.is_nan() { x } else { 0.0 };
+    }
+    let x = x.min(127.0);
+    let n = x.round();
+    let f = x - n;
+    let mut p = EXP2_POLY[0];
+    for c in &EXP2_POLY[1..] {
+        p = p.mul_add(f, *c);
+    }
+    p = p.mul_add(f, 1.0);
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// The one-lane level.
+#[derive(Debug, Clone, Copy)]
+pub struct Scalar;
+
+impl Simd for Scalar {
+    type V = f32;
+    const LANES: usize = 1;
+    const LEVEL: Level = Level::Scalar;
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> f32 {
+        x
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> f32 {
+        unsafe { *p }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: f32) {
+        unsafe { *p = v }
+    }
+    #[inline(always)]
+    unsafe fn add(a: f32, b: f32) -> f32 {
+        a + b
+    }
+    #[inline(always)]
+    unsafe fn sub(a: f32, b: f32) -> f32 {
+        a - b
+    }
+    #[inline(always)]
+    unsafe fn mul(a: f32, b: f32) -> f32 {
+        a * b
+    }
+    #[inline(always)]
+    unsafe fn div(a: f32, b: f32) -> f32 {
+        a / b
+    }
+    #[inline(always)]
+    unsafe fn fma(a: f32, b: f32, c: f32) -> f32 {
+        // A plain multiply-add: `mul_add` without hardware FMA is a slow libm call.
+        a * b + c
+    }
+    #[inline(always)]
+    unsafe fn max(a: f32, b: f32) -> f32 {
+        a.max(b)
+    }
+    #[inline(always)]
+    unsafe fn reduce_max(v: f32) -> f32 {
+        v
+    }
+    #[inline(always)]
+    unsafe fn reduce_sum(v: f32) -> f32 {
+        v
+    }
+    #[inline(always)]
+    unsafe fn exp2(x: f32) -> f32 {
+        exp2_scalar(x)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub use x86::{Avx2, Avx512};
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Level, Simd, EXP2_POLY};
+    use std::arch::x86_64::*;
+
+    /// AVX2 + FMA, 8 lanes.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Avx2;
+
+    /// AVX-512F, 16 lanes.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Avx512;
+
+    impl Simd for Avx2 {
+        type V = __m256;
+        const LANES: usize = 8;
+        const LEVEL: Level = Level::Avx2;
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m256 {
+            unsafe { _mm256_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m256 {
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m256) {
+            unsafe { _mm256_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn div(a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_div_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+            unsafe { _mm256_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn max(a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_max_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn reduce_max(v: __m256) -> f32 {
+            unsafe {
+                let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+                let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+                let m = _mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m));
+                _mm_cvtss_f32(m)
+            }
+        }
+        #[inline(always)]
+        unsafe fn reduce_sum(v: __m256) -> f32 {
+            unsafe {
+                let m = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+                let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+                let m = _mm_add_ss(m, _mm_shuffle_ps::<0b01>(m, m));
+                _mm_cvtss_f32(m)
+            }
+        }
+        #[inline(always)]
+        unsafe fn exp2(x: __m256) -> __m256 {
+            unsafe {
+                let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-126.0));
+                let x =
+                    _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-126.0)), _mm256_set1_ps(127.0));
+                let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
+                let f = _mm256_sub_ps(x, n);
+                let mut p = _mm256_set1_ps(EXP2_POLY[0]);
+                for c in &EXP2_POLY[1..] {
+                    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(*c));
+                }
+                p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0));
+                let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+                    _mm256_cvtps_epi32(n),
+                    _mm256_set1_epi32(127),
+                ));
+                let r = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+                _mm256_andnot_ps(underflow, r)
+            }
+        }
+    }
+
+    impl Simd for Avx512 {
+        type V = __m512;
+        const LANES: usize = 16;
+        const LEVEL: Level = Level::Avx512;
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m512 {
+            unsafe { _mm512_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m512 {
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m512) {
+            unsafe { _mm512_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn div(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_div_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn max(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_max_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn reduce_max(v: __m512) -> f32 {
+            unsafe { _mm512_reduce_max_ps(v) }
+        }
+        #[inline(always)]
+        unsafe fn reduce_sum(v: __m512) -> f32 {
+            unsafe { _mm512_reduce_add_ps(v) }
+        }
+        #[inline(always)]
+        unsafe fn exp2(x: __m512) -> __m512 {
+            unsafe {
+                // Below −126 the result is flushed to exactly 0 (masked scores must weigh nothing).
+                let underflow = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-126.0));
+                let x =
+                    _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-126.0)), _mm512_set1_ps(127.0));
+                let n =
+                    _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
+                let f = _mm512_sub_ps(x, n);
+                let mut p = _mm512_set1_ps(EXP2_POLY[0]);
+                for c in &EXP2_POLY[1..] {
+                    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(*c));
+                }
+                p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0));
+                let r = _mm512_scalef_ps(p, n);
+                _mm512_mask_blend_ps(underflow, r, _mm512_setzero_ps())
+            }
+        }
+    }
+}
+
+/// A kernel written once for every level: implement `run` with `#[inline(always)]` and call it
+/// through [`dispatch`].
+pub trait Kernel {
+    /// What the kernel returns.
+    type Output;
+    /// The kernel body at level `S`.
+    fn run<S: Simd>(self) -> Self::Output;
+}
+
+/// Runs `k` at `level` (clamped to [`Level::detected`]) inside a function compiled with that
+/// level's target features, so the generic body is inlined and vectorised for it.
+pub fn dispatch<K: Kernel>(level: Level, k: K) -> K::Output {
+    match level.min(Level::detected()) {
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => {
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn entry<K: Kernel>(k: K) -> K::Output {
+                k.run::<Avx512>()
+            }
+            // SAFETY: the level is at most the detected one.
+            unsafe { entry(k) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn entry<K: Kernel>(k: K) -> K::Output {
+                k.run::<Avx2>()
+            }
+            // SAFETY: the level is at most the detected one.
+            unsafe { entry(k) }
+        }
+        _ => k.run::<Scalar>(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Exp2All<'a>(&'a [f32]);
+    impl Kernel for Exp2All<'_> {
+        type Output = Vec<f32>;
+        #[inline(always)]
+        fn run<S: Simd>(self) -> Vec<f32> {
+            let mut out = vec![0.0; self.0.len()];
+            for (x, o) in self.0.chunks_exact(S::LANES).zip(out.chunks_exact_mut(S::LANES)) {
+                unsafe { S::store(o.as_mut_ptr(), S::exp2(S::load(x.as_ptr()))) }
+            }
+            out
+        }
+    }
+
+    struct Reduce<'a>(&'a [f32]);
+    impl Kernel for Reduce<'_> {
+        type Output = (f32, f32);
+        #[inline(always)]
+        fn run<S: Simd>(self) -> (f32, f32) {
+            unsafe {
+                let v = S::load(self.0.as_ptr());
+                (S::reduce_max(v), S::reduce_sum(v))
+            }
+        }
+    }
+
+    #[test]
+    fn exp2_accuracy_every_level() {
+        let mut xs: Vec<f32> = (0..4096).map(|i| -130.0 + i as f32 * (260.0 / 4096.0)).collect();
+        xs.extend([f32::NEG_INFINITY, -126.5, -0.5, 0.5, 0.0, 1e-9, -1e-9, 126.9, 127.0]);
+        while xs.len() % 16 != 0 {
+            xs.push(0.25);
+        }
+        for level in Level::available() {
+            let got = dispatch(level, Exp2All(&xs));
+            for (x, g) in xs.iter().zip(&got) {
+                if *x < -126.0 {
+                    assert_eq!(*g, 0.0, "{level:?} exp2({x})");
+                } else if *x <= 127.0 {
+                    let want = (*x as f64).exp2();
+                    let rel = ((*g as f64) - want).abs() / want;
+                    assert!(rel <= 2e-7, "{level:?} exp2({x}) = {g}, want {want}, rel {rel:e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reductions_every_level() {
+        let xs: Vec<f32> = (0..16).map(|i| ((i * 7) % 16) as f32 - 3.5).collect();
+        for level in Level::available() {
+            let (m, s) = dispatch(level, Reduce(&xs));
+            let n = match level {
+                Level::Scalar => 1,
+                Level::Avx2 => 8,
+                Level::Avx512 => 16,
+            };
+            let want_m = xs[..n].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let want_s: f32 = xs[..n].iter().sum();
+            assert_eq!((m, s), (want_m, want_s), "{level:?}");
+        }
+    }
+
+    #[test]
+    fn with_level_restores() {
+        let before = Level::current();
+        with_level(Level::Scalar, || assert_eq!(Level::current(), Level::Scalar));
+        assert_eq!(Level::current(), before);
+    }
+}
