@@ -18,10 +18,15 @@ use super::simd::Simd;
 /// `log2(e)`: multiply natural-log scores by it to get base-2 scores.
 pub const LOG2_E: f32 = std::f32::consts::LOG2_E;
 
+/// How far (base-2 units) a tile's maximum may exceed the running one before the running maximum
+/// is moved: `2^8 = 256` bounds the unnormalised probabilities.
+pub const RESCALE_THRESHOLD: f32 = 8.0;
+
 /// Running max and sum of one row (base-2 units).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RowState {
-    /// Running maximum score (`−∞` until an allowed key is seen).
+    /// Reference maximum: within [`RESCALE_THRESHOLD`] of the true running maximum (`−∞` until an
+    /// allowed key is seen).
     pub m: f32,
     /// `Σ 2^(z − m)` over the keys seen.
     pub l: f32,
@@ -56,7 +61,10 @@ impl RowState {
                 vm = S::max(vm, S::load(ptr.add(i)));
                 i += S::LANES;
             }
-            let m_new = self.m.max(S::reduce_max(vm));
+            let m_tile = S::reduce_max(vm);
+            // Keep the running maximum unless the tile exceeds it by more than the threshold
+            // (always move it away from −∞).
+            let m_new = if m_tile > self.m + RESCALE_THRESHOLD { m_tile } else { self.m };
             if m_new == f32::NEG_INFINITY {
                 s.fill(0.0);
                 return 1.0;
@@ -70,7 +78,8 @@ impl RowState {
                 vs = S::add(vs, p);
                 i += S::LANES;
             }
-            let alpha = super::simd::exp2_scalar(self.m - m_new);
+            let alpha =
+                if m_new == self.m { 1.0 } else { super::simd::exp2_scalar(self.m - m_new) };
             self.l = alpha * self.l + S::reduce_sum(vs);
             self.m = m_new;
             alpha

@@ -137,14 +137,16 @@ pub trait Simd: Copy + Send + Sync + 'static {
     unsafe fn reduce_max(v: Self::V) -> f32;
     /// Sum of lanes.
     unsafe fn reduce_sum(v: Self::V) -> f32;
-    /// `2^x` lane-wise with relative error ≤ 2e-7 for `x ∈ [−126, 127]`; exactly 0 for
+    /// `2^x` lane-wise with relative error ≤ 3e-7 for `x ∈ [−126, 127]`; exactly 0 for
     /// `x < −126` (including `−∞`).
     unsafe fn exp2(x: Self::V) -> Self::V;
 }
 
-/// Cephes-style minimax coefficients of `2^f` on `f ∈ [−½, ½]`, highest degree first.
+/// Coefficients of `2^f ≈ Σ c_k f^k` on `f ∈ [−½, ½]`, highest degree first: a degree-5 fit
+/// minimising the maximum relative error (Lawson-weighted least squares, computed for this crate);
+/// evaluated in f32 by Horner's rule its relative error is ≤ 2.4e-7.
 const EXP2_POLY: [f32; 6] =
-    [1.535_336_2e-4, 1.339_887_4e-3, 9.618_437_4e-3, 5.550_332_5e-2, 2.402_264_8e-1, 6.931_472e-1];
+    [1.327_647_1e-3, 9.675_541e-3, 5.550_713e-2, 2.402_212e-1, 6.931_469_4e-1, 1.000_000_1];
 
 /// Scalar `2^x` with the same polynomial as the vector levels (the one-lane level).
 #[inline(always)]
@@ -157,9 +159,8 @@ pub fn exp2_scalar(x: f32) -> f32 {
     let f = x - n;
     let mut p = EXP2_POLY[0];
     for c in &EXP2_POLY[1..] {
-        p = p.mul_add(f, *c);
+        p = p * f + *c;
     }
-    p = p.mul_add(f, 1.0);
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
@@ -308,7 +309,6 @@ mod x86 {
                 for c in &EXP2_POLY[1..] {
                     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(*c));
                 }
-                p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0));
                 let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
                     _mm256_cvtps_epi32(n),
                     _mm256_set1_epi32(127),
@@ -371,7 +371,7 @@ mod x86 {
         unsafe fn exp2(x: __m512) -> __m512 {
             unsafe {
                 // Below −126 the result is flushed to exactly 0 (masked scores must weigh nothing).
-                let underflow = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-126.0));
+                let keep = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(-126.0));
                 let x =
                     _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-126.0)), _mm512_set1_ps(127.0));
                 let n =
@@ -381,9 +381,7 @@ mod x86 {
                 for c in &EXP2_POLY[1..] {
                     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(*c));
                 }
-                p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0));
-                let r = _mm512_scalef_ps(p, n);
-                _mm512_mask_blend_ps(underflow, r, _mm512_setzero_ps())
+                _mm512_maskz_scalef_ps(keep, p, n)
             }
         }
     }
@@ -468,7 +466,7 @@ mod tests {
                 } else if *x <= 127.0 {
                     let want = (*x as f64).exp2();
                     let rel = ((*g as f64) - want).abs() / want;
-                    assert!(rel <= 2e-7, "{level:?} exp2({x}) = {g}, want {want}, rel {rel:e}");
+                    assert!(rel <= 3e-7, "{level:?} exp2({x}) = {g}, want {want}, rel {rel:e}");
                 }
             }
         }

@@ -7,7 +7,7 @@
 //! Each job leaves a partial `(m, l, A)` per row; a final pass merges the partials of a row with
 //! `RowState::merge` (the LSE merge) and normalises.
 
-use super::tile::{self, classify, fix_scores, mask_scores, Cover, RowMap, ScoreFix, SharedMut};
+use super::tile::{self, fix_scores, mask_scores, Bounds, Cover, RowMap, ScoreFix, SharedMut};
 use crate::dispatch::{Capabilities, Exactness, Inputs, Method, OutputMut};
 use crate::error::Result;
 use crate::par::Par;
@@ -216,16 +216,12 @@ impl Job<'_> {
         let mask = &self.params.mask;
         acc.fill(0.0);
         st.fill(RowState::EMPTY);
+        let bounds =
+            Bounds::of(mask, self.params, self.b, (0..rows).map(|r| self.map.row(self.hk, r).0));
+        let dense = mask.has_dense();
         for j0 in (k0..k1).step_by(BLOCK) {
             let nk = BLOCK.min(k1 - j0);
-            let cover = classify(
-                mask,
-                self.params,
-                self.b,
-                (0..rows).map(|r| self.map.row(self.hk, r).0),
-                j0,
-                j0 + nk,
-            );
+            let cover = bounds.cover(j0, j0 + nk, dense);
             if cover == Cover::Empty {
                 continue;
             }

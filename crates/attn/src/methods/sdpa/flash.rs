@@ -18,7 +18,7 @@
 //! causal masks the last query tiles see the most keys), to at most `Par::threads()` workers.
 
 use super::tile::{
-    self, classify, direct_rows, fix_scores, mask_scores, round_up, Cover, RowMap, Rows, ScoreFix,
+    self, direct_rows, fix_scores, mask_scores, round_up, Bounds, Cover, RowMap, Rows, ScoreFix,
     SharedMut,
 };
 use crate::dispatch::{Capabilities, Exactness, Inputs, Method, OutputMut};
@@ -32,11 +32,13 @@ use crate::tensor::{Data, TensorRef};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-/// Keys per tile: a multiple of every level's panel width; `MR × BC` scores stay in L1.
-pub const BC: usize = 64;
+/// Keys per tile: a multiple of every level's panel width; panels of every level divide it.
+pub const BC: usize = 128;
 /// Query rows per tile: a multiple of every level's `MR`; large enough that each key tile loaded
 /// from L2/L3 serves many rows, small enough that the accumulator (`BR × D_v`) stays in L2.
 pub const BR: usize = 96;
+/// Row blocks per query tile at the smallest `MR`.
+const MAX_BLOCKS: usize = BR / 4;
 /// Largest packed K/V copy held at once (bytes); heads are processed in groups that fit it.
 pub const PACK_BUDGET: usize = 64 << 20;
 
@@ -94,7 +96,7 @@ pub fn forward_at(
     par: Par,
     out: OutputMut,
 ) {
-    dispatch(level, FlashKernel { p, inputs, params, par, out });
+    forward_impl(level, p, inputs, params, par, out);
 }
 
 /// Register blocking per level: `(MR rows, NV vectors)`; `MR·NV` accumulators plus `NV` loads and
@@ -115,7 +117,6 @@ struct Plan {
     v_direct: bool,
     heads_per_group: usize,
     threads: usize,
-    mr: usize,
     d: usize,
 }
 
@@ -133,20 +134,11 @@ impl Plan {
         let per_head = 4 * (s_kv_pad * p.d + if v_direct { 0 } else { p.s_kv * dv_pad });
         let heads = p.b * p.h_kv;
         let heads_per_group = (PACK_BUDGET / per_head.max(1)).clamp(1, heads);
-        Self {
-            lanes,
-            dv_pad,
-            s_kv_pad,
-            v_direct,
-            heads_per_group,
-            threads: par.threads(),
-            mr: blocking(level).0,
-            d: p.d,
-        }
+        Self { lanes, dv_pad, s_kv_pad, v_direct, heads_per_group, threads: par.threads(), d: p.d }
     }
 
     fn worker_floats(&self) -> usize {
-        BR * self.d + BR * self.dv_pad + self.mr * BC
+        BR * self.d + BR * self.dv_pad + BR * BC + BR
     }
 
     fn scratch_bytes(&self) -> usize {
@@ -158,41 +150,69 @@ impl Plan {
 }
 
 /// Per-worker scratch.
+/// Per-worker scratch.
 struct Worker {
-    q: Vec<f32>,          // [BR, D]      packed, pre-scaled query tile
+    q: Vec<f32>,          // [BR/MR, D, MR] packed, pre-scaled query tile
+    qrow: Vec<f32>,       // [D]          one query row being packed
     o: Vec<f32>,          // [BR, dv_pad] unnormalised accumulator
-    s: Vec<f32>,          // [MR, BC]     scores, then probabilities, of one row block
+    s: Vec<f32>,          // [BR, BC]     scores, then probabilities, of one key tile
+    alpha: Vec<f32>,      // [BR]         rescale factor of each row for the current key tile
     state: Vec<RowState>, // [BR]
 }
 
-struct FlashKernel<'a, 'b> {
+/// What every worker of one head group shares.
+struct Shared<'a> {
     p: &'a Problem,
-    inputs: &'a Inputs<'b>,
+    inputs: &'a Inputs<'a>,
     params: &'a Resolved,
-    par: Par,
-    out: OutputMut<'a>,
+    group: &'a [(usize, usize)],
+    kpack: &'a [f32],
+    vpack: &'a [f32],
+    k_len: usize,
+    v_len: usize,
+    v_direct: bool,
+    dv_pad: usize,
+    ntiles: usize,
+    rows: usize,
+    qmul: f32,
+    next: AtomicUsize,
+    o_out: SharedMut<f32>,
+    lse_out: SharedMut<f32>,
 }
 
-impl Kernel for FlashKernel<'_, '_> {
+/// One worker's loop over the group's query tiles. Entered through [`dispatch`] by each worker
+/// (a closure run by rayon does not inherit the caller's target features, so every worker enters
+/// the SIMD level itself).
+struct WorkerLoop<'a, 'b> {
+    sh: &'a Shared<'b>,
+    wk: &'a mut Worker,
+}
+
+impl Kernel for WorkerLoop<'_, '_> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd>(self) {
         match S::LEVEL {
-            Level::Avx512 => run::<S, 6, 4>(self),
-            Level::Avx2 => run::<S, 6, 2>(self),
-            Level::Scalar => run::<S, 4, 4>(self),
+            Level::Avx512 => worker_loop::<S, 6, 4>(self.sh, self.wk),
+            Level::Avx2 => worker_loop::<S, 6, 2>(self.sh, self.wk),
+            Level::Scalar => worker_loop::<S, 4, 4>(self.sh, self.wk),
         }
     }
 }
 
-#[inline(always)]
-fn run<S: Simd, const MR: usize, const NV: usize>(k: FlashKernel) {
-    let FlashKernel { p, inputs, params, par, out } = k;
-    let plan = Plan::new(p, S::LEVEL, par);
-    debug_assert_eq!((plan.mr, plan.lanes), (MR, S::LANES));
-    let (d, dv, dv_pad) = (p.d, p.d_v, plan.dv_pad);
-    let w = NV * S::LANES; // keys per panel
-    let map = RowMap { g: p.group() };
+fn forward_impl(
+    level: Level,
+    p: &Problem,
+    inputs: &Inputs,
+    params: &Resolved,
+    par: Par,
+    out: OutputMut,
+) {
+    let level = level.min(Level::detected());
+    let plan = Plan::new(p, level, par);
+    let (d, dv_pad) = (p.d, plan.dv_pad);
+    let nv = blocking(level).1;
+    let w = nv * plan.lanes; // keys per panel
     let rows = tile::rows_per_head(p);
     let ntiles = rows.div_ceil(BR);
     let heads: Vec<(usize, usize)> =
@@ -205,15 +225,16 @@ fn run<S: Simd, const MR: usize, const NV: usize>(k: FlashKernel) {
         .map(|_| {
             Mutex::new(Worker {
                 q: vec![0.0; BR * d],
+                qrow: vec![0.0; d],
                 o: vec![0.0; BR * dv_pad],
-                s: vec![0.0; MR * BC],
+                s: vec![0.0; BR * BC],
+                alpha: vec![1.0; BR],
                 state: vec![RowState::EMPTY; BR],
             })
         })
         .collect();
     let o_out = SharedMut(out.o.as_mut_ptr());
     let lse_out = SharedMut(out.lse.as_mut_ptr());
-    let qmul = tile::q_multiplier(params);
 
     for group in heads.chunks(plan.heads_per_group) {
         // Phase 1: pack K (and V if needed) of the group's heads, one key tile per job.
@@ -251,57 +272,80 @@ fn run<S: Simd, const MR: usize, const NV: usize>(k: FlashKernel) {
         });
 
         // Phase 2: query tiles of the group, longest first.
+        let sh = Shared {
+            p,
+            inputs,
+            params,
+            group,
+            kpack: &kpack,
+            vpack: &vpack,
+            k_len,
+            v_len,
+            v_direct: plan.v_direct,
+            dv_pad,
+            ntiles,
+            rows,
+            qmul: tile::q_multiplier(params),
+            next: AtomicUsize::new(0),
+            o_out,
+            lse_out,
+        };
         let njobs = group.len() * ntiles;
-        let next = AtomicUsize::new(0);
-        let (kpack, vpack) = (&kpack, &vpack);
         par.run(plan.threads.min(njobs), |wi| {
             let mut wk = workers[wi].lock().unwrap_or_else(|e| e.into_inner());
-            let wk = &mut *wk;
-            loop {
-                let job = next.fetch_add(1, Ordering::Relaxed);
-                if job >= njobs {
-                    break;
-                }
-                let t = ntiles - 1 - job / group.len();
-                let gi = job % group.len();
-                let (b, hk) = group[gi];
-                let vrows = if plan.v_direct {
-                    direct_rows(&inputs.v, b, hk, dv_pad).expect("v_direct checked by the plan")
-                } else {
-                    Rows::Packed(&vpack[gi * v_len..(gi + 1) * v_len])
-                };
-                let ctx = TileCtx {
-                    p,
-                    params,
-                    q: &inputs.q,
-                    b,
-                    hk,
-                    map,
-                    kpack: &kpack[gi * k_len..(gi + 1) * k_len],
-                    vrows,
-                    dv_pad,
-                    qmul,
-                };
-                let (r0, nrows) = (t * BR, BR.min(rows - t * BR));
-                tile_forward::<S, MR, NV>(&ctx, r0, nrows, wk);
-                // Write the finished rows. SAFETY: row (b, h, i) belongs to this tile alone.
-                for r in 0..nrows {
-                    let (i, h) = map.row(hk, r0 + r);
-                    let orow = (b * p.h + h) * p.s_q + i;
-                    let (inv, lse) = wk.state[r].finish();
-                    unsafe {
-                        *lse_out.get().add(orow) = lse;
-                        let dst = std::slice::from_raw_parts_mut(o_out.get().add(orow * dv), dv);
-                        for (x, a) in dst.iter_mut().zip(&wk.o[r * dv_pad..r * dv_pad + dv]) {
-                            *x = a * inv;
-                        }
-                    }
-                }
-            }
+            dispatch(level, WorkerLoop { sh: &sh, wk: &mut wk });
         });
     }
 }
 
+#[inline(always)]
+fn worker_loop<S: Simd, const MR: usize, const NV: usize>(sh: &Shared, wk: &mut Worker) {
+    let p = sh.p;
+    let dv = p.d_v;
+    let map = RowMap { g: p.group() };
+    let njobs = sh.group.len() * sh.ntiles;
+    loop {
+        let job = sh.next.fetch_add(1, Ordering::Relaxed);
+        if job >= njobs {
+            break;
+        }
+        let t = sh.ntiles - 1 - job / sh.group.len();
+        let gi = job % sh.group.len();
+        let (b, hk) = sh.group[gi];
+        let vrows = if sh.v_direct {
+            direct_rows(&sh.inputs.v, b, hk, sh.dv_pad).expect("v_direct checked by the plan")
+        } else {
+            Rows::Packed(&sh.vpack[gi * sh.v_len..(gi + 1) * sh.v_len])
+        };
+        let ctx = TileCtx {
+            p,
+            params: sh.params,
+            q: &sh.inputs.q,
+            b,
+            hk,
+            map,
+            kpack: &sh.kpack[gi * sh.k_len..(gi + 1) * sh.k_len],
+            vrows,
+            dv_pad: sh.dv_pad,
+            qmul: sh.qmul,
+        };
+        let (r0, nrows) = (t * BR, BR.min(sh.rows - t * BR));
+        tile_forward::<S, MR, NV>(&ctx, r0, nrows, wk);
+        // Write the finished rows. SAFETY: row (b, h, i) belongs to this tile alone.
+        for r in 0..nrows {
+            let (i, h) = map.row(hk, r0 + r);
+            let orow = (b * p.h + h) * p.s_q + i;
+            let (inv, lse) = wk.state[r].finish();
+            unsafe {
+                *sh.lse_out.get().add(orow) = lse;
+                let dst = std::slice::from_raw_parts_mut(sh.o_out.get().add(orow * dv), dv);
+                for (x, a) in dst.iter_mut().zip(&wk.o[r * sh.dv_pad..r * sh.dv_pad + dv]) {
+                    *x = a * inv;
+                }
+            }
+        }
+    }
+}
 struct TileCtx<'a> {
     p: &'a Problem,
     params: &'a Resolved,
@@ -324,15 +368,21 @@ fn tile_forward<S: Simd, const MR: usize, const NV: usize>(
     nrows: usize,
     wk: &mut Worker,
 ) {
-    let (d, dv_pad, s_kv) = (c.p.d, c.dv_pad, c.p.s_kv);
+    let (d, dv_pad) = (c.p.d, c.dv_pad);
     let mask = &c.params.mask;
     let w = NV * S::LANES;
     let nrows_pad = round_up(nrows, MR);
+    // Q tile packed block-transposed: block `bi` is `[D][MR]`, so the micro-kernel broadcasts
+    // `q[r, d]` from one pointer with constant offsets.
+    wk.q[..nrows_pad * d].fill(0.0);
     for r in 0..nrows {
         let (i, h) = c.map.row(c.hk, r0 + r);
-        c.q.read_row(c.b, h, i, c.qmul, &mut wk.q[r * d..(r + 1) * d]);
+        c.q.read_row(c.b, h, i, c.qmul, &mut wk.qrow);
+        let blk = &mut wk.q[(r / MR) * MR * d..(r / MR + 1) * MR * d];
+        for (dd, &x) in wk.qrow.iter().enumerate() {
+            blk[dd * MR + r % MR] = x;
+        }
     }
-    wk.q[nrows * d..nrows_pad * d].fill(0.0);
     wk.o[..nrows_pad * dv_pad].fill(0.0);
     wk.state[..nrows].fill(RowState::EMPTY);
 
@@ -353,46 +403,64 @@ fn tile_forward<S: Simd, const MR: usize, const NV: usize>(
         Rows::Direct { data, base, stride } => (data[base..].as_ptr(), stride),
         Rows::Packed(pk) => (pk.as_ptr(), dv_pad),
     };
-    let mut alpha = [1.0f32; MR];
+    // Per row block: the union and the intersection of its rows' key intervals, so that each
+    // (row block, key tile) pair is classified in O(1) and computes only the panels it can see.
+    let mut bounds = [Bounds::EMPTY; MAX_BLOCKS];
+    for (bi, rb) in (0..nrows).step_by(MR).enumerate() {
+        let rvalid = MR.min(nrows - rb);
+        bounds[bi] =
+            Bounds::of(mask, c.params, c.b, (rb..rb + rvalid).map(|r| c.map.row(c.hk, r0 + r).0));
+    }
+    let dense = mask.has_dense();
+    let nblocks = nrows.div_ceil(MR);
+    let nvec = dv_pad / S::LANES;
+    // Per row block for the current key tile: how it meets the tile, and the keys [klo, khi) of
+    // the tile that some row of the block may see.
+    let mut seen = [(Cover::Empty, 0usize, 0usize); MAX_BLOCKS];
     for kt in lo / BC..hi.div_ceil(BC) {
         let j0 = kt * BC;
-        let nk = BC.min(s_kv - j0);
         let ktile = &c.kpack[j0 * d..(j0 + BC) * d];
-        for rb in (0..nrows).step_by(MR) {
-            let rvalid = MR.min(nrows - rb);
-            let cover = classify(
-                mask,
-                c.params,
-                c.b,
-                (rb..rb + rvalid).map(|r| c.map.row(c.hk, r0 + r).0),
-                j0,
-                j0 + BC,
-            );
-            if cover == Cover::Empty {
-                continue;
-            }
-            // 1. S = Q Kᵀ for MR rows × BC keys.
-            for pnl in 0..BC / w {
-                // SAFETY: q holds nrows_pad ≥ rb + MR rows of D; the panel holds D × w floats;
-                // s holds MR rows of BC.
+        for (bi, x) in seen[..nblocks].iter_mut().enumerate() {
+            let bd = bounds[bi];
+            let cover = bd.cover(j0, j0 + BC, dense);
+            *x = if cover == Cover::Empty {
+                (cover, 0, 0)
+            } else {
+                (cover, bd.ulo.max(j0) - j0, bd.uhi.min(j0 + BC) - j0)
+            };
+        }
+        // 1. S = Q Kᵀ: panel-major, so one key panel serves every row block from L1.
+        for pnl in 0..BC / w {
+            let (k0, k1) = (pnl * w, (pnl + 1) * w);
+            for (bi, &(cover, klo, khi)) in seen[..nblocks].iter().enumerate() {
+                if cover == Cover::Empty || khi <= k0 || klo >= k1 {
+                    continue;
+                }
+                // SAFETY: q holds nrows_pad ≥ (bi + 1)·MR rows of D; the panel holds D × w
+                // floats; s holds BR rows of BC.
                 unsafe {
                     s_panel::<S, MR, NV>(
-                        wk.q[rb * d..].as_ptr(),
+                        wk.q[bi * MR * d..].as_ptr(),
                         d,
                         ktile[pnl * d * w..].as_ptr(),
-                        wk.s[pnl * w..].as_mut_ptr(),
+                        wk.s[bi * MR * BC + k0..].as_mut_ptr(),
                     )
                 }
             }
-            // 2. scores → probabilities, α per row.
-            for r in 0..MR {
+        }
+        // 2. scores → probabilities, α per row.
+        for (bi, &(cover, _, _)) in seen[..nblocks].iter().enumerate() {
+            if cover == Cover::Empty {
+                continue;
+            }
+            for r in bi * MR..(bi + 1) * MR {
                 let row = &mut wk.s[r * BC..(r + 1) * BC];
-                if r >= rvalid {
-                    row.fill(0.0);
-                    alpha[r] = 1.0;
+                if r >= nrows {
+                    row.fill(0.0); // padding rows: P = 0, never written out
+                    wk.alpha[r] = 1.0;
                     continue;
                 }
-                let (i, h) = c.map.row(c.hk, r0 + rb + r);
+                let (i, h) = c.map.row(c.hk, r0 + r);
                 if c.params.softcap.is_some() || c.params.alibi_slopes.is_some() {
                     let fix = ScoreFix {
                         softcap: c.params.softcap,
@@ -404,33 +472,46 @@ fn tile_forward<S: Simd, const MR: usize, const NV: usize>(
                 if cover == Cover::Partial {
                     mask_scores(row, mask, c.params, c.b, h, i, j0);
                 }
-                alpha[r] = unsafe { wk.state[rb + r].update::<S>(row) };
+                wk.alpha[r] = unsafe { wk.state[r].update::<S>(row) };
             }
-            // 3. O = diag(α) O + P V, in column chunks of NV vectors.
-            let nvec = dv_pad / S::LANES;
-            let mut col = 0;
-            // SAFETY: o holds nrows_pad ≥ rb + MR rows of dv_pad; V rows j0..j0+nk exist and hold
-            // dv_pad floats each; s holds MR rows of BC ≥ nk.
-            unsafe {
-                let o = wk.o[rb * dv_pad..].as_mut_ptr();
-                let v = vptr.add(j0 * vstride);
-                let s = wk.s.as_ptr();
-                while col + NV <= nvec {
-                    pv_block::<S, MR, NV>(s, &alpha, v, vstride, nk, o, dv_pad, col * S::LANES);
-                    col += NV;
+        }
+        // 3. O = diag(α) O + P V: column-chunk-major, so one V chunk serves every row block.
+        let mut col = 0;
+        while col < nvec {
+            let nv = NV.min(nvec - col);
+            for (bi, &(cover, klo, khi)) in seen[..nblocks].iter().enumerate() {
+                if cover == Cover::Empty {
+                    continue;
                 }
-                match nvec - col {
-                    0 => {}
-                    1 => pv_block::<S, MR, 1>(s, &alpha, v, vstride, nk, o, dv_pad, col * S::LANES),
-                    2 => pv_block::<S, MR, 2>(s, &alpha, v, vstride, nk, o, dv_pad, col * S::LANES),
-                    _ => pv_block::<S, MR, 3>(s, &alpha, v, vstride, nk, o, dv_pad, col * S::LANES),
+                // SAFETY: o holds nrows_pad rows of dv_pad; V rows j0+klo..j0+khi exist and
+                // hold dv_pad floats each; s holds BR rows of BC ≥ khi.
+                unsafe {
+                    let o = wk.o[bi * MR * dv_pad..].as_mut_ptr();
+                    let v = vptr.add((j0 + klo) * vstride);
+                    let s = wk.s.as_ptr().add(bi * MR * BC + klo);
+                    // After the first tiles the running maxima rarely move (lazy rescaling), so
+                    // most blocks skip the multiply by α.
+                    let al = if wk.alpha[bi * MR..(bi + 1) * MR].iter().all(|&a| a == 1.0) {
+                        std::ptr::null()
+                    } else {
+                        wk.alpha[bi * MR..].as_ptr()
+                    };
+                    let nk = khi - klo;
+                    let c0 = col * S::LANES;
+                    match nv {
+                        1 => pv_block::<S, MR, 1>(s, al, v, vstride, nk, o, dv_pad, c0),
+                        2 => pv_block::<S, MR, 2>(s, al, v, vstride, nk, o, dv_pad, c0),
+                        3 => pv_block::<S, MR, 3>(s, al, v, vstride, nk, o, dv_pad, c0),
+                        _ => pv_block::<S, MR, NV>(s, al, v, vstride, nk, o, dv_pad, c0),
+                    }
                 }
             }
+            col += nv;
         }
     }
 }
 
-/// `s[r, 0..W] = Σ_d q[r, d] · panel[d, 0..W]` for `MR` rows; `W = NV·lanes`, `s` row stride `BC`.
+/// `s[r, 0..W] = Σ_d q[d, r] · panel[d, 0..W]` for `MR` rows (`q` block-transposed `[D][MR]`); `W = NV·lanes`, `s` row stride `BC`.
 #[inline(always)]
 unsafe fn s_panel<S: Simd, const MR: usize, const NV: usize>(
     q: *const f32,
@@ -447,7 +528,7 @@ unsafe fn s_panel<S: Simd, const MR: usize, const NV: usize>(
                 *x = S::load(kr.add(v * S::LANES));
             }
             for (r, a) in acc.iter_mut().enumerate() {
-                let qb = S::splat(*q.add(r * d + dd));
+                let qb = S::splat(*q.add(dd * MR + r));
                 for v in 0..NV {
                     a[v] = S::fma(qb, kv[v], a[v]);
                 }
@@ -461,12 +542,13 @@ unsafe fn s_panel<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
-/// `o[r, c..c+NV·lanes] = α_r · o[r, ..] + Σ_{j<nk} p[r, j] · v[j, c..]` for `MR` rows.
+/// `o[r, c..c+NV·lanes] = α_r · o[r, ..] + Σ_{j<nk} p[r, j] · v[j, c..]` for `MR` rows
+/// (`alpha` null: all `α_r = 1`).
 #[allow(clippy::too_many_arguments)] // a register-blocked micro-kernel: raw pointers and strides
 #[inline(always)]
 unsafe fn pv_block<S: Simd, const MR: usize, const NV: usize>(
     p: *const f32,
-    alpha: &[f32; MR],
+    alpha: *const f32,
     v: *const f32,
     vstride: usize,
     nk: usize,
@@ -477,9 +559,14 @@ unsafe fn pv_block<S: Simd, const MR: usize, const NV: usize>(
     unsafe {
         let mut acc = [[S::splat(0.0); NV]; MR];
         for (r, a) in acc.iter_mut().enumerate() {
-            let al = S::splat(alpha[r]);
             for (vi, x) in a.iter_mut().enumerate() {
-                *x = S::mul(S::load(o.add(r * ld_o + c + vi * S::LANES)), al);
+                *x = S::load(o.add(r * ld_o + c + vi * S::LANES));
+            }
+            if !alpha.is_null() {
+                let al = S::splat(*alpha.add(r));
+                for x in a.iter_mut() {
+                    *x = S::mul(*x, al);
+                }
             }
         }
         for j in 0..nk {

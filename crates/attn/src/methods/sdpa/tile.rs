@@ -36,31 +36,53 @@ pub(crate) enum Cover {
     Partial,
 }
 
-/// Classifies rows `rows` (positions of batch `b`) against keys `[j0, j1)`.
-#[inline]
-pub(crate) fn classify(
-    mask: &Mask,
-    params: &Resolved,
-    b: usize,
-    positions: impl Iterator<Item = usize>,
-    j0: usize,
-    j1: usize,
-) -> Cover {
-    let (mut any, mut all) = (false, true);
-    for i in positions {
-        let (lo, hi) = mask.interval(&params.geometry, b, i);
-        let (lo, hi) = (lo.max(j0), hi.min(j1));
-        if lo < hi {
-            any = true;
+/// The key intervals of a block of rows: their union `[ulo, uhi)` and intersection `[ilo, ihi)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Bounds {
+    pub ulo: usize,
+    pub uhi: usize,
+    pub ilo: usize,
+    pub ihi: usize,
+}
+
+impl Bounds {
+    /// No row sees any key.
+    pub const EMPTY: Bounds = Bounds { ulo: 0, uhi: 0, ilo: 0, ihi: 0 };
+
+    /// Bounds of the rows at `positions` (query positions of batch `b`).
+    #[inline]
+    pub fn of(
+        mask: &Mask,
+        params: &Resolved,
+        b: usize,
+        positions: impl Iterator<Item = usize>,
+    ) -> Bounds {
+        let (mut ulo, mut uhi, mut ilo, mut ihi) = (usize::MAX, 0, 0, usize::MAX);
+        for i in positions {
+            let (lo, hi) = mask.interval(&params.geometry, b, i);
+            if lo < hi {
+                ulo = ulo.min(lo);
+                uhi = uhi.max(hi);
+            }
+            ilo = ilo.max(lo);
+            ihi = ihi.min(hi);
         }
-        if !(lo == j0 && hi == j1) {
-            all = false;
+        if ulo >= uhi {
+            return Bounds::EMPTY;
         }
+        Bounds { ulo, uhi, ilo, ihi }
     }
-    match (any, all) {
-        (false, _) => Cover::Empty,
-        (true, true) if !mask.has_dense() => Cover::Full,
-        _ => Cover::Partial,
+
+    /// How the rows meet keys `[j0, j1)`; `dense` when the mask has an element-wise part.
+    #[inline(always)]
+    pub fn cover(&self, j0: usize, j1: usize, dense: bool) -> Cover {
+        if self.uhi <= j0 || self.ulo >= j1 || self.ulo >= self.uhi {
+            Cover::Empty
+        } else if self.ilo <= j0 && j1 <= self.ihi && !dense {
+            Cover::Full
+        } else {
+            Cover::Partial
+        }
     }
 }
 
