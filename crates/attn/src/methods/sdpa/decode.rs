@@ -157,7 +157,9 @@ impl Kernel for DecodeKernel<'_, '_> {
                 let k0 = chunk * plan.chunk;
                 let k1 = (k0 + plan.chunk).min(p.s_kv);
                 let job = Job { p, params, k: &inputs.k, v: &inputs.v, b, hk, map, rows, q: &q };
-                job.run::<S>(k0, k1, &mut kbuf, &mut vbuf, &mut s, a, st);
+                // A closure run by rayon does not inherit target features: enter the level here.
+                let bufs = Bufs { kbuf: &mut kbuf, vbuf: &mut vbuf, s: &mut s, acc: a, st };
+                dispatch(S::LEVEL, JobRun { job, k0, k1, bufs });
             }
         });
         // Merge the chunks of every row and normalise.
@@ -186,6 +188,30 @@ impl Kernel for DecodeKernel<'_, '_> {
     }
 }
 
+/// Scratch and partial-result slots of one job.
+struct Bufs<'a> {
+    kbuf: &'a mut [f32],
+    vbuf: &'a mut [f32],
+    s: &'a mut [f32],
+    acc: &'a mut [f32],
+    st: &'a mut [RowState],
+}
+
+struct JobRun<'a> {
+    job: Job<'a>,
+    k0: usize,
+    k1: usize,
+    bufs: Bufs<'a>,
+}
+
+impl Kernel for JobRun<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self) {
+        self.job.run::<S>(self.k0, self.k1, self.bufs);
+    }
+}
+
 struct Job<'a> {
     p: &'a Problem,
     params: &'a Resolved,
@@ -200,18 +226,9 @@ struct Job<'a> {
 
 impl Job<'_> {
     /// Streams keys `[k0, k1)` for every row, leaving unnormalised partials in `acc`/`st`.
-    #[allow(clippy::too_many_arguments)] // scratch buffers of one job
     #[inline(always)]
-    fn run<S: Simd>(
-        &self,
-        k0: usize,
-        k1: usize,
-        kbuf: &mut [f32],
-        vbuf: &mut [f32],
-        s: &mut [f32],
-        acc: &mut [f32],
-        st: &mut [RowState],
-    ) {
+    fn run<S: Simd>(&self, k0: usize, k1: usize, bufs: Bufs) {
+        let Bufs { kbuf, vbuf, s, acc, st } = bufs;
         let (d, dv, rows) = (self.p.d, self.p.d_v, self.rows);
         let mask = &self.params.mask;
         acc.fill(0.0);
