@@ -9,6 +9,8 @@
 //! `lse = −∞`. Approximate methods (A-shape, HyperAttention, Reformer rounds) and split-KV decode
 //! combine their pieces with this.
 
+use crate::error::{Error, Result};
+
 /// Merges one row: returns `(weight₁, weight₂, lse)` with `o = weight₁·o₁ + weight₂·o₂`.
 #[inline]
 pub fn merge_weights(lse1: f32, lse2: f32) -> (f32, f32, f32) {
@@ -25,13 +27,22 @@ pub fn merge_weights(lse1: f32, lse2: f32) -> (f32, f32, f32) {
 ///
 /// Shapes: `o1`, `o2`: `[rows, D_v]` row-major; `lse1`, `lse2`: `[rows]`.
 ///
-/// # Panics
-/// When the lengths disagree.
-pub fn merge_lse_into(o1: &mut [f32], lse1: &mut [f32], o2: &[f32], lse2: &[f32]) {
-    assert_eq!(o1.len(), o2.len(), "merge_lse_into: outputs differ in length");
-    assert_eq!(lse1.len(), lse2.len(), "merge_lse_into: lse lengths differ");
+/// # Errors
+/// [`Error::Shape`] when the lengths disagree (nothing is written then).
+pub fn merge_lse_into(o1: &mut [f32], lse1: &mut [f32], o2: &[f32], lse2: &[f32]) -> Result<()> {
     let rows = lse1.len();
-    assert!(rows > 0 && o1.len() % rows == 0, "merge_lse_into: output length is not rows × D_v");
+    if o1.len() != o2.len() || lse2.len() != rows || rows == 0 || !o1.len().is_multiple_of(rows) {
+        return Err(Error::Shape {
+            op: "merge_lse",
+            detail: format!(
+                "outputs of {} and {} elements with {} and {} lse rows: need equal [rows, D_v] and [rows]",
+                o1.len(),
+                o2.len(),
+                rows,
+                lse2.len()
+            ),
+        });
+    }
     let dv = o1.len() / rows;
     for r in 0..rows {
         let (a, b, lse) = merge_weights(lse1[r], lse2[r]);
@@ -40,13 +51,17 @@ pub fn merge_lse_into(o1: &mut [f32], lse1: &mut [f32], o2: &[f32], lse2: &[f32]
         }
         lse1[r] = lse;
     }
+    Ok(())
 }
 
 /// Merges two partial results into new buffers (see [`merge_lse_into`]).
-pub fn merge_lse(o1: &[f32], lse1: &[f32], o2: &[f32], lse2: &[f32]) -> (Vec<f32>, Vec<f32>) {
+///
+/// # Errors
+/// As [`merge_lse_into`].
+pub fn merge_lse(o1: &[f32], lse1: &[f32], o2: &[f32], lse2: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
     let (mut o, mut l) = (o1.to_vec(), lse1.to_vec());
-    merge_lse_into(&mut o, &mut l, o2, lse2);
-    (o, l)
+    merge_lse_into(&mut o, &mut l, o2, lse2)?;
+    Ok((o, l))
 }
 
 #[cfg(test)]
@@ -66,15 +81,16 @@ mod tests {
         let (o1, l1) = part(0..2);
         let (o2, l2) = part(2..6);
         let (ow, lw) = part(0..6);
-        let (o, l) = merge_lse(&[o1], &[l1], &[o2], &[l2]);
+        let (o, l) = merge_lse(&[o1], &[l1], &[o2], &[l2]).unwrap();
         assert!((o[0] - ow).abs() < 1e-6 && (l[0] - lw).abs() < 1e-6);
     }
 
     #[test]
     fn empty_sides() {
-        let (o, l) = merge_lse(&[5.0], &[f32::NEG_INFINITY], &[2.0], &[0.7]);
+        let (o, l) = merge_lse(&[5.0], &[f32::NEG_INFINITY], &[2.0], &[0.7]).unwrap();
         assert_eq!((o[0], l[0]), (2.0, 0.7));
-        let (o, l) = merge_lse(&[5.0], &[f32::NEG_INFINITY], &[2.0], &[f32::NEG_INFINITY]);
+        let (o, l) = merge_lse(&[5.0], &[f32::NEG_INFINITY], &[2.0], &[f32::NEG_INFINITY]).unwrap();
+        assert!(merge_lse(&[1.0, 2.0], &[0.0], &[1.0], &[0.0]).is_err());
         assert_eq!((o[0], l[0]), (0.0, f32::NEG_INFINITY));
     }
 }

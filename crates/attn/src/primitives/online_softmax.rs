@@ -142,9 +142,8 @@ mod tests {
     fn streaming_equals_softmax_at_every_level_and_tile() {
         let n = 96;
         let mut z: Vec<f64> = (0..n).map(|i| ((i * 37 % 23) as f64 - 11.0) * 0.7).collect();
-        for i in 0..20 {
-            z[i] = f64::NEG_INFINITY; // a fully masked first tile must not poison the row
-        }
+        // A fully masked first tile must not poison the row.
+        z[..20].fill(f64::NEG_INFINITY);
         let x: Vec<f64> = (0..n).map(|i| (i as f64 * 0.3).cos()).collect();
         let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let l: f64 = z.iter().map(|&s| (s - m).exp()).sum();

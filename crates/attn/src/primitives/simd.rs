@@ -107,6 +107,11 @@ pub fn with_level<R>(level: Level, f: impl FnOnce() -> R) -> R {
 /// Vector operations on f32 lanes. All functions are `unsafe`: the caller guarantees that the CPU
 /// supports the level (by calling through [`dispatch`]) and that pointers
 /// are valid for `LANES` elements.
+///
+/// # Safety
+/// Every method requires the CPU to support [`Simd::LEVEL`]; pointer arguments must be valid for
+/// `LANES` elements. (Stated once here for all methods.)
+#[allow(clippy::missing_safety_doc)]
 pub trait Simd: Copy + Send + Sync + 'static {
     /// The register type.
     type V: Copy;
@@ -455,7 +460,7 @@ mod tests {
     fn exp2_accuracy_every_level() {
         let mut xs: Vec<f32> = (0..4096).map(|i| -130.0 + i as f32 * (260.0 / 4096.0)).collect();
         xs.extend([f32::NEG_INFINITY, -126.5, -0.5, 0.5, 0.0, 1e-9, -1e-9, 126.9, 127.0]);
-        while xs.len() % 16 != 0 {
+        while !xs.len().is_multiple_of(16) {
             xs.push(0.25);
         }
         for level in Level::available() {
