@@ -14,8 +14,9 @@
 //! [`PACK_BUDGET`]; per worker, scratch holds one query tile, its accumulator and one `MR × BC`
 //! score block. Everything is allocated before the parallel phase; the tile loop allocates nothing.
 //!
-//! Threads: tiles of a head group are handed out through an atomic counter, longest first (for
-//! causal masks the last query tiles see the most keys), to at most `Par::threads()` workers.
+//! Threads: tiles of a head group are handed out through an atomic counter, head by head (workers
+//! share that head's K/V in cache) and longest first within a head (for causal masks the last query
+//! tiles see the most keys), to at most `Par::threads()` workers.
 
 use super::tile::{
     self, direct_rows, fix_scores, mask_scores, round_up, Bounds, Cover, RowMap, Rows, ScoreFix,
@@ -271,7 +272,7 @@ fn forward_impl(
             }
         });
 
-        // Phase 2: query tiles of the group, longest first.
+        // Phase 2: query tiles of the group, head by head, longest first.
         let sh = Shared {
             p,
             inputs,
@@ -309,8 +310,9 @@ fn worker_loop<S: Simd, const MR: usize, const NV: usize>(sh: &Shared, wk: &mut 
         if job >= njobs {
             break;
         }
-        let t = sh.ntiles - 1 - job / sh.group.len();
-        let gi = job % sh.group.len();
+        // Head-major, so concurrent workers share one head's K/V in cache; longest tile first.
+        let gi = job / sh.ntiles;
+        let t = sh.ntiles - 1 - job % sh.ntiles;
         let (b, hk) = sh.group[gi];
         let vrows = if sh.v_direct {
             direct_rows(&sh.inputs.v, b, hk, sh.dv_pad).expect("v_direct checked by the plan")
