@@ -19,7 +19,7 @@
 //! tiles see the most keys), to at most `Par::threads()` workers.
 
 use super::tile::{
-    self, direct_rows, fix_scores, mask_scores, round_up, Bounds, Cover, RowMap, Rows, ScoreFix,
+    self, fix_scores, mask_scores, round_up, Bounds, Cover, RowMap, ScoreFix,
     SharedMut,
 };
 use crate::dispatch::{Capabilities, Exactness, Inputs, Method, OutputMut};
@@ -115,7 +115,6 @@ struct Plan {
     lanes: usize,
     dv_pad: usize,
     s_kv_pad: usize,
-    v_direct: bool,
     heads_per_group: usize,
     threads: usize,
     d: usize,
@@ -131,11 +130,10 @@ impl Plan {
         };
         let dv_pad = round_up(p.d_v, lanes);
         let s_kv_pad = round_up(p.s_kv, BC);
-        let v_direct = dv_pad == p.d_v && p.dtype == crate::tensor::DType::F32;
-        let per_head = 4 * (s_kv_pad * p.d + if v_direct { 0 } else { p.s_kv * dv_pad });
+        let per_head = 4 * s_kv_pad * (p.d + dv_pad);
         let heads = p.b * p.h_kv;
         let heads_per_group = (PACK_BUDGET / per_head.max(1)).clamp(1, heads);
-        Self { lanes, dv_pad, s_kv_pad, v_direct, heads_per_group, threads: par.threads(), d: p.d }
+        Self { lanes, dv_pad, s_kv_pad, heads_per_group, threads: par.threads(), d: p.d }
     }
 
     fn worker_floats(&self) -> usize {
@@ -144,7 +142,7 @@ impl Plan {
 
     fn scratch_bytes(&self) -> usize {
         let per_head =
-            self.s_kv_pad * self.d + if self.v_direct { 0 } else { (self.s_kv_pad) * self.dv_pad };
+            self.s_kv_pad * (self.d + self.dv_pad);
         4 * (self.heads_per_group * per_head + self.threads * self.worker_floats())
             + self.threads * BR * 8
     }
@@ -171,7 +169,6 @@ struct Shared<'a> {
     vpack: &'a [f32],
     k_len: usize,
     v_len: usize,
-    v_direct: bool,
     dv_pad: usize,
     ntiles: usize,
     rows: usize,
@@ -219,7 +216,7 @@ fn forward_impl(
     let heads: Vec<(usize, usize)> =
         (0..p.b).flat_map(|b| (0..p.h_kv).map(move |hk| (b, hk))).collect();
     let k_len = plan.s_kv_pad * d;
-    let v_len = if plan.v_direct { 0 } else { plan.s_kv_pad * dv_pad };
+    let v_len = plan.s_kv_pad * dv_pad;
     let mut kpack = vec![0.0f32; plan.heads_per_group * k_len];
     let mut vpack = vec![0.0f32; plan.heads_per_group * v_len];
     let workers: Vec<Mutex<Worker>> = (0..plan.threads)
@@ -246,6 +243,7 @@ fn forward_impl(
         let next = AtomicUsize::new(0);
         par.run(plan.threads.min(njobs), |_| {
             let mut row = vec![0.0f32; d];
+            let mut vrow = vec![0.0f32; dv_pad];
             loop {
                 let job = next.fetch_add(1, Ordering::Relaxed);
                 if job >= njobs {
@@ -258,17 +256,11 @@ fn forward_impl(
                     std::slice::from_raw_parts_mut(kp.get().add(gi * k_len + kt * BC * d), BC * d)
                 };
                 pack_k_tile(&inputs.k, b, hk, kt * BC, w, &mut row, dst);
-                if !plan.v_direct {
-                    let j0 = kt * BC;
-                    let nk = BC.min(p.s_kv.saturating_sub(j0));
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            vp.get().add(gi * v_len + j0 * dv_pad),
-                            BC * dv_pad,
-                        )
-                    };
-                    pack_rows_range(&inputs.v, b, hk, j0, nk, dv_pad, dst);
-                }
+                // SAFETY: as above, for V.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(vp.get().add(gi * v_len + kt * BC * dv_pad), BC * dv_pad)
+                };
+                pack_v_tile(&inputs.v, b, hk, kt * BC, nv * plan.lanes, &mut vrow, dst);
             }
         });
 
@@ -282,7 +274,6 @@ fn forward_impl(
             vpack: &vpack,
             k_len,
             v_len,
-            v_direct: plan.v_direct,
             dv_pad,
             ntiles,
             rows,
@@ -314,11 +305,6 @@ fn worker_loop<S: Simd, const MR: usize, const NV: usize>(sh: &Shared, wk: &mut 
         let gi = job / sh.ntiles;
         let t = sh.ntiles - 1 - job % sh.ntiles;
         let (b, hk) = sh.group[gi];
-        let vrows = if sh.v_direct {
-            direct_rows(&sh.inputs.v, b, hk, sh.dv_pad).expect("v_direct checked by the plan")
-        } else {
-            Rows::Packed(&sh.vpack[gi * sh.v_len..(gi + 1) * sh.v_len])
-        };
         let ctx = TileCtx {
             p,
             params: sh.params,
@@ -327,7 +313,7 @@ fn worker_loop<S: Simd, const MR: usize, const NV: usize>(sh: &Shared, wk: &mut 
             hk,
             map,
             kpack: &sh.kpack[gi * sh.k_len..(gi + 1) * sh.k_len],
-            vrows,
+            vpack: &sh.vpack[gi * sh.v_len..(gi + 1) * sh.v_len],
             dv_pad: sh.dv_pad,
             qmul: sh.qmul,
         };
@@ -356,7 +342,7 @@ struct TileCtx<'a> {
     hk: usize,
     map: RowMap,
     kpack: &'a [f32],
-    vrows: Rows<'a>,
+    vpack: &'a [f32],
     dv_pad: usize,
     qmul: f32,
 }
@@ -401,10 +387,6 @@ fn tile_forward<S: Simd, const MR: usize, const NV: usize>(
     if lo >= hi {
         return; // every row fully masked
     }
-    let (vptr, vstride) = match c.vrows {
-        Rows::Direct { data, base, stride } => (data[base..].as_ptr(), stride),
-        Rows::Packed(pk) => (pk.as_ptr(), dv_pad),
-    };
     // Per row block: the union and the intersection of its rows' key intervals, so that each
     // (row block, key tile) pair is classified in O(1) and computes only the panels it can see.
     let mut bounds = [Bounds::EMPTY; MAX_BLOCKS];
@@ -489,7 +471,9 @@ fn tile_forward<S: Simd, const MR: usize, const NV: usize>(
                 // hold dv_pad floats each; s holds BR rows of BC ≥ khi.
                 unsafe {
                     let o = wk.o[bi * MR * dv_pad..].as_mut_ptr();
-                    let v = vptr.add((j0 + klo) * vstride);
+                    // Packed V chunk `col`: [BC keys][nv·lanes], after `col` full chunks.
+                    let vstride = nv * S::LANES;
+                    let v = c.vpack.as_ptr().add(j0 * dv_pad + BC * col * S::LANES + klo * vstride);
                     let s = wk.s.as_ptr().add(bi * MR * BC + klo);
                     // After the first tiles the running maxima rarely move (lazy rescaling), so
                     // most blocks skip the multiply by α.
@@ -572,7 +556,7 @@ unsafe fn pv_block<S: Simd, const MR: usize, const NV: usize>(
             }
         }
         for j in 0..nk {
-            let vr = v.add(j * vstride + c);
+            let vr = v.add(j * vstride);
             let mut vv = [S::splat(0.0); NV];
             for (vi, x) in vv.iter_mut().enumerate() {
                 *x = S::load(vr.add(vi * S::LANES));
@@ -623,20 +607,24 @@ fn pack_k_tile(
     }
 }
 
-/// Copies rows `j0..j0+n` of head `(b, h)` of `t` into `dst` (`[n, pad]`, zero-padded).
-fn pack_rows_range(
-    t: &TensorRef,
-    b: usize,
-    h: usize,
-    j0: usize,
-    n: usize,
-    pad: usize,
-    dst: &mut [f32],
-) {
-    let d = t.shape()[3];
-    for j in 0..n {
-        let row = &mut dst[j * pad..(j + 1) * pad];
-        t.read_row(b, h, j0 + j, 1.0, &mut row[..d]);
-        row[d..].fill(0.0);
+/// Packs values `[j0, j0 + BC)` of head `(b, hk)` chunk-major: chunk `c` (columns
+/// `[c·w, c·w + w_c)`, `w_c = min(w, dv_pad − c·w)`) is `[BC][w_c]` at offset `BC·c·w`, so the P·V
+/// micro-kernel streams one contiguous block per chunk. Zeros past `S_kv` and `D_v`.
+fn pack_v_tile(v: &TensorRef, b: usize, hk: usize, j0: usize, w: usize, row: &mut [f32], dst: &mut [f32]) {
+    let [_, _, s_kv, dv] = v.shape();
+    let dv_pad = row.len();
+    let nk = BC.min(s_kv.saturating_sub(j0));
+    if nk < BC {
+        dst.fill(0.0);
+    }
+    row[dv..].fill(0.0);
+    for t in 0..nk {
+        v.read_row(b, hk, j0 + t, 1.0, &mut row[..dv]);
+        let mut c0 = 0;
+        while c0 < dv_pad {
+            let wc = w.min(dv_pad - c0);
+            dst[BC * c0 + t * wc..BC * c0 + (t + 1) * wc].copy_from_slice(&row[c0..c0 + wc]);
+            c0 += wc;
+        }
     }
 }

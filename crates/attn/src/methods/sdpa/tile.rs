@@ -6,7 +6,6 @@ use crate::params::Resolved;
 use crate::primitives::online_softmax::LOG2_E;
 use crate::primitives::simd::Simd;
 use crate::problem::Problem;
-use crate::tensor::TensorRef;
 
 /// The query rows of one key/value head, stacked position-major: row `r` of kv head `hk` is query
 /// position `i = r / g` of query head `hk·g + r % g`. Stacking the `g` heads that share K/V lets one
@@ -164,32 +163,6 @@ pub(crate) fn q_multiplier(params: &Resolved) -> f32 {
 #[inline(always)]
 pub(crate) fn slope2(params: &Resolved, h: usize) -> f32 {
     params.slope(h) * LOG2_E
-}
-
-/// Rows of V as f32 slices of width `dv_pad ≥ D_v`: straight from the input when it is f32 with
-/// unit stride and needs no padding, else from a packed copy.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Rows<'a> {
-    /// Borrowed input rows: pointer of row `j` is `base + j·stride`.
-    Direct { data: &'a [f32], base: usize, stride: usize },
-    /// Packed `[S_kv, dv_pad]`.
-    Packed(&'a [f32]),
-}
-
-/// Whether rows of `t` for head `(b, h)` can be read in place at width `pad`.
-pub(crate) fn direct_rows<'a>(
-    t: &TensorRef<'a>,
-    b: usize,
-    h: usize,
-    pad: usize,
-) -> Option<Rows<'a>> {
-    let [_, _, _, d] = t.shape();
-    match t.data() {
-        crate::tensor::Data::F32(x) if t.strides()[3] == 1 && pad == d => {
-            Some(Rows::Direct { data: x, base: t.offset(b, h, 0, 0), stride: t.strides()[2] })
-        }
-        _ => None,
-    }
 }
 
 /// Rounds `x` up to a multiple of `m`.
