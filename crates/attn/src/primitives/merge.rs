@@ -58,7 +58,12 @@ pub fn merge_lse_into(o1: &mut [f32], lse1: &mut [f32], o2: &[f32], lse2: &[f32]
 ///
 /// # Errors
 /// As [`merge_lse_into`].
-pub fn merge_lse(o1: &[f32], lse1: &[f32], o2: &[f32], lse2: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
+pub fn merge_lse(
+    o1: &[f32],
+    lse1: &[f32],
+    o2: &[f32],
+    lse2: &[f32],
+) -> Result<(Vec<f32>, Vec<f32>)> {
     let (mut o, mut l) = (o1.to_vec(), lse1.to_vec());
     merge_lse_into(&mut o, &mut l, o2, lse2)?;
     Ok((o, l))

@@ -19,11 +19,11 @@
 //! tiles see the most keys), to at most `Par::threads()` workers.
 
 use super::tile::{
-    self, fix_scores, mask_scores, round_up, Bounds, Cover, RowMap, ScoreFix,
-    SharedMut,
+    self, fix_scores, mask_scores, round_up, Bounds, Cover, RowMap, ScoreFix, SharedMut,
 };
 use crate::dispatch::{Capabilities, Exactness, Inputs, Method, OutputMut};
 use crate::error::Result;
+use crate::memory::Scratch;
 use crate::par::Par;
 use crate::params::Resolved;
 use crate::primitives::online_softmax::RowState;
@@ -141,8 +141,7 @@ impl Plan {
     }
 
     fn scratch_bytes(&self) -> usize {
-        let per_head =
-            self.s_kv_pad * (self.d + self.dv_pad);
+        let per_head = self.s_kv_pad * (self.d + self.dv_pad);
         4 * (self.heads_per_group * per_head + self.threads * self.worker_floats())
             + self.threads * BR * 8
     }
@@ -151,10 +150,10 @@ impl Plan {
 /// Per-worker scratch.
 /// Per-worker scratch.
 struct Worker {
-    q: Vec<f32>,          // [BR/MR, D, MR] packed, pre-scaled query tile
+    q: Scratch,           // [BR/MR, D, MR] packed, pre-scaled query tile
     qrow: Vec<f32>,       // [D]          one query row being packed
-    o: Vec<f32>,          // [BR, dv_pad] unnormalised accumulator
-    s: Vec<f32>,          // [BR, BC]     scores, then probabilities, of one key tile
+    o: Scratch,           // [BR, dv_pad] unnormalised accumulator
+    s: Scratch,           // [BR, BC]     scores, then probabilities, of one key tile
     alpha: Vec<f32>,      // [BR]         rescale factor of each row for the current key tile
     state: Vec<RowState>, // [BR]
 }
@@ -217,15 +216,15 @@ fn forward_impl(
         (0..p.b).flat_map(|b| (0..p.h_kv).map(move |hk| (b, hk))).collect();
     let k_len = plan.s_kv_pad * d;
     let v_len = plan.s_kv_pad * dv_pad;
-    let mut kpack = vec![0.0f32; plan.heads_per_group * k_len];
-    let mut vpack = vec![0.0f32; plan.heads_per_group * v_len];
+    let mut kpack = Scratch::take(plan.heads_per_group * k_len);
+    let mut vpack = Scratch::take(plan.heads_per_group * v_len);
     let workers: Vec<Mutex<Worker>> = (0..plan.threads)
         .map(|_| {
             Mutex::new(Worker {
-                q: vec![0.0; BR * d],
+                q: Scratch::take(BR * d),
                 qrow: vec![0.0; d],
-                o: vec![0.0; BR * dv_pad],
-                s: vec![0.0; BR * BC],
+                o: Scratch::take(BR * dv_pad),
+                s: Scratch::take(BR * BC),
                 alpha: vec![1.0; BR],
                 state: vec![RowState::EMPTY; BR],
             })
@@ -258,7 +257,10 @@ fn forward_impl(
                 pack_k_tile(&inputs.k, b, hk, kt * BC, w, &mut row, dst);
                 // SAFETY: as above, for V.
                 let dst = unsafe {
-                    std::slice::from_raw_parts_mut(vp.get().add(gi * v_len + kt * BC * dv_pad), BC * dv_pad)
+                    std::slice::from_raw_parts_mut(
+                        vp.get().add(gi * v_len + kt * BC * dv_pad),
+                        BC * dv_pad,
+                    )
                 };
                 pack_v_tile(&inputs.v, b, hk, kt * BC, nv * plan.lanes, &mut vrow, dst);
             }
@@ -610,7 +612,15 @@ fn pack_k_tile(
 /// Packs values `[j0, j0 + BC)` of head `(b, hk)` chunk-major: chunk `c` (columns
 /// `[c·w, c·w + w_c)`, `w_c = min(w, dv_pad − c·w)`) is `[BC][w_c]` at offset `BC·c·w`, so the P·V
 /// micro-kernel streams one contiguous block per chunk. Zeros past `S_kv` and `D_v`.
-fn pack_v_tile(v: &TensorRef, b: usize, hk: usize, j0: usize, w: usize, row: &mut [f32], dst: &mut [f32]) {
+fn pack_v_tile(
+    v: &TensorRef,
+    b: usize,
+    hk: usize,
+    j0: usize,
+    w: usize,
+    row: &mut [f32],
+    dst: &mut [f32],
+) {
     let [_, _, s_kv, dv] = v.shape();
     let dv_pad = row.len();
     let nk = BC.min(s_kv.saturating_sub(j0));
