@@ -434,13 +434,15 @@ fn tile_forward<S: Simd, const MR: usize, const NV: usize>(
                 }
             }
         }
-        // 2. scores → probabilities, α per row.
-        for (bi, &(cover, _, _)) in seen[..nblocks].iter().enumerate() {
+        // 2. scores → probabilities, α per row, over the lane-aligned span [a, z) ⊇ [klo, khi)
+        //    of the block: keys outside it are invisible to every row and P·V skips them.
+        for (bi, &(cover, klo, khi)) in seen[..nblocks].iter().enumerate() {
             if cover == Cover::Empty {
                 continue;
             }
+            let (a, z) = (klo / S::LANES * S::LANES, khi.div_ceil(S::LANES) * S::LANES);
             for r in bi * MR..(bi + 1) * MR {
-                let row = &mut wk.s[r * BC..(r + 1) * BC];
+                let row = &mut wk.s[r * BC + a..r * BC + z];
                 if r >= nrows {
                     row.fill(0.0); // padding rows: P = 0, never written out
                     wk.alpha[r] = 1.0;
@@ -453,10 +455,10 @@ fn tile_forward<S: Simd, const MR: usize, const NV: usize>(
                         slope2: tile::slope2(c.params, h),
                         pos: c.params.position(i),
                     };
-                    unsafe { fix_scores::<S>(row, j0, fix) };
+                    unsafe { fix_scores::<S>(row, j0 + a, fix) };
                 }
                 if cover == Cover::Partial {
-                    mask_scores(row, mask, c.params, c.b, h, i, j0);
+                    mask_scores(row, mask, c.params, c.b, h, i, j0 + a);
                 }
                 wk.alpha[r] = unsafe { wk.state[r].update::<S>(row) };
             }

@@ -140,11 +140,20 @@ pub(crate) fn mask_scores(
     j0: usize,
 ) {
     let (lo, hi) = mask.interval(&params.geometry, b, i);
-    let dense = mask.has_dense();
-    for (t, x) in s.iter_mut().enumerate() {
-        let j = j0 + t;
-        if j < lo || j >= hi || (dense && !mask.allowed(&params.geometry, b, h, i, j)) {
-            *x = f32::NEG_INFINITY;
+    let n = s.len();
+    // Structured part: everything outside [lo, hi) (two fills, no per-key test).
+    let (a, z) = (lo.saturating_sub(j0).min(n), hi.saturating_sub(j0).min(n));
+    if a >= z {
+        s.fill(f32::NEG_INFINITY);
+        return;
+    }
+    s[..a].fill(f32::NEG_INFINITY);
+    s[z..].fill(f32::NEG_INFINITY);
+    if mask.has_dense() {
+        for (t, x) in s[a..z].iter_mut().enumerate() {
+            if !mask.allowed(&params.geometry, b, h, i, j0 + a + t) {
+                *x = f32::NEG_INFINITY;
+            }
         }
     }
 }
