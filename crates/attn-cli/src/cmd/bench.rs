@@ -1,0 +1,256 @@
+//! `attn bench`: registry-driven timing of methods over a grid of shapes.
+//!
+//! Per case: inputs are generated first (seeded, uniform in [-1, 1)), then the RSS baseline is
+//! taken, then the first call allocates the output buffers and runs once while peak RSS and peak
+//! heap are recorded; the timed calls reuse those buffers through [`attn::Prepared::run`], so
+//! a repetition measures the kernel, not the allocator. The library's scratch pool is emptied
+//! before the first call, so each case's memory is measured cold.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use attn::primitives::simd::Level;
+use attn::{memory, Inputs, OutputMut, Params, Prefs};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::alloc;
+use crate::config::{BenchCase, BenchConfig, Runtime, Timing, MIN_REPS};
+use crate::data::HostTensor;
+
+/// One measured case, as written to `--json`.
+#[derive(Debug, Serialize)]
+struct Record {
+    method: &'static str,
+    shape: String,
+    b: usize,
+    h: usize,
+    h_kv: usize,
+    s_q: usize,
+    s_kv: usize,
+    d: usize,
+    d_v: usize,
+    causal: bool,
+    dtype: &'static str,
+    threads: usize,
+    simd: &'static str,
+    reps: usize,
+    median_s: f64,
+    best_s: f64,
+    /// FLOPs counted per call (halved for causal).
+    flops: f64,
+    gflops_median: f64,
+    gflops_best: f64,
+    /// Peak RSS during the first call minus RSS before it; `null` where the OS cannot say.
+    peak_extra_bytes: Option<usize>,
+    /// Peak live heap bytes during the first call minus those before it.
+    peak_alloc_bytes: usize,
+    /// Scratch the method declared for the call.
+    scratch_bytes: usize,
+}
+
+pub fn run(cfg: &BenchConfig, rt: &Runtime) -> Result<()> {
+    for s in &cfg.skipped {
+        eprintln!("skip {s}");
+    }
+    let table = !rt.json_to_stdout();
+    let pb = if table && std::io::stderr().is_terminal() {
+        let pb = ProgressBar::new(cfg.cases.len() as u64);
+        pb.set_style(
+            ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed}] {msg}")
+                .expect("static template"),
+        );
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+    let timing = match cfg.timing {
+        Timing::Reps(n) => format!("{n} timed calls"),
+        Timing::MinTime(t) => format!("≥ {:.2} s and ≥ {MIN_REPS} calls", t.as_secs_f64()),
+    };
+    if table {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "# simd {} · {} threads · {} · {} warm-up · {timing} per case",
+            Level::current().name(),
+            rt.threads_used(),
+            cfg.dtype,
+            cfg.warmup
+        )?;
+        writeln!(
+            out,
+            "{:<14} {:<30} {:<6} {:>4} {:>11} {:>11} {:>9} {:>9} {:>9} {:>9}",
+            "method",
+            "shape",
+            "mask",
+            "reps",
+            "median ms",
+            "best ms",
+            "GF/s med",
+            "GF/s best",
+            "RSS+ MiB",
+            "heap MiB"
+        )?;
+    }
+
+    let mut records = Vec::new();
+    let mut failures = 0;
+    for case in &cfg.cases {
+        let mask = if case.causal { "causal" } else { "none" };
+        pb.set_message(format!("{} {} {mask}", case.method.name(), case.shape.label()));
+        match measure(case, cfg, rt) {
+            Ok(r) => {
+                if table {
+                    pb.suspend(|| print_row(&r))?;
+                }
+                records.push(r);
+            }
+            Err(e) => {
+                pb.suspend(|| {
+                    eprintln!(
+                        "error: {} on {} {mask}: {e:#}",
+                        case.method.name(),
+                        case.shape.label()
+                    )
+                });
+                failures += 1;
+            }
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    rt.write_json(&records)?;
+    if failures > 0 {
+        bail!("{failures} of {} cases failed", cfg.cases.len());
+    }
+    Ok(())
+}
+
+fn print_row(r: &Record) -> Result<()> {
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    let rss = r.peak_extra_bytes.map_or("n/a".to_string(), |b| format!("{:.1}", mib(b)));
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<14} {:<30} {:<6} {:>4} {:>11.3} {:>11.3} {:>9.1} {:>9.1} {:>9} {:>9.1}",
+        r.method,
+        r.shape,
+        if r.causal { "causal" } else { "none" },
+        r.reps,
+        r.median_s * 1e3,
+        r.best_s * 1e3,
+        r.gflops_median,
+        r.gflops_best,
+        rss,
+        mib(r.peak_alloc_bytes)
+    )?;
+    Ok(())
+}
+
+fn measure(case: &BenchCase, cfg: &BenchConfig, rt: &Runtime) -> Result<Record> {
+    let shape = case.shape;
+    let [qs, ks, vs] = shape.qkv_shapes();
+    // Streams 1, 2, 3: every method sees the same q, k, v for a shape.
+    let q = HostTensor::random(qs, cfg.dtype, rt.seed, 1);
+    let k = HostTensor::random(ks, cfg.dtype, rt.seed, 2);
+    let v = HostTensor::random(vs, cfg.dtype, rt.seed, 3);
+    let inputs = Inputs { q: q.view()?, k: k.view()?, v: v.view()? };
+    let params = if case.causal { Params::causal() } else { Params::default() };
+    let par = rt.par();
+    let prefs = Prefs { method: Some(case.method.name().into()), par, ..Prefs::default() };
+    let prepared = attn::prepare(&inputs, &params, &prefs)?;
+    let p = prepared.problem;
+
+    // Memory of the first call: everything it allocates (output, LSE, scratch) counts. The
+    // library keeps scratch between calls; emptying its pool first makes every case start cold
+    // instead of inheriting buffers from the one before.
+    memory::release_scratch();
+    let rss_ok = memory::reset_peak_rss();
+    let rss_before = memory::rss_bytes();
+    let heap_before = alloc::reset_peak();
+    let mut o = vec![0f32; p.out_len()];
+    let mut lse = vec![0f32; p.lse_len()];
+    let t = Instant::now();
+    prepared.run(&inputs, par, OutputMut { o: &mut o, lse: &mut lse })?;
+    let first = t.elapsed();
+    let peak_alloc_bytes = alloc::peak_bytes().saturating_sub(heap_before);
+    let peak_extra_bytes = match (rss_ok, rss_before, memory::peak_rss_bytes()) {
+        (true, Some(before), Some(peak)) => Some(peak.saturating_sub(before)),
+        _ => None,
+    };
+    ensure_finite(&o).context("the first call wrote non-finite outputs")?;
+
+    let mut call = || -> Result<Duration> {
+        let t = Instant::now();
+        prepared.run(&inputs, par, OutputMut { o: &mut o, lse: &mut lse })?;
+        Ok(t.elapsed())
+    };
+    let mut times = Vec::new();
+    if cfg.warmup == 0 {
+        times.push(first);
+    }
+    for _ in 1..cfg.warmup {
+        call()?;
+    }
+    match cfg.timing {
+        Timing::Reps(n) => {
+            while times.len() < n {
+                times.push(call()?);
+            }
+        }
+        Timing::MinTime(min) => {
+            while times.len() < MIN_REPS || times.iter().sum::<Duration>() < min {
+                times.push(call()?);
+            }
+        }
+    }
+
+    times.sort();
+    let median = median(&times);
+    let best = times[0].as_secs_f64();
+    let flops = if case.causal { p.flops() / 2.0 } else { p.flops() };
+    Ok(Record {
+        method: case.method.name(),
+        shape: shape.label(),
+        b: p.b,
+        h: p.h,
+        h_kv: p.h_kv,
+        s_q: p.s_q,
+        s_kv: p.s_kv,
+        d: p.d,
+        d_v: p.d_v,
+        causal: case.causal,
+        dtype: p.dtype.name(),
+        threads: rt.threads_used(),
+        simd: Level::current().name(),
+        reps: times.len(),
+        median_s: median,
+        best_s: best,
+        flops,
+        gflops_median: flops / median / 1e9,
+        gflops_best: flops / best / 1e9,
+        peak_extra_bytes,
+        peak_alloc_bytes,
+        scratch_bytes: prepared.scratch_bytes,
+    })
+}
+
+/// Median of sorted durations, in seconds.
+fn median(sorted: &[Duration]) -> f64 {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2].as_secs_f64()
+    } else {
+        (sorted[n / 2 - 1].as_secs_f64() + sorted[n / 2].as_secs_f64()) / 2.0
+    }
+}
+
+/// A benchmark of a kernel that writes NaN would time a bug; fail the case instead.
+fn ensure_finite(o: &[f32]) -> Result<()> {
+    match o.iter().position(|x| !x.is_finite()) {
+        Some(i) => bail!("o[{i}] = {}", o[i]),
+        None => Ok(()),
+    }
+}

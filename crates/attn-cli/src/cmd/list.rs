@@ -1,0 +1,93 @@
+//! `attn list`: the registry in priority order, with capabilities.
+
+use std::io::Write;
+
+use anyhow::Result;
+use attn::{Exactness, Method};
+use serde::Serialize;
+
+use crate::config::{ListConfig, Runtime};
+
+/// One method as `--json` prints it.
+#[derive(Debug, Serialize)]
+struct Entry {
+    priority: usize,
+    name: &'static str,
+    family: &'static str,
+    exact: bool,
+    reference: bool,
+    description: &'static str,
+    dtypes: Vec<&'static str>,
+    masks: Vec<&'static str>,
+    max_head_dim: Option<usize>,
+    gqa: bool,
+    softcap: bool,
+    alibi: bool,
+    max_query_rows: Option<usize>,
+    min_kv: usize,
+}
+
+fn entry(priority: usize, m: &dyn Method) -> Entry {
+    let c = m.capabilities();
+    Entry {
+        priority,
+        name: m.name(),
+        family: m.family(),
+        exact: m.exactness() == Exactness::Exact,
+        reference: m.is_reference(),
+        description: m.description(),
+        dtypes: c.dtypes.iter().map(|d| d.name()).collect(),
+        masks: c.masks.iter().map(|k| k.name()).collect(),
+        // usize::MAX means "no limit"; JSON readers get null rather than 18446744073709551615.
+        max_head_dim: (c.max_head_dim != usize::MAX).then_some(c.max_head_dim),
+        gqa: c.gqa,
+        softcap: c.softcap,
+        alibi: c.alibi,
+        max_query_rows: c.max_query_rows,
+        min_kv: c.min_kv,
+    }
+}
+
+pub fn run(_: &ListConfig, rt: &Runtime) -> Result<()> {
+    let entries: Vec<Entry> =
+        attn::registry().methods().iter().enumerate().map(|(i, m)| entry(i + 1, *m)).collect();
+    rt.write_json(&entries)?;
+    if rt.json_to_stdout() {
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "Methods in priority order (auto selection takes the first exact, non-reference"
+    )?;
+    writeln!(out, "method that accepts the problem; references run when nothing else does):")?;
+    for e in &entries {
+        let kind = match (e.exact, e.reference) {
+            (true, true) => "exact, reference",
+            (true, false) => "exact",
+            (false, _) => "approximate",
+        };
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        let limit = |x: Option<usize>| x.map_or("any".to_string(), |n| format!("≤ {n}"));
+        writeln!(out)?;
+        writeln!(out, "{:>2}. {}  [{}; {}]", e.priority, e.name, e.family, kind)?;
+        writeln!(out, "    {}", e.description)?;
+        writeln!(
+            out,
+            "    dtypes {}  ·  head dim {}  ·  gqa {}  ·  softcap {}  ·  alibi {}",
+            e.dtypes.join(","),
+            limit(e.max_head_dim),
+            yes(e.gqa),
+            yes(e.softcap),
+            yes(e.alibi)
+        )?;
+        writeln!(
+            out,
+            "    query rows per kv head {}  ·  min S_kv {}",
+            limit(e.max_query_rows),
+            e.min_kv
+        )?;
+        writeln!(out, "    masks {}", e.masks.join(", "))?;
+    }
+    Ok(())
+}
