@@ -1,0 +1,442 @@
+//! Runs the built `attn` binary on tiny inputs: every subcommand's happy path, the file formats
+//! round-tripped against `attn::attend`, and bad input failing with a message, never a panic.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use attn::{attend, Par, Params, Prefs, TensorRef};
+use half::f16;
+use npyz::WriterBuilder;
+
+fn attn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_attn")).args(args).output().expect("the binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts success and returns stdout.
+fn ok(args: &[&str]) -> String {
+    let o = attn(args);
+    assert!(o.status.success(), "attn {args:?} failed:\n{}", stderr(&o));
+    stdout(&o)
+}
+
+/// Asserts a clean failure (non-zero exit, no panic) and returns stderr.
+fn fails(args: &[&str]) -> String {
+    let o = attn(args);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "attn {args:?} should fail; stdout:\n{}", stdout(&o));
+    assert!(!err.contains("panicked"), "attn {args:?} panicked:\n{err}");
+    assert!(err.starts_with("error: "), "attn {args:?}: unexpected stderr:\n{err}");
+    err
+}
+
+/// A fresh directory for one test.
+fn dir(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Deterministic values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[usize], data: &[T]) {
+    let shape: Vec<u64> = shape.iter().map(|&n| n as u64).collect();
+    let mut w = npyz::WriteOptions::<T>::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(BufWriter::new(File::create(path).unwrap()))
+        .begin_nd()
+        .unwrap();
+    w.extend(data.iter().copied()).unwrap();
+    w.finish().unwrap();
+}
+
+fn read_npy(path: &Path) -> (Vec<u64>, Vec<f32>) {
+    let npy = npyz::NpyFile::new(File::open(path).unwrap()).unwrap();
+    (npy.shape().to_vec(), npy.into_vec::<f32>().unwrap())
+}
+
+fn le_bytes(x: &[f32]) -> Vec<u8> {
+    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn from_le(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+/// What the library computes on one thread (the CLI runs with `--threads 1`).
+fn expected(
+    q: (&[f32], [usize; 4]),
+    k: (&[f32], [usize; 4]),
+    v: (&[f32], [usize; 4]),
+    params: &Params,
+) -> attn::Output {
+    fn t((x, s): (&[f32], [usize; 4])) -> TensorRef<'_> {
+        TensorRef::new(x, s).unwrap()
+    }
+    let prefs = Prefs { par: Par::Seq, ..Prefs::default() };
+    attend(t(q), t(k), t(v), params, &prefs).unwrap()
+}
+
+#[test]
+fn list_shows_the_registry() {
+    let out = ok(&["list"]);
+    assert!(out.contains("sdpa-flash"), "{out}");
+    assert!(out.contains("sdpa-reference"), "{out}");
+    let json: serde_json::Value = serde_json::from_str(&ok(&["list", "--json"])).unwrap();
+    let names: Vec<&str> =
+        json.as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    let registry: Vec<&str> = attn::registry().methods().iter().map(|m| m.name()).collect();
+    assert_eq!(names, registry);
+    assert_eq!(json[0]["priority"], 1);
+    assert!(json[0]["dtypes"].as_array().unwrap().contains(&"f32".into()));
+}
+
+#[test]
+fn bench_writes_json_records() {
+    let d = dir("bench");
+    let file = d.join("bench.json");
+    let out = ok(&[
+        "bench",
+        "--quick",
+        "--shape",
+        "b1,h2,s64,d32",
+        "--shape",
+        "h4x2,sq1,skv256,d16",
+        "--both",
+        "--reps",
+        "2",
+        "--threads",
+        "1",
+        "--json",
+        s(&file),
+    ]);
+    assert!(out.contains("sdpa-flash"), "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let records = json.as_array().unwrap();
+    // 2 shapes × 2 masks with sdpa-flash, plus sdpa-decode on the decode shape's 2 masks.
+    assert_eq!(records.len(), 6, "{json:#}");
+    let decode = records.iter().filter(|r| r["method"] == "sdpa-decode").count();
+    assert_eq!(decode, 2);
+    for r in records {
+        for key in [
+            "method",
+            "shape",
+            "b",
+            "h",
+            "h_kv",
+            "s_q",
+            "s_kv",
+            "d",
+            "d_v",
+            "causal",
+            "dtype",
+            "threads",
+            "median_s",
+            "best_s",
+            "gflops_median",
+            "gflops_best",
+            "peak_extra_bytes",
+            "simd",
+        ] {
+            assert!(r.get(key).is_some(), "missing {key} in {r}");
+        }
+        assert_eq!(r["threads"], 1);
+        assert_eq!(r["reps"], 2);
+        assert_eq!(r["dtype"], "f32");
+        assert!(r["best_s"].as_f64().unwrap() <= r["median_s"].as_f64().unwrap());
+        assert!(r["gflops_best"].as_f64().unwrap() > 0.0);
+    }
+    let first = &records[0];
+    assert_eq!(
+        (first["shape"].as_str(), first["causal"].as_bool()),
+        (Some("b1_h2_sq64_skv64_d32"), Some(false))
+    );
+    // FLOPs = 4·B·H·S_q·S_kv·D, halved for causal.
+    let flops = |r: &serde_json::Value| r["flops"].as_f64().unwrap();
+    assert_eq!(flops(first), 4.0 * 2.0 * 64.0 * 64.0 * 32.0);
+    assert_eq!(flops(&records[1]), flops(first) / 2.0);
+
+    // JSON to stdout replaces the table.
+    let out = ok(&["bench", "--shape", "b1,h1,s16,d8", "--reps", "1", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn bench_rejects_bad_options() {
+    assert!(fails(&["bench", "--shape", "b1,h8,d64"]).contains("give s"));
+    assert!(fails(&["bench", "--method", "nope"]).contains("known methods"));
+    assert!(fails(&["bench", "--reps", "0"]).contains("--reps"));
+    // A forced decode path on a prefill shape: nothing to run, and the reason is given.
+    let err = fails(&["bench", "--method", "sdpa-decode", "--shape", "s64"]);
+    assert!(err.contains("query rows"), "{err}");
+}
+
+#[test]
+fn check_passes_on_small_shapes() {
+    let out = ok(&[
+        "check",
+        "--method",
+        "sdpa-flash",
+        "--shape",
+        "b1,h2,hkv1,sq20,skv33,d16",
+        "--mask",
+        "all",
+    ]);
+    assert!(out.contains("ok") && !out.contains("FAIL"), "{out}");
+}
+
+#[test]
+fn run_npy_matches_the_library() {
+    let d = dir("run-npy");
+    let (qs, ks, vs) = ([1, 4, 33, 16], [1, 2, 40, 16], [1, 2, 40, 8]);
+    let q = values(qs.iter().product(), 1);
+    let k = values(ks.iter().product(), 2);
+    let v = values(vs.iter().product(), 3);
+    for (name, shape, data) in [("q", qs, &q), ("k", ks, &k), ("v", vs, &v)] {
+        write_npy(&d.join(format!("{name}.npy")), &shape, data);
+    }
+    let (o_path, lse_path) = (d.join("o.npy"), d.join("lse.npy"));
+    let run = attn(&[
+        "run",
+        "--q",
+        s(&d.join("q.npy")),
+        "--k",
+        s(&d.join("k.npy")),
+        "--v",
+        s(&d.join("v.npy")),
+        "--causal",
+        "--threads",
+        "1",
+        "--out",
+        s(&o_path),
+        "--lse",
+        s(&lse_path),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let want = expected((&q, qs), (&k, ks), (&v, vs), &Params::causal());
+    // The method that ran, and why the faster-listed decode path did not, go to stderr.
+    let err = stderr(&run);
+    assert!(err.contains(want.method), "{err}");
+    assert!(err.contains("sdpa-decode rejected"), "{err}");
+    let (o_shape, o) = read_npy(&o_path);
+    assert_eq!(o_shape, [1, 4, 33, 8]);
+    assert_eq!(o, want.o);
+    let (lse_shape, lse) = read_npy(&lse_path);
+    assert_eq!(lse_shape, [1, 4, 33]);
+    assert_eq!(lse, want.lse);
+}
+
+#[test]
+fn run_safetensors_matches_the_library() {
+    use safetensors::{tensor::TensorView, Dtype};
+    let d = dir("run-st");
+    let (qs, ks) = ([2, 2, 5, 8], [2, 2, 300, 8]);
+    let q = values(qs.iter().product(), 4);
+    let k = values(ks.iter().product(), 5);
+    let v = values(ks.iter().product(), 6);
+    let bytes = [le_bytes(&q), le_bytes(&k), le_bytes(&v)];
+    let views: Vec<(&str, TensorView)> = [("q", qs), ("k", ks), ("v", ks)]
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s), b)| (*n, TensorView::new(Dtype::F32, s.to_vec(), b).unwrap()))
+        .collect();
+    let input = d.join("qkv.safetensors");
+    std::fs::write(&input, safetensors::serialize(views, &None).unwrap()).unwrap();
+
+    let out = d.join("o.safetensors");
+    let err = stderr(&attn(&[
+        "run",
+        "--inputs",
+        s(&input),
+        "--window",
+        "3,1",
+        "--scale",
+        "0.5",
+        "--threads",
+        "1",
+        "--out",
+        s(&out),
+        "--lse",
+    ]));
+    let params = Params {
+        scale: Some(0.5),
+        mask: attn::Mask::Window { left: Some(3), right: Some(1) },
+        ..Params::default()
+    };
+    let want = expected((&q, qs), (&k, ks), (&v, ks), &params);
+    assert!(err.contains(want.method), "{err}");
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let o = st.tensor("o").unwrap();
+    assert_eq!((o.dtype(), o.shape()), (Dtype::F32, &[2, 2, 5, 8][..]));
+    assert_eq!(from_le(o.data()), want.o);
+    assert_eq!(from_le(st.tensor("lse").unwrap().data()), want.lse);
+
+    // A tensor picked by name; a forced method; f16 q read from .npy is rejected against f32 k.
+    let out2 = d.join("o2.npy");
+    let q_arg = format!("{}:q", s(&input));
+    ok(&[
+        "run",
+        "--method",
+        "sdpa-reference",
+        "--q",
+        &q_arg,
+        "--k",
+        &q_arg,
+        "--v",
+        &q_arg,
+        "--out",
+        s(&out2),
+    ]);
+    let q16: Vec<f16> = q.iter().map(|&x| f16::from_f32(x)).collect();
+    write_npy(&d.join("q16.npy"), &qs, &q16);
+    let err =
+        fails(&["run", "--inputs", s(&input), "--q", s(&d.join("q16.npy")), "--out", s(&out2)]);
+    assert!(err.contains("element type") && err.contains("f16"), "{err}");
+    let err = fails(&[
+        "run",
+        "--inputs",
+        s(&input),
+        "--q",
+        &format!("{}:query", s(&input)),
+        "--out",
+        s(&out2),
+    ]);
+    assert!(err.contains("no tensor named \"query\"") && err.contains("k, q, v"), "{err}");
+}
+
+#[test]
+fn run_bshd_layout_round_trips() {
+    let d = dir("run-bshd");
+    let (b, s_q, s_kv, h, dd) = (1, 6, 9, 2, 4);
+    let q = values(b * s_q * h * dd, 7);
+    let k = values(b * s_kv * h * dd, 8);
+    let v = values(b * s_kv * h * dd, 9);
+    write_npy(&d.join("q.npy"), &[b, s_q, h, dd], &q);
+    write_npy(&d.join("k.npy"), &[b, s_kv, h, dd], &k);
+    write_npy(&d.join("v.npy"), &[b, s_kv, h, dd], &v);
+    let o_path = d.join("o.npy");
+    let (qp, kp, vp) = (d.join("q.npy"), d.join("k.npy"), d.join("v.npy"));
+    ok(&[
+        "run",
+        "--layout",
+        "bshd",
+        "--threads",
+        "1",
+        "--out",
+        s(&o_path),
+        "--q",
+        s(&qp),
+        "--k",
+        s(&kp),
+        "--v",
+        s(&vp),
+    ]);
+    fn t(x: &[f32], shape: [usize; 4]) -> TensorRef<'_> {
+        TensorRef::from_bshd(x, shape).unwrap()
+    }
+    let prefs = Prefs { par: Par::Seq, ..Prefs::default() };
+    let (qs, ks) = ([b, s_q, h, dd], [b, s_kv, h, dd]);
+    let want = attend(t(&q, qs), t(&k, ks), t(&v, ks), &Params::default(), &prefs).unwrap();
+    let (shape, o) = read_npy(&o_path);
+    assert_eq!(shape, [1, 6, 2, 4]);
+    // want.o is [B, H, S_q, D]; the file is [B, S_q, H, D].
+    for i in 0..s_q {
+        for hh in 0..h {
+            let got = &o[(i * h + hh) * dd..][..dd];
+            assert_eq!(got, &want.o[(hh * s_q + i) * dd..][..dd]);
+        }
+    }
+}
+
+#[test]
+fn run_bad_input_fails_with_a_message() {
+    let d = dir("run-bad");
+    let good = |name: &str, shape: [usize; 4]| {
+        let p = d.join(name);
+        write_npy(&p, &shape, &values(shape.iter().product(), 1));
+        p
+    };
+    let q = good("q.npy", [1, 2, 8, 16]);
+    let k = good("k.npy", [1, 2, 8, 16]);
+    let v = good("v.npy", [1, 2, 8, 16]);
+    let out = d.join("o.npy");
+    let run = |q: &Path, k: &Path, v: &Path| {
+        fails(&["run", "--q", s(q), "--k", s(k), "--v", s(v), "--out", s(&out)])
+    };
+
+    let garbage = d.join("garbage.npy");
+    std::fs::write(&garbage, b"this is not numpy").unwrap();
+    let err = run(&garbage, &k, &v);
+    assert!(err.contains("garbage.npy") && err.contains("not a valid .npy"), "{err}");
+
+    let truncated = d.join("truncated.npy");
+    let bytes = std::fs::read(&q).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() - 10]).unwrap();
+    let err = run(&q, &truncated, &v);
+    assert!(err.contains("truncated.npy"), "{err}");
+
+    let k_d8 = good("k_d8.npy", [1, 2, 8, 8]);
+    let err = run(&q, &k_d8, &v);
+    assert!(err.contains("head dim") && err.contains("k_d8.npy"), "{err}");
+
+    let v_3d = d.join("v3.npy");
+    write_npy(&v_3d, &[2, 8, 16], &values(256, 2));
+    let err = run(&q, &k, &v_3d);
+    assert!(err.contains("v3.npy") && err.contains("4-D"), "{err}");
+
+    let ints = d.join("ints.npy");
+    write_npy(&ints, &[1, 2, 8, 16], &vec![1i32; 256]);
+    let err = run(&q, &k, &ints);
+    assert!(err.contains("ints.npy") && err.contains("<i4"), "{err}");
+
+    let missing = d.join("missing.npy");
+    let err = run(&q, &k, &missing);
+    assert!(err.contains("missing.npy"), "{err}");
+
+    assert!(run(&q, &k, &d.join("v.txt")).contains("unknown format"));
+    let err = fails(&[
+        "run",
+        "--q",
+        s(&q),
+        "--k",
+        s(&k),
+        "--v",
+        s(&v),
+        "--window",
+        "7",
+        "--out",
+        s(&out),
+    ]);
+    assert!(err.contains("--window"), "{err}");
+    let err = fails(&["run", "--q", s(&q), "--k", s(&k), "--v", s(&v), "--out", s(&out), "--lse"]);
+    assert!(err.contains("--lse"), "{err}");
+}
