@@ -1,6 +1,6 @@
 //! Owned input arrays and the seeded generator that fills them.
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use attn::{DType, TensorRef};
 use half::{bf16, f16};
 
@@ -27,6 +27,14 @@ impl HostData {
             HostData::F32(_) => DType::F32,
             HostData::F16(_) => DType::F16,
             HostData::BF16(_) => DType::BF16,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            HostData::F32(x) => x.len(),
+            HostData::F16(x) => x.len(),
+            HostData::BF16(x) => x.len(),
         }
     }
 
@@ -65,6 +73,10 @@ impl HostTensor {
         let shape: [usize; 4] = self.shape.as_slice().try_into().map_err(|_| {
             anyhow!("expected a 4-D array, got shape {:?} ({}-D)", self.shape, self.shape.len())
         })?;
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if n != Some(self.data.len()) {
+            bail!("shape {shape:?} does not match the {} elements read", self.data.len());
+        }
         let t = if bshd {
             TensorRef::from_bshd(self.data.as_data(), shape)
         } else {

@@ -36,6 +36,34 @@ impl Shape {
         ]
     }
 
+    /// Bytes of q, k and v with `elem` bytes per element; `None` when that overflows.
+    pub fn input_bytes(&self, elem: usize) -> Option<usize> {
+        self.qkv_shapes().iter().try_fold(0usize, |total, s| {
+            let n = s.iter().try_fold(elem, |a, &d| a.checked_mul(d))?;
+            total.checked_add(n)
+        })
+    }
+
+    /// Fails when the inputs of this shape cannot be allocated (checked before generating them,
+    /// so an oversized spec is an error rather than an abort).
+    pub fn ensure_inputs_fit(&self, dtype: attn::DType) -> Result<()> {
+        let need = self.input_bytes(dtype.size()).filter(|&n| n <= isize::MAX as usize);
+        let Some(need) = need else {
+            bail!("{}: the inputs would overflow the address space", self.label());
+        };
+        if let Some(avail) = attn::memory::available_bytes() {
+            let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+            ensure!(
+                need <= avail,
+                "{}: q, k and v need {:.1} GiB but {:.1} GiB of memory is available",
+                self.label(),
+                gib(need),
+                gib(avail)
+            );
+        }
+        Ok(())
+    }
+
     /// The label benches and tests use (`b1_h8x2_sq512_skv512_d64`).
     pub fn label(&self) -> String {
         self.problem(attn::DType::F32).label()
@@ -89,7 +117,13 @@ fn parse_inner(spec: &str) -> Result<Vec<Shape>> {
                 for &(s_q, s_kv) in &lengths {
                     for &d in &or(d.clone(), 64) {
                         for &d_v in &or(d_v.clone(), d) {
-                            out.push(Shape { b, h, h_kv, s_q, s_kv, d, d_v });
+                            let shape = Shape { b, h, h_kv, s_q, s_kv, d, d_v };
+                            ensure!(
+                                shape.input_bytes(8).is_some(),
+                                "{} is too large",
+                                shape.label()
+                            );
+                            out.push(shape);
                         }
                     }
                 }
@@ -148,6 +182,7 @@ mod tests {
             ("s,d64", "missing value"),
             ("sabc", "unknown key"),
             ("s12q", "not a positive integer"),
+            ("b99999999999,s99999999999", "too large"),
         ] {
             let e = format!("{:#}", parse(spec).unwrap_err());
             assert!(e.contains(want), "{spec}: {e}");

@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -82,7 +82,9 @@ pub fn read(src: &Source) -> Result<HostTensor> {
 }
 
 fn read_npy(path: &Path) -> Result<HostTensor> {
-    let file = File::open(path)?;
+    let mut file = File::open(path)?;
+    check_npy_shape(&mut file)?;
+    file.seek(SeekFrom::Start(0))?;
     let npy = npyz::NpyFile::new(BufReader::new(file)).context("not a valid .npy file")?;
     let shape: Vec<usize> = npy.shape().iter().map(|&n| n as usize).collect();
     let fortran = npy.order() == npyz::Order::Fortran;
@@ -111,6 +113,32 @@ fn read_npy(path: &Path) -> Result<HostTensor> {
         };
     }
     Ok(HostTensor { data, shape })
+}
+
+/// Refuses a header whose shape has more elements than fit in memory. npyz multiplies the
+/// dimensions without overflow checks (a panic in debug builds, a wrong count in release), so a
+/// corrupt header must be caught before the file reaches it.
+fn check_npy_shape(file: &mut File) -> Result<()> {
+    let mut head = Vec::new();
+    file.take(1 << 16).read_to_end(&mut head)?;
+    let text = String::from_utf8_lossy(&head);
+    let Some(dims) = text
+        .find("'shape'")
+        .or_else(|| text.find("\"shape\""))
+        .and_then(|at| text[at..].find('(').map(|o| at + o + 1))
+        .and_then(|open| text[open..].find(')').map(|c| &text[open..open + c]))
+    else {
+        return Ok(()); // not a header npyz accepts either; it reports the error
+    };
+    let mut count: u64 = 1;
+    for dim in dims.split(',').map(|d| d.trim().trim_end_matches('L')).filter(|d| !d.is_empty()) {
+        let Ok(n) = dim.parse::<u64>() else { return Ok(()) };
+        count =
+            count.checked_mul(n).filter(|&c| c <= (isize::MAX as u64) / 8).with_context(|| {
+                format!("header shape ({dims}) has more elements than fit in memory")
+            })?;
+    }
+    Ok(())
 }
 
 /// Reorders a column-major array into row-major order.

@@ -404,6 +404,23 @@ fn run_bad_input_fails_with_a_message() {
     let err = run(&q, &truncated, &v);
     assert!(err.contains("truncated.npy"), "{err}");
 
+    // A header whose element count overflows must not reach npyz's unchecked arithmetic.
+    let huge = d.join("huge.npy");
+    let mut header =
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (18446744073709551615, 3, 1, 1), }"
+            .to_string();
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend([0u8; 64]);
+    std::fs::write(&huge, bytes).unwrap();
+    let err = run(&huge, &k, &v);
+    assert!(err.contains("huge.npy") && err.contains("more elements than fit"), "{err}");
+
     let k_d8 = good("k_d8.npy", [1, 2, 8, 8]);
     let err = run(&q, &k_d8, &v);
     assert!(err.contains("head dim") && err.contains("k_d8.npy"), "{err}");

@@ -66,7 +66,7 @@ pub fn run(cfg: &BenchConfig, rt: &Runtime) -> Result<()> {
         ProgressBar::hidden()
     };
     let timing = match cfg.timing {
-        Timing::Reps(n) => format!("{n} timed calls"),
+        Timing::Reps(n) => format!("{n} timed call{}", if n == 1 { "" } else { "s" }),
         Timing::MinTime(t) => format!("≥ {:.2} s and ≥ {MIN_REPS} calls", t.as_secs_f64()),
     };
     if table {
@@ -151,6 +151,7 @@ fn print_row(r: &Record) -> Result<()> {
 
 fn measure(case: &BenchCase, cfg: &BenchConfig, rt: &Runtime) -> Result<Record> {
     let shape = case.shape;
+    shape.ensure_inputs_fit(cfg.dtype)?;
     let [qs, ks, vs] = shape.qkv_shapes();
     // Streams 1, 2, 3: every method sees the same q, k, v for a shape.
     let q = HostTensor::random(qs, cfg.dtype, rt.seed, 1);

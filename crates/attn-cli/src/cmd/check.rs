@@ -81,6 +81,7 @@ pub fn run(cfg: &CheckConfig, rt: &Runtime) -> Result<()> {
     let mut reports = Vec::new();
     let (mut failed, mut skipped) = (0, 0);
     for shape in &cfg.shapes {
+        shape.ensure_inputs_fit(cfg.dtype)?;
         let [qs, ks, vs] = shape.qkv_shapes();
         let q = HostTensor::random(qs, cfg.dtype, rt.seed, 1);
         let k = HostTensor::random(ks, cfg.dtype, rt.seed, 2);
