@@ -152,7 +152,7 @@ def main():
     import torch
 
     res = {"date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "machine": platform.processor() or platform.machine(),
-           "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": ") if os.path.exists("/proc/cpuinfo") else "",
+           "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].split(":", 1)[1].strip() if os.path.exists("/proc/cpuinfo") else "",
            "nproc": os.cpu_count(), "torch": torch.__version__, "numpy": np.__version__, "cases": []}
     threads = [int(t) for t in args.threads.split(",")]
     res["sgemm"] = {t: sgemm(t) for t in threads}

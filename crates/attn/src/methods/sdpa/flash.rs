@@ -241,7 +241,7 @@ fn forward_impl(
         let njobs = group.len() * tiles_kv;
         let next = AtomicUsize::new(0);
         par.run(plan.threads.min(njobs), |_| {
-            let mut row = vec![0.0f32; d];
+            let mut row = vec![0.0f32; 16 * d];
             let mut vrow = vec![0.0f32; dv_pad];
             loop {
                 let job = next.fetch_add(1, Ordering::Relaxed);
@@ -581,13 +581,17 @@ unsafe fn pv_block<S: Simd, const MR: usize, const NV: usize>(
 }
 
 /// Packs keys `[j0, j0 + BC)` of head `(b, hk)` into `BC / w` panels `[D][w]` (zeros past `S_kv`).
+///
+/// Keys go in groups of 16 (or `w`): each dimension `dd` of the group is gathered from the 16 rows
+/// and written as one contiguous run, so stores stream instead of scattering one float per line.
+/// `stage` (16·D floats) holds rows converted to f32 when the input is not f32 with unit stride.
 fn pack_k_tile(
     k: &TensorRef,
     b: usize,
     hk: usize,
     j0: usize,
     w: usize,
-    row: &mut [f32],
+    stage: &mut [f32],
     dst: &mut [f32],
 ) {
     let [_, _, s_kv, d] = k.shape();
@@ -595,19 +599,33 @@ fn pack_k_tile(
     if nk < BC {
         dst.fill(0.0);
     }
-    for t in 0..nk {
-        let src: &[f32] = match (k.data(), k.row_f32(b, hk, j0 + t)) {
-            (Data::F32(_), Some(r)) => r,
-            _ => {
-                k.read_row(b, hk, j0 + t, 1.0, row);
-                row
+    let g = 16.min(w);
+    let direct = matches!(k.data(), Data::F32(_)) && k.strides()[3] == 1;
+    let mut t0 = 0;
+    while t0 < nk {
+        let n = g.min(nk - t0);
+        if !direct {
+            for l in 0..n {
+                k.read_row(b, hk, j0 + t0 + l, 1.0, &mut stage[l * d..(l + 1) * d]);
             }
-        };
-        let panel = &mut dst[(t / w) * d * w..(t / w + 1) * d * w];
-        let lane = t % w;
-        for (dd, &x) in src.iter().enumerate() {
-            panel[dd * w + lane] = x;
         }
+        let mut srcs: [&[f32]; 16] = [&[]; 16];
+        for (l, src) in srcs.iter_mut().enumerate().take(n) {
+            *src = if direct {
+                k.row_f32(b, hk, j0 + t0 + l).unwrap_or(&[])
+            } else {
+                &stage[l * d..(l + 1) * d]
+            };
+        }
+        let panel = &mut dst[(t0 / w) * d * w..(t0 / w + 1) * d * w];
+        let lane0 = t0 % w;
+        for dd in 0..d {
+            let out = &mut panel[dd * w + lane0..dd * w + lane0 + n];
+            for (o, src) in out.iter_mut().zip(&srcs[..n]) {
+                *o = src[dd];
+            }
+        }
+        t0 += n;
     }
 }
 
@@ -630,12 +648,19 @@ fn pack_v_tile(
         dst.fill(0.0);
     }
     row[dv..].fill(0.0);
+    let direct = dv == dv_pad && matches!(v.data(), Data::F32(_)) && v.strides()[3] == 1;
     for t in 0..nk {
-        v.read_row(b, hk, j0 + t, 1.0, &mut row[..dv]);
+        let src: &[f32] = match v.row_f32(b, hk, j0 + t) {
+            Some(r) if direct => r,
+            _ => {
+                v.read_row(b, hk, j0 + t, 1.0, &mut row[..dv]);
+                row
+            }
+        };
         let mut c0 = 0;
         while c0 < dv_pad {
             let wc = w.min(dv_pad - c0);
-            dst[BC * c0 + t * wc..BC * c0 + (t + 1) * wc].copy_from_slice(&row[c0..c0 + wc]);
+            dst[BC * c0 + t * wc..BC * c0 + (t + 1) * wc].copy_from_slice(&src[c0..c0 + wc]);
             c0 += wc;
         }
     }
