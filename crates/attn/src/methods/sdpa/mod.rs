@@ -1,6 +1,6 @@
 //! Exact softmax attention (scaled dot-product attention); see `README.md` in this folder.
 //!
-//! - [`reference`]: the specification — plain loops, f64 accumulation, one row at a time.
+//! - [`reference`](mod@reference): the specification — plain loops, f64 accumulation, one row at a time.
 //! - [`flash`]: tiled online softmax over packed key panels, SIMD at run time, threads over
 //!   query tiles; every shape and mask.
 //! - [`decode`]: few query rows over many keys: the keys are split across threads and the
