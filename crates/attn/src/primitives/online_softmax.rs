@@ -42,23 +42,27 @@ impl RowState {
     /// The state before any key.
     pub const EMPTY: RowState = RowState { m: f32::NEG_INFINITY, l: 0.0 };
 
-    /// Takes a tile of base-2 scores, overwrites them with `p = 2^(s − m')` and returns the factor
-    /// `α` by which the caller must rescale its accumulator. Masked scores are `−∞` and give `p = 0`.
+    /// Takes a tile of raw scores `s` whose base-2 scores are `c·s`, overwrites them with
+    /// `p = 2^(c·s − m')` and returns the factor `α` by which the caller must rescale its
+    /// accumulator. Masked scores are `−∞` and give `p = 0` (then `c` must be positive; pass
+    /// `c = 1` for scores already in base 2). Folding `c` here instead of into the queries saves a
+    /// rounding per query element.
     ///
     /// `s.len()` must be a multiple of `S::LANES`.
     ///
     /// # Safety
     /// The CPU must support `S` (call from a [`super::simd::Kernel`]).
     #[inline(always)]
-    pub unsafe fn update<S: Simd>(&mut self, s: &mut [f32]) -> f32 {
+    pub unsafe fn update<S: Simd>(&mut self, s: &mut [f32], c: f32) -> f32 {
         debug_assert_eq!(s.len() % S::LANES, 0);
         let ptr = s.as_mut_ptr();
         let n = s.len();
         unsafe {
+            let vc = S::splat(c);
             let mut vm = S::splat(f32::NEG_INFINITY);
             let mut i = 0;
             while i < n {
-                vm = S::max(vm, S::load(ptr.add(i)));
+                vm = S::max(vm, S::mul(S::load(ptr.add(i)), vc));
                 i += S::LANES;
             }
             let m_tile = S::reduce_max(vm);
@@ -69,11 +73,11 @@ impl RowState {
                 s.fill(0.0);
                 return 1.0;
             }
-            let vmn = S::splat(m_new);
+            let vmn = S::splat(-m_new);
             let mut vs = S::splat(0.0);
             let mut i = 0;
             while i < n {
-                let p = S::exp2(S::sub(S::load(ptr.add(i)), vmn));
+                let p = S::exp2(S::fma(S::load(ptr.add(i)), vc, vmn));
                 S::store(ptr.add(i), p);
                 vs = S::add(vs, p);
                 i += S::LANES;
@@ -130,7 +134,7 @@ mod tests {
             let mut acc = 0.0f32;
             for (sc, xs) in self.scores.chunks(self.tile).zip(self.x.chunks(self.tile)) {
                 let mut buf = sc.to_vec();
-                let alpha = unsafe { st.update::<S>(&mut buf) };
+                let alpha = unsafe { st.update::<S>(&mut buf, 1.0) };
                 acc = acc * alpha + buf.iter().zip(xs).map(|(p, x)| p * x).sum::<f32>();
             }
             let (inv, lse) = st.finish();

@@ -271,7 +271,7 @@ impl Job<'_> {
                 if cover == Cover::Partial {
                     mask_scores(&mut row[..nk], mask, self.params, self.b, h, i, j0);
                 }
-                let alpha = unsafe { st[r].update::<S>(row) };
+                let alpha = unsafe { st[r].update::<S>(row, 1.0) };
                 if alpha != 1.0 {
                     acc[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= alpha);
                 }

@@ -367,7 +367,7 @@ fn tile_forward<S: Simd, const MR: usize, const NV: usize>(
     wk.q[..nrows_pad * d].fill(0.0);
     for r in 0..nrows {
         let (i, h) = c.map.row(c.hk, r0 + r);
-        c.q.read_row(c.b, h, i, c.qmul, &mut wk.qrow);
+        c.q.read_row(c.b, h, i, 1.0, &mut wk.qrow);
         let blk = &mut wk.q[(r / MR) * MR * d..(r / MR + 1) * MR * d];
         for (dd, &x) in wk.qrow.iter().enumerate() {
             blk[dd * MR + r % MR] = x;
@@ -449,7 +449,14 @@ fn tile_forward<S: Simd, const MR: usize, const NV: usize>(
                     continue;
                 }
                 let (i, h) = c.map.row(c.hk, r0 + r);
-                if c.params.softcap.is_some() || c.params.alibi_slopes.is_some() {
+                let fixes = c.params.softcap.is_some() || c.params.alibi_slopes.is_some();
+                if !fixes && cover == Cover::Full {
+                    // Plain scores: the multiplier is folded into the softmax step.
+                    wk.alpha[r] = unsafe { wk.state[r].update::<S>(row, c.qmul) };
+                    continue;
+                }
+                row.iter_mut().for_each(|x| *x *= c.qmul);
+                if fixes {
                     let fix = ScoreFix {
                         softcap: c.params.softcap,
                         slope2: tile::slope2(c.params, h),
@@ -460,7 +467,7 @@ fn tile_forward<S: Simd, const MR: usize, const NV: usize>(
                 if cover == Cover::Partial {
                     mask_scores(row, mask, c.params, c.b, h, i, j0 + a);
                 }
-                wk.alpha[r] = unsafe { wk.state[r].update::<S>(row) };
+                wk.alpha[r] = unsafe { wk.state[r].update::<S>(row, 1.0) };
             }
         }
         // 3. O = diag(α) O + P V: column-chunk-major, so one V chunk serves every row block.
