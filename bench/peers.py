@@ -59,7 +59,7 @@ def torch_case(shape, causal, threads, min_time):
     return {"median_s": med, "best_s": best}
 
 
-def attn_case(shape, causal, threads, min_time, method=None):
+def attn_case(shape, causal, threads, min_time, method=None, extra=()):
     b, h, hkv, sq, skv, d = shape
     spec = f"b{b},h{h},hkv{hkv},sq{sq},skv{skv},d{d}"
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
@@ -69,6 +69,7 @@ def attn_case(shape, causal, threads, min_time, method=None):
         cmd.append("--causal")
     if method:
         cmd += ["--method", method]
+    cmd += list(extra)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     rows = json.load(open(out))
     os.unlink(out)
@@ -184,7 +185,7 @@ def main():
                               "attn_over_bound": ar["median_s"] / bound})
         print(f"decode t={t}: attn {ar['median_s']*1e3:.2f} ms torch {tr['median_s']*1e3:.2f} ms bound {bound*1e3:.2f} ms", file=sys.stderr)
     if args.memory:
-        ar = attn_case((1, 8, 8, 65536, 65536, 128), True, 2, 0.0)
+        ar = attn_case((1, 8, 8, 65536, 65536, 128), True, 2, 0.0, extra=("--warmup", "0", "--reps", "1"))
         res["memory"] = ar
         print(f"memory S=65536: {ar}", file=sys.stderr)
     if args.check:
