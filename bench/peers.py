@@ -64,7 +64,8 @@ def attn_case(shape, causal, threads, min_time, method=None, extra=()):
     spec = f"b{b},h{h},hkv{hkv},sq{sq},skv{skv},d{d}"
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
-    cmd = [ATTN, "bench", "--shape", spec, "--threads", str(threads), "--min-time", str(min_time), "--json", out]
+    timing = ["--min-time", str(min_time)] if "--reps" not in extra else []
+    cmd = [ATTN, "bench", "--shape", spec, "--threads", str(threads), *timing, "--json", out]
     if causal:
         cmd.append("--causal")
     if method:
@@ -156,6 +157,14 @@ def main():
            "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].split(":", 1)[1].strip() if os.path.exists("/proc/cpuinfo") else "",
            "nproc": os.cpu_count(), "torch": torch.__version__, "numpy": np.__version__, "cases": []}
     threads = [int(t) for t in args.threads.split(",")]
+
+    def save():
+        # Written after every case, so an interrupted run keeps what it measured.
+        if args.out:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out, "w") as f:
+                json.dump(res, f, indent=1)
+
     res["sgemm"] = {t: sgemm(t) for t in threads}
     res["copy"] = copy_bandwidth()
     print(f"sgemm {res['sgemm']}  copy {res['copy']}", file=sys.stderr)
@@ -172,12 +181,13 @@ def main():
                    "gflops_torch_best": fl / tr["best_s"] / 1e9, "gflops_attn_best": fl / ar["best_s"] / 1e9}
             row["speedup_median"] = tr["median_s"] / ar["median_s"]
             res["cases"].append(row)
+            save()
             print(f"t={t} S={sq} D={d} causal={causal}: torch {row['gflops_torch']:.1f} attn {row['gflops_attn']:.1f} GFLOP/s  x{row['speedup_median']:.2f}", file=sys.stderr)
     # decode: S_q = 1 over 32768 keys, 8/2 heads, D = 128, against the copy bandwidth
     dec = (1, 8, 2, 1, 32768, 128)
     res["decode"] = []
     for t in threads:
-        ar = attn_case(dec, False, t, args.min_time)
+        ar = attn_case(dec, False, t, args.min_time, method="sdpa-decode")
         tr = torch_case(dec, False, t, args.min_time)
         kv_bytes = 2 * 2 * 32768 * 128 * 4
         bound = kv_bytes / (res["copy"]["gbps_median"] * 1e9)
@@ -188,15 +198,13 @@ def main():
         ar = attn_case((1, 8, 8, 65536, 65536, 128), True, 2, 0.0, extra=("--warmup", "0", "--reps", "1"))
         res["memory"] = ar
         print(f"memory S=65536: {ar}", file=sys.stderr)
+        save()
     if args.check:
         res["check"] = check()
         for c in res["check"]:
             print("check", c, file=sys.stderr)
-    text = json.dumps(res, indent=1)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        open(args.out, "w").write(text)
-    print(text)
+    save()
+    print(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

@@ -127,14 +127,11 @@ impl<'a> TensorRef<'a> {
     pub fn from_bshd(data: impl Into<Data<'a>>, bshd: [usize; 4]) -> Result<Self> {
         let [b, s, h, d] = bshd;
         let data = data.into();
-        if data.len() != b * s * h * d {
+        let n = bshd.iter().try_fold(1usize, |a, &x| a.checked_mul(x));
+        if n != Some(data.len()) {
             return Err(Error::Shape {
                 op: "TensorRef::from_bshd",
-                detail: format!(
-                    "buffer holds {} elements, shape {bshd:?} needs {}",
-                    data.len(),
-                    b * s * h * d
-                ),
+                detail: format!("buffer holds {} elements, shape {bshd:?} needs {n:?}", data.len()),
             });
         }
         Self::with_strides(data, [b, h, s, d], [s * h * d, d, h * d, 1])
@@ -151,9 +148,19 @@ impl<'a> TensorRef<'a> {
         strides: [usize; 4],
     ) -> Result<Self> {
         let data = data.into();
-        let n: usize = shape.iter().product();
+        let overflow = || Error::Shape {
+            op: "TensorRef",
+            detail: format!("shape {shape:?} with strides {strides:?} overflows the address space"),
+        };
+        let n = shape.iter().try_fold(1usize, |a, &x| a.checked_mul(x)).ok_or_else(overflow)?;
         if n > 0 {
-            let last: usize = shape.iter().zip(&strides).map(|(&s, &st)| (s - 1) * st).sum();
+            let last = shape
+                .iter()
+                .zip(&strides)
+                .try_fold(0usize, |a, (&s, &st)| {
+                    (s - 1).checked_mul(st).and_then(|x| a.checked_add(x))
+                })
+                .ok_or_else(overflow)?;
             if last >= data.len() {
                 return Err(Error::Shape {
                     op: "TensorRef",
@@ -272,8 +279,24 @@ impl<'a> TensorRef<'a> {
     }
 }
 
-/// Row-major strides of a 4-D shape.
+/// Row-major strides of a 4-D shape (saturating: an overflowing shape is rejected by the
+/// constructors).
 pub fn contiguous_strides(shape: [usize; 4]) -> [usize; 4] {
     let [_, h, s, d] = shape;
-    [h * s * d, s * d, d, 1]
+    [h.saturating_mul(s).saturating_mul(d), s.saturating_mul(d), d, 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflowing_shapes_are_errors() {
+        let x = [0.0f32; 4];
+        let big = usize::MAX / 2;
+        assert!(TensorRef::new(&x[..], [big, 4, 1, 1]).is_err());
+        assert!(TensorRef::with_strides(&x[..], [1, 1, 2, 2], [0, 0, big, big]).is_err());
+        assert!(TensorRef::from_bshd(&x[..], [big, 2, 2, 2]).is_err());
+        assert!(TensorRef::new(&x[..], [1, 1, 2, 2]).is_ok());
+    }
 }

@@ -2,17 +2,19 @@
 //!
 //! Work is cut into tiles of [`BR`] stacked query rows (all `g` query heads that share a key/value
 //! head, position-major; see `tile::RowMap`) and [`BC`] keys. For each query tile, a worker walks the
-//! key tiles its rows can see; inside a tile, every block of `MR` rows
-//! 1. computes `S = Q Kᵀ` against the packed key panels in registers (`MR × NV` vectors),
+//! key tiles its rows can see; for each key tile it
+//! 1. computes `S = Q Kᵀ` panel by panel, every block of `MR` rows against the packed key panel in
+//!    registers (`MR × NV` vectors), skipping the panels no row of the block can see;
 //! 2. applies softcap / ALiBi / the mask (only on blocks that straddle the mask's edge) and runs the
-//!    shared online-softmax step, turning `S` into `P` and producing the rescale factor `α`,
-//! 3. updates its accumulator `O ← diag(α)·O + P·V` (`MR × NV` vectors per column chunk).
+//!    shared online-softmax step per row, turning `S` into `P` and producing the rescale factor `α`;
+//! 3. updates the accumulator `O ← diag(α)·O + P·V` chunk by chunk of value columns.
 //!
 //! Memory: keys are packed once per key/value head into panels `[D][W]` (`W = NV·lanes` keys) so
-//! that one vector load gives `W` consecutive keys of one dimension; V is read in place when it is
-//! f32 with unit stride (else packed). Heads are processed in groups whose packed copies fit
-//! [`PACK_BUDGET`]; per worker, scratch holds one query tile, its accumulator and one `MR × BC`
-//! score block. Everything is allocated before the parallel phase; the tile loop allocates nothing.
+//! that one vector load gives `W` consecutive keys of one dimension; values are packed per key tile
+//! into contiguous column chunks. Heads are processed in groups whose packed copies fit
+//! [`PACK_BUDGET`]; per worker, scratch holds one query tile, its accumulator and one `BR × BC`
+//! score tile. Everything is allocated (from the scratch pool) before the parallel phase; the tile
+//! loop allocates nothing.
 //!
 //! Threads: tiles of a head group are handed out through an atomic counter, head by head (workers
 //! share that head's K/V in cache) and longest first within a head (for causal masks the last query
@@ -148,9 +150,8 @@ impl Plan {
 }
 
 /// Per-worker scratch.
-/// Per-worker scratch.
 struct Worker {
-    q: Scratch,           // [BR/MR, D, MR] packed, pre-scaled query tile
+    q: Scratch,           // [BR/MR, D, MR] packed query tile
     qrow: Vec<f32>,       // [D]          one query row being packed
     o: Scratch,           // [BR, dv_pad] unnormalised accumulator
     s: Scratch,           // [BR, BC]     scores, then probabilities, of one key tile
