@@ -90,9 +90,17 @@ impl Prepared {
     /// Runs the chosen implementation into `out` (`o`: `[B, H, S_q, D_v]`, `lse`: `[B, H, S_q]`).
     ///
     /// # Errors
-    /// [`Error::Shape`] when the buffers have the wrong length; whatever the method reports.
+    /// [`Error::Shape`] when the inputs are not of the prepared problem or the buffers have the
+    /// wrong length; whatever the method reports.
     pub fn run(&self, inputs: &Inputs, par: Par, out: OutputMut) -> Result<()> {
         let p = &self.problem;
+        let given = Problem::from_tensors(&inputs.q, &inputs.k, &inputs.v)?;
+        if given != *p {
+            return Err(Error::Shape {
+                op: "Prepared::run",
+                detail: format!("prepared for {} but given {}", p.label(), given.label()),
+            });
+        }
         if out.o.len() != p.out_len() || out.lse.len() != p.lse_len() {
             return Err(Error::Shape {
                 op: "Prepared::run",

@@ -269,7 +269,7 @@ impl Mask {
             Mask::None => true,
             Mask::Causal => jj <= p,
             Mask::Window { left, right } => {
-                left.is_none_or(|l| jj >= p - l as i64) && right.is_none_or(|r| jj <= p + r as i64)
+                left.is_none_or(|l| jj >= p - lim(l)) && right.is_none_or(|r| jj <= p + lim(r))
             }
             Mask::KeyPadding { lengths } => j < lengths[b],
             Mask::PrefixLm { prefix } => j < *prefix || jj <= p,
@@ -303,12 +303,11 @@ impl Mask {
         match self {
             Mask::None | Mask::Dense(_) => all,
             Mask::Causal => (0, p + 1),
-            Mask::Window { left, right } => (
-                left.map_or(0, |l| p - l as i64),
-                right.map_or(g.s_kv as i64, |r| p + r as i64 + 1),
-            ),
+            Mask::Window { left, right } => {
+                (left.map_or(0, |l| p - lim(l)), right.map_or(g.s_kv as i64, |r| p + lim(r) + 1))
+            }
             Mask::KeyPadding { lengths } => (0, lengths[b] as i64),
-            Mask::PrefixLm { prefix } => (0, (p + 1).max(*prefix as i64)),
+            Mask::PrefixLm { prefix } => (0, (p + 1).max(lim(*prefix))),
             Mask::BlockDiagonal { q_lens, kv_lens, causal } => {
                 let (seg, i_local) = segment_of(q_lens, i);
                 let kv_start = kv_lens[..seg].iter().sum::<usize>() as i64;
@@ -344,6 +343,16 @@ impl Mask {
         }
         out
     }
+}
+
+/// Largest `|q_offset|` accepted by [`crate::Params::resolve`]: with it, and window sizes capped
+/// at `2^60` by [`lim`], no position arithmetic can overflow an `i64`.
+pub const MAX_Q_OFFSET: i64 = 1 << 53;
+
+/// A window size or prefix as `i64`, capped at `2^60` (beyond any sequence length).
+#[inline(always)]
+fn lim(x: usize) -> i64 {
+    x.min(1 << 60) as i64
 }
 
 /// `(segment, index inside it)` of row `i` for consecutive segments of the given lengths.

@@ -49,11 +49,11 @@ impl Params {
     pub fn resolve(&self, p: &Problem) -> Result<Resolved> {
         const OP: &str = "Params::resolve";
         let scale = self.scale.unwrap_or(1.0 / (p.d as f32).sqrt());
-        if !scale.is_finite() {
+        if !(scale.is_finite() && scale > 0.0) {
             return Err(Error::InvalidParam {
                 op: OP,
                 name: "scale",
-                detail: format!("{scale} is not finite"),
+                detail: format!("{scale} must be finite and > 0"),
             });
         }
         if let Some(c) = self.softcap {
@@ -82,6 +82,13 @@ impl Params {
             }
         }
         let q_offset = self.q_offset.unwrap_or(p.s_kv as i64 - p.s_q as i64);
+        if q_offset.unsigned_abs() > crate::mask::MAX_Q_OFFSET as u64 {
+            return Err(Error::InvalidParam {
+                op: OP,
+                name: "q_offset",
+                detail: format!("{q_offset} is beyond ±2^53"),
+            });
+        }
         let geometry = MaskGeometry { b: p.b, h: p.h, s_q: p.s_q, s_kv: p.s_kv, q_offset };
         self.mask.validate(&geometry)?;
         Ok(Resolved {

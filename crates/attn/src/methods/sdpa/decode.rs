@@ -45,16 +45,7 @@ impl Method for Decode {
         Exactness::Exact
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            dtypes: super::DTYPES,
-            masks: super::MASKS,
-            max_head_dim: 1024,
-            gqa: true,
-            softcap: true,
-            alibi: true,
-            max_query_rows: Some(MAX_ROWS),
-            min_kv: MIN_KV,
-        }
+        super::capabilities(1024, Some(MAX_ROWS), MIN_KV)
     }
     fn scratch_bytes(&self, p: &Problem, _: &Resolved, par: Par) -> usize {
         let plan = Plan::new(p, par);

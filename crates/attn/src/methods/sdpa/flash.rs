@@ -63,16 +63,7 @@ impl Method for Flash {
         Exactness::Exact
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            dtypes: super::DTYPES,
-            masks: super::MASKS,
-            max_head_dim: 1024,
-            gqa: true,
-            softcap: true,
-            alibi: true,
-            max_query_rows: None,
-            min_kv: 0,
-        }
+        super::capabilities(1024, None, 0)
     }
     fn scratch_bytes(&self, p: &Problem, _: &Resolved, par: Par) -> usize {
         Plan::new(p, Level::current(), par).scratch_bytes()
@@ -479,6 +470,7 @@ fn tile_forward<S: Simd, const MR: usize, const NV: usize>(
                 if cover == Cover::Empty {
                     continue;
                 }
+                let partial = cover == Cover::Partial;
                 // SAFETY: o holds nrows_pad rows of dv_pad; V rows j0+klo..j0+khi exist and
                 // hold dv_pad floats each; s holds BR rows of BC ≥ khi.
                 unsafe {
@@ -497,10 +489,10 @@ fn tile_forward<S: Simd, const MR: usize, const NV: usize>(
                     let nk = khi - klo;
                     let c0 = col * S::LANES;
                     match nv {
-                        1 => pv_block::<S, MR, 1>(s, al, v, vstride, nk, o, dv_pad, c0),
-                        2 => pv_block::<S, MR, 2>(s, al, v, vstride, nk, o, dv_pad, c0),
-                        3 => pv_block::<S, MR, 3>(s, al, v, vstride, nk, o, dv_pad, c0),
-                        _ => pv_block::<S, MR, NV>(s, al, v, vstride, nk, o, dv_pad, c0),
+                        1 => pv_block::<S, MR, 1>(s, al, v, vstride, nk, o, dv_pad, c0, partial),
+                        2 => pv_block::<S, MR, 2>(s, al, v, vstride, nk, o, dv_pad, c0, partial),
+                        3 => pv_block::<S, MR, 3>(s, al, v, vstride, nk, o, dv_pad, c0, partial),
+                        _ => pv_block::<S, MR, NV>(s, al, v, vstride, nk, o, dv_pad, c0, partial),
                     }
                 }
             }
@@ -541,7 +533,7 @@ unsafe fn s_panel<S: Simd, const MR: usize, const NV: usize>(
 }
 
 /// `o[r, c..c+NV·lanes] = α_r · o[r, ..] + Σ_{j<nk} p[r, j] · v[j, c..]` for `MR` rows
-/// (`alpha` null: all `α_r = 1`).
+/// (`alpha` null: all `α_r = 1`); `checked` skips keys whose `p` is exactly 0 for a row.
 #[allow(clippy::too_many_arguments)] // a register-blocked micro-kernel: raw pointers and strides
 #[inline(always)]
 unsafe fn pv_block<S: Simd, const MR: usize, const NV: usize>(
@@ -553,6 +545,7 @@ unsafe fn pv_block<S: Simd, const MR: usize, const NV: usize>(
     o: *mut f32,
     ld_o: usize,
     c: usize,
+    checked: bool,
 ) {
     unsafe {
         let mut acc = [[S::splat(0.0); NV]; MR];
@@ -574,7 +567,13 @@ unsafe fn pv_block<S: Simd, const MR: usize, const NV: usize>(
                 *x = S::load(vr.add(vi * S::LANES));
             }
             for (r, a) in acc.iter_mut().enumerate() {
-                let pb = S::splat(*p.add(r * BC + j));
+                let pr = *p.add(r * BC + j);
+                // Masked blocks: a key hidden from this row must not touch it, even when its
+                // value is NaN/∞ (0·NaN would be NaN), e.g. stale slots of a paged cache.
+                if checked && pr == 0.0 {
+                    continue;
+                }
+                let pb = S::splat(pr);
                 for vi in 0..NV {
                     a[vi] = S::fma(pb, vv[vi], a[vi]);
                 }

@@ -10,11 +10,26 @@ pub mod decode;
 pub mod flash;
 pub mod reference;
 
+use crate::dispatch::Capabilities;
 use crate::mask::MaskKind;
 use crate::tensor::DType;
 
-/// Input dtypes every sdpa implementation accepts.
-pub(crate) const DTYPES: &[DType] = &[DType::F32, DType::F16, DType::BF16];
-/// Mask kinds every sdpa implementation accepts.
-pub(crate) const MASKS: &[MaskKind] = &MaskKind::ALL;
+/// What every sdpa implementation accepts (all dtypes, masks, GQA, softcap, ALiBi), with its own
+/// head-dim bound and shape limits.
+pub(crate) fn capabilities(
+    max_head_dim: usize,
+    max_query_rows: Option<usize>,
+    min_kv: usize,
+) -> Capabilities {
+    Capabilities {
+        dtypes: &[DType::F32, DType::F16, DType::BF16],
+        masks: &MaskKind::ALL,
+        max_head_dim,
+        gqa: true,
+        softcap: true,
+        alibi: true,
+        max_query_rows,
+        min_kv,
+    }
+}
 pub(crate) mod tile;

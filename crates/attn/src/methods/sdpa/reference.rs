@@ -35,16 +35,7 @@ impl Method for Reference {
         true
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            dtypes: super::DTYPES,
-            masks: super::MASKS,
-            max_head_dim: usize::MAX,
-            gqa: true,
-            softcap: true,
-            alibi: true,
-            max_query_rows: None,
-            min_kv: 0,
-        }
+        super::capabilities(usize::MAX, None, 0)
     }
     fn scratch_bytes(&self, p: &Problem, _: &Resolved, _: Par) -> usize {
         8 * (p.s_kv + p.d_v)
