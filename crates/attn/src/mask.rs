@@ -346,7 +346,7 @@ impl Mask {
 }
 
 /// Largest `|q_offset|` accepted by [`crate::Params::resolve`]: with it, and window sizes capped
-/// at `2^60` by [`lim`], no position arithmetic can overflow an `i64`.
+/// at `2^60`, no position arithmetic can overflow an `i64`.
 pub const MAX_Q_OFFSET: i64 = 1 << 53;
 
 /// A window size or prefix as `i64`, capped at `2^60` (beyond any sequence length).
