@@ -9,7 +9,7 @@ pub enum Par {
     /// Every worker of the current rayon pool.
     #[default]
     All,
-    /// Up to `n` workers of the current rayon pool (`0` means all).
+    /// Up to `n` workers of the current rayon pool (`0` means all; capped at the pool size).
     Rayon(usize),
 }
 
@@ -19,7 +19,8 @@ impl Par {
         match self {
             Par::Seq => 1,
             Par::All | Par::Rayon(0) => rayon::current_num_threads().max(1),
-            Par::Rayon(n) => n,
+            // More workers than the pool has threads would only multiply scratch.
+            Par::Rayon(n) => n.min(rayon::current_num_threads().max(1)),
         }
     }
 
