@@ -76,7 +76,7 @@ pub fn forward_at(
     par: Par,
     out: OutputMut,
 ) {
-    dispatch(level, DecodeKernel { p, inputs, params, par, out });
+    run(level.min(Level::detected()), p, inputs, params, par, out);
 }
 
 struct Plan {
@@ -96,85 +96,74 @@ impl Plan {
     }
 }
 
-struct DecodeKernel<'a, 'b> {
-    p: &'a Problem,
-    inputs: &'a Inputs<'b>,
-    params: &'a Resolved,
-    par: Par,
-    out: OutputMut<'a>,
-}
-
-impl Kernel for DecodeKernel<'_, '_> {
-    type Output = ();
-    #[inline(always)]
-    fn run<S: Simd>(self) {
-        let DecodeKernel { p, inputs, params, par, out } = self;
-        let plan = Plan::new(p, par);
-        let rows = tile::rows_per_head(p);
-        let (d, dv) = (p.d, p.d_v);
-        let map = RowMap { g: p.group() };
-        let heads = p.b * p.h_kv;
-        let njobs = heads * plan.chunks;
-        // Partials per (head, chunk, row): accumulator [dv] and state.
-        let mut acc = vec![0.0f32; njobs * rows * dv];
-        let mut states = vec![RowState::EMPTY; njobs * rows];
-        let accp = SharedMut(acc.as_mut_ptr());
-        let stp = SharedMut(states.as_mut_ptr());
-        let qmul = tile::q_multiplier(params);
-        let next = AtomicUsize::new(0);
-        par.run(plan.threads.min(njobs), |_| {
-            let mut q = vec![0.0f32; rows * d];
-            let mut kbuf = vec![0.0f32; d];
-            let mut vbuf = vec![0.0f32; dv];
-            let mut s = vec![0.0f32; rows * BLOCK];
-            loop {
-                let job = next.fetch_add(1, Ordering::Relaxed);
-                if job >= njobs {
-                    break;
-                }
-                let (head, chunk) = (job / plan.chunks, job % plan.chunks);
-                let (b, hk) = (head / p.h_kv, head % p.h_kv);
-                for r in 0..rows {
-                    let (i, h) = map.row(hk, r);
-                    inputs.q.read_row(b, h, i, qmul, &mut q[r * d..(r + 1) * d]);
-                }
-                // SAFETY: job owns its partial slots.
-                let (a, st) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(accp.get().add(job * rows * dv), rows * dv),
-                        std::slice::from_raw_parts_mut(stp.get().add(job * rows), rows),
-                    )
-                };
-                let k0 = chunk * plan.chunk;
-                let k1 = (k0 + plan.chunk).min(p.s_kv);
-                let job = Job { p, params, k: &inputs.k, v: &inputs.v, b, hk, map, rows, q: &q };
-                // A closure run by rayon does not inherit target features: enter the level here.
-                let bufs = Bufs { kbuf: &mut kbuf, vbuf: &mut vbuf, s: &mut s, acc: a, st };
-                dispatch(S::LEVEL, JobRun { job, k0, k1, bufs });
+/// Splits the keys into jobs, runs them on the workers (each enters the SIMD level itself) and
+/// merges the partials.
+fn run(level: Level, p: &Problem, inputs: &Inputs, params: &Resolved, par: Par, out: OutputMut) {
+    let plan = Plan::new(p, par);
+    let rows = tile::rows_per_head(p);
+    let (d, dv) = (p.d, p.d_v);
+    let map = RowMap { g: p.group() };
+    let heads = p.b * p.h_kv;
+    let njobs = heads * plan.chunks;
+    // Partials per (head, chunk, row): accumulator [dv] and state.
+    let mut acc = vec![0.0f32; njobs * rows * dv];
+    let mut states = vec![RowState::EMPTY; njobs * rows];
+    let accp = SharedMut(acc.as_mut_ptr());
+    let stp = SharedMut(states.as_mut_ptr());
+    let qmul = tile::q_multiplier(params);
+    let next = AtomicUsize::new(0);
+    par.run(plan.threads.min(njobs), |_| {
+        let mut q = vec![0.0f32; rows * d];
+        let mut kbuf = vec![0.0f32; d];
+        let mut vbuf = vec![0.0f32; dv];
+        let mut s = vec![0.0f32; rows * BLOCK];
+        loop {
+            let job = next.fetch_add(1, Ordering::Relaxed);
+            if job >= njobs {
+                break;
             }
-        });
-        // Merge the chunks of every row and normalise.
-        let (o_out, lse_out) = (out.o, out.lse);
-        for head in 0..heads {
+            let (head, chunk) = (job / plan.chunks, job % plan.chunks);
             let (b, hk) = (head / p.h_kv, head % p.h_kv);
             for r in 0..rows {
                 let (i, h) = map.row(hk, r);
-                let orow = (b * p.h + h) * p.s_q + i;
-                let dst = &mut o_out[orow * dv..(orow + 1) * dv];
-                let first = head * plan.chunks;
-                let mut state = states[first * rows + r];
-                dst.copy_from_slice(&acc[(first * rows + r) * dv..(first * rows + r + 1) * dv]);
-                for c in 1..plan.chunks {
-                    let slot = (first + c) * rows + r;
-                    let (fa, fb) = state.merge(states[slot]);
-                    for (x, y) in dst.iter_mut().zip(&acc[slot * dv..(slot + 1) * dv]) {
-                        *x = fa * *x + fb * y;
-                    }
-                }
-                let (inv, lse) = state.finish();
-                dst.iter_mut().for_each(|x| *x *= inv);
-                lse_out[orow] = lse;
+                inputs.q.read_row(b, h, i, qmul, &mut q[r * d..(r + 1) * d]);
             }
+            // SAFETY: job owns its partial slots.
+            let (a, st) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(accp.get().add(job * rows * dv), rows * dv),
+                    std::slice::from_raw_parts_mut(stp.get().add(job * rows), rows),
+                )
+            };
+            let k0 = chunk * plan.chunk;
+            let k1 = (k0 + plan.chunk).min(p.s_kv);
+            let job = Job { p, params, k: &inputs.k, v: &inputs.v, b, hk, map, rows, q: &q };
+            // A closure run by rayon does not inherit target features: enter the level here.
+            let bufs = Bufs { kbuf: &mut kbuf, vbuf: &mut vbuf, s: &mut s, acc: a, st };
+            dispatch(level, JobRun { job, k0, k1, bufs });
+        }
+    });
+    // Merge the chunks of every row and normalise.
+    let (o_out, lse_out) = (out.o, out.lse);
+    for head in 0..heads {
+        let (b, hk) = (head / p.h_kv, head % p.h_kv);
+        for r in 0..rows {
+            let (i, h) = map.row(hk, r);
+            let orow = (b * p.h + h) * p.s_q + i;
+            let dst = &mut o_out[orow * dv..(orow + 1) * dv];
+            let first = head * plan.chunks;
+            let mut state = states[first * rows + r];
+            dst.copy_from_slice(&acc[(first * rows + r) * dv..(first * rows + r + 1) * dv]);
+            for c in 1..plan.chunks {
+                let slot = (first + c) * rows + r;
+                let (fa, fb) = state.merge(states[slot]);
+                for (x, y) in dst.iter_mut().zip(&acc[slot * dv..(slot + 1) * dv]) {
+                    *x = fa * *x + fb * y;
+                }
+            }
+            let (inv, lse) = state.finish();
+            dst.iter_mut().for_each(|x| *x *= inv);
+            lse_out[orow] = lse;
         }
     }
 }

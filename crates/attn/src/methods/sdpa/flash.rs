@@ -81,18 +81,6 @@ impl Method for Flash {
     }
 }
 
-/// Runs the kernel at a given SIMD level (clamped to the CPU's).
-pub fn forward_at(
-    level: Level,
-    p: &Problem,
-    inputs: &Inputs,
-    params: &Resolved,
-    par: Par,
-    out: OutputMut,
-) {
-    forward_impl(level, p, inputs, params, par, out);
-}
-
 /// Register blocking per level: `(MR rows, NV vectors)`; `MR·NV` accumulators plus `NV` loads and
 /// one broadcast fit the register file (32 zmm, 16 ymm).
 const fn blocking(level: Level) -> (usize, usize) {
@@ -189,7 +177,8 @@ impl Kernel for WorkerLoop<'_, '_> {
     }
 }
 
-fn forward_impl(
+/// Runs the kernel at a given SIMD level (clamped to the CPU's).
+pub fn forward_at(
     level: Level,
     p: &Problem,
     inputs: &Inputs,
