@@ -67,6 +67,29 @@ pub enum Command {
     Run(RunArgs),
     /// Compare methods against sdpa-reference on seeded random inputs
     Check(CheckArgs),
+    /// Every attention method on real models and real text: quality beside cost (the main job)
+    Eval(crate::cmd::eval::EvalArgs),
+    /// Download the pinned models and data sets into $ATTN_HOME (default set: minilm, smollm2,
+    /// austen, lee)
+    Fetch(FetchArgs),
+    /// Sentence embeddings of a text file, one sentence per line, to .npy
+    Embed(crate::cmd::models::EmbedArgs),
+    /// Perplexity of a causal LM on the first N tokens of a text
+    Perplexity(crate::cmd::models::PerplexityArgs),
+    /// Time a real-model workload (prefill or embedding), as bench/models_peer.py does its peer
+    BenchModel(crate::cmd::models::BenchModelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// Assets to fetch (see --list) [default: minilm, smollm2, austen, lee]
+    pub names: Vec<String>,
+    /// Fetch every asset
+    #[arg(long)]
+    pub all: bool,
+    /// List the assets, their sizes and whether they are fetched, then exit
+    #[arg(long)]
+    pub list: bool,
 }
 
 #[derive(Debug, Args)]

@@ -45,6 +45,11 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
         args::Command::Bench(a) => cmd::bench::run(&config::BenchConfig::from_args(&a)?, &rt),
         args::Command::Run(a) => cmd::run::run(&config::RunConfig::from_args(&a)?, &rt),
         args::Command::Check(a) => cmd::check::run(&config::CheckConfig::from_args(&a)?, &rt),
+        args::Command::Eval(a) => cmd::eval::run(&a, &rt),
+        args::Command::Fetch(a) => cmd::fetch::run(&a.names, a.all, a.list),
+        args::Command::Embed(a) => cmd::models::embed(&a, &rt),
+        args::Command::Perplexity(a) => cmd::models::perplexity(&a, &rt),
+        args::Command::BenchModel(a) => cmd::models::bench_model(&a, &rt),
     }
 }
 

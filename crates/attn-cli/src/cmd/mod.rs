@@ -2,5 +2,8 @@
 
 pub mod bench;
 pub mod check;
+pub mod eval;
+pub mod fetch;
 pub mod list;
+pub mod models;
 pub mod run;

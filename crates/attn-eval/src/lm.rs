@@ -1,0 +1,196 @@
+//! Language modelling: perplexity over fixed windows, KL divergence of every next-token
+//! distribution to the exact run, top-1 agreement, and loss by position bucket, on the same
+//! tokens for the exact baseline and each method.
+//!
+//! Memory stays O(S): the exact run keeps only its final hidden states (`S × hidden` floats);
+//! logits of both runs are recomputed block by block when they are compared.
+
+use std::time::Instant;
+
+use attn_models::decoder::{Decoder, ForwardOpts, KvCache};
+use attn_models::{AttentionPlan, RunCtx};
+
+use crate::schema::{Cost, Quality};
+use crate::EvalError;
+
+/// The tokens of one comparison: windows of a token stream.
+#[derive(Debug, Clone)]
+pub struct LmInput {
+    /// Windows, each evaluated from an empty cache (BOS first where the model wants one).
+    pub windows: Vec<Vec<u32>>,
+    /// Loss buckets per window.
+    pub buckets: usize,
+}
+
+impl LmInput {
+    /// The first tokens of `text` cut into windows of `window` tokens (0 = one window of
+    /// `tokens`), each window starting with BOS when the model's tokenizer adds one; BOS counts
+    /// as one of the window's tokens (as the reference script counts it).
+    ///
+    /// # Errors
+    /// [`EvalError::Data`] when the text has fewer tokens than asked or a window is under 2.
+    pub fn new(
+        model: &Decoder,
+        text: &str,
+        tokens: usize,
+        window: usize,
+    ) -> Result<Self, EvalError> {
+        let tok = &model.tokenizer;
+        let window = if window == 0 { tokens } else { window.min(tokens) };
+        let bos = if tok.adds_bos() { tok.bos_id() } else { None };
+        let per = window - usize::from(bos.is_some());
+        if per < 1 {
+            return Err(EvalError::Data(format!("a window of {window} tokens predicts nothing")));
+        }
+        let n_windows = tokens.div_ceil(window);
+        let need = n_windows * per;
+        // Tokenize a prefix that holds enough tokens (with a margin, so that cutting the text does
+        // not change the last tokens kept), growing it if not.
+        let mut chars = need.saturating_mul(6).max(1024);
+        let ids = loop {
+            let end = text.char_indices().nth(chars).map_or(text.len(), |(i, _)| i);
+            let ids = tok.encode(&text[..end], false)?;
+            if ids.len() >= need + 16 || end == text.len() {
+                break ids;
+            }
+            chars *= 2;
+        };
+        if ids.len() < need {
+            return Err(EvalError::Data(format!(
+                "the text has only {} tokens, {need} asked",
+                ids.len()
+            )));
+        }
+        let windows = ids[..need]
+            .chunks(per)
+            .map(|w| bos.into_iter().chain(w.iter().copied()).collect::<Vec<u32>>())
+            .filter(|w| w.len() >= 2)
+            .collect();
+        Ok(Self { windows, buckets: 8 })
+    }
+
+    /// Predicted tokens in all windows.
+    pub fn predicted(&self) -> usize {
+        self.windows.iter().map(|w| w.len() - 1).sum()
+    }
+}
+
+/// What a run leaves for comparison.
+#[derive(Debug, Clone)]
+pub struct LmRun {
+    /// Final hidden states per window, `[len − 1, hidden]` (the rows that predict a token).
+    pub hidden: Vec<Vec<f32>>,
+    /// Seconds in forward passes.
+    pub prefill_s: f64,
+    /// Seconds in attention calls.
+    pub attention_s: f64,
+    /// Pairs exact attention scores under the masks (sum over layers and heads).
+    pub exact_pairs: u64,
+}
+
+/// Runs the model over every window with `plan`.
+///
+/// # Errors
+/// Model and attention errors.
+pub fn run(
+    model: &Decoder,
+    input: &LmInput,
+    plan: &AttentionPlan,
+    threads: usize,
+) -> Result<LmRun, EvalError> {
+    let mut ctx = RunCtx::new(plan.clone());
+    ctx.threads = threads;
+    let mut hidden = Vec::new();
+    let t = Instant::now();
+    for w in &input.windows {
+        let mut cache = KvCache::default();
+        let h = model.forward(&w[..w.len() - 1], &mut cache, &mut ctx, ForwardOpts::default())?;
+        hidden.push(h);
+    }
+    Ok(LmRun {
+        hidden,
+        prefill_s: t.elapsed().as_secs_f64(),
+        attention_s: ctx.stats.time.as_secs_f64(),
+        exact_pairs: ctx.stats.allowed_pairs,
+    })
+}
+
+/// Quality of `run` (and its cost) against the exact run on the same input.
+pub fn compare(
+    model: &Decoder,
+    input: &LmInput,
+    exact: &LmRun,
+    run: &LmRun,
+    threads: usize,
+) -> (Quality, Cost) {
+    let (hd, vocab) = (model.config.hidden, model.config.vocab);
+    let th = attn_models::ops::Threads(threads);
+    let (mut nll, mut kl, mut agree, mut n) = (0f64, 0f64, 0usize, 0usize);
+    let per_window = input.windows.first().map_or(1, |w| w.len() - 1).max(1);
+    let nb = input.buckets.max(1);
+    let mut bucket_sum = vec![0f64; nb];
+    let mut bucket_n = vec![0usize; nb];
+    for (wi, w) in input.windows.iter().enumerate() {
+        let targets = &w[1..];
+        let (he, hm) = (&exact.hidden[wi], &run.hidden[wi]);
+        const BLOCK: usize = 128;
+        for start in (0..targets.len()).step_by(BLOCK) {
+            let end = (start + BLOCK).min(targets.len());
+            let le = model.logits_block(&he[start * hd..end * hd], th);
+            let lm = model.logits_block(&hm[start * hd..end * hd], th);
+            for (i, t) in (start..end).enumerate() {
+                let (re, rm) = (&le[i * vocab..(i + 1) * vocab], &lm[i * vocab..(i + 1) * vocab]);
+                let (lse_e, arg_e) = lse_argmax(re);
+                let (lse_m, arg_m) = lse_argmax(rm);
+                let loss = lse_m - f64::from(rm[targets[t] as usize]);
+                nll += loss;
+                let b = (t * nb / per_window).min(nb - 1);
+                bucket_sum[b] += loss;
+                bucket_n[b] += 1;
+                // KL(exact ‖ method) = Σ p_e (log p_e − log p_m)
+                let mut k = 0f64;
+                for (&a, &b) in re.iter().zip(rm) {
+                    let lpe = f64::from(a) - lse_e;
+                    k += lpe.exp() * (lpe - (f64::from(b) - lse_m));
+                }
+                kl += k.max(0.0);
+                agree += usize::from(arg_e == arg_m);
+                n += 1;
+            }
+        }
+    }
+    let n_f = n.max(1) as f64;
+    let loss_by_position = (0..nb)
+        .filter(|&b| bucket_n[b] > 0)
+        .map(|b| {
+            (b * per_window / nb, (b + 1) * per_window / nb, bucket_sum[b] / bucket_n[b] as f64)
+        })
+        .collect();
+    let quality = Quality {
+        perplexity: Some((nll / n_f).exp()),
+        kl_to_exact: Some(kl / n_f),
+        top1_agreement: Some(agree as f64 / n_f),
+        loss_by_position,
+        ..Quality::default()
+    };
+    let cost = Cost {
+        prefill_s: Some(run.prefill_s),
+        attention_s: Some(run.attention_s),
+        exact_pairs: Some(run.exact_pairs),
+        tokens_per_s: Some(input.predicted() as f64 / run.prefill_s.max(1e-9)),
+        ..Cost::default()
+    };
+    (quality, cost)
+}
+
+fn lse_argmax(r: &[f32]) -> (f64, usize) {
+    let (mut arg, mut m) = (0, f32::NEG_INFINITY);
+    for (i, &v) in r.iter().enumerate() {
+        if v > m {
+            m = v;
+            arg = i;
+        }
+    }
+    let s: f64 = r.iter().map(|&v| f64::from(v - m).exp()).sum();
+    (f64::from(m) + s.ln(), arg)
+}

@@ -1,0 +1,361 @@
+//! The eval loop: for every (task, model, data) comparison, run the exact baseline, then each
+//! method on the same tokens, append one row per run to `results.jsonl`, and finally write
+//! `report.md` and the plots.
+//!
+//! Resumable: rows already in `results.jsonl` with status `ok` are not run again (the exact
+//! baseline is recomputed when a method of its comparison still has to run, but its row is not
+//! duplicated). A failing method becomes a `failed` row with its error; the others still run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use attn_models::plan::{AttentionPlan, Choice};
+
+use crate::schema::{Cost, Quality, Row, SCHEMA_VERSION};
+use crate::{embed, lm, EvalError};
+
+/// A task of the eval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Task {
+    /// Perplexity, KL to exact, top-1 agreement, loss by position on `tokens` tokens of `text`.
+    Lm {
+        /// Causal LM name or path.
+        model: String,
+        /// Corpus text name (`emma`, `austen:<book>`, `shakespeare`, `bible`, `essays`).
+        text: String,
+        /// Tokens evaluated.
+        tokens: usize,
+        /// Window (0 = all tokens in one window).
+        window: usize,
+    },
+    /// Embedding fidelity and Lee correlation.
+    Embed {
+        /// Encoder name or path.
+        model: String,
+    },
+}
+
+impl Task {
+    fn model(&self) -> &str {
+        match self {
+            Task::Lm { model, .. } | Task::Embed { model } => model,
+        }
+    }
+}
+
+/// One method (or plan) to compare with exact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MethodSpec {
+    /// Label in the results.
+    pub label: String,
+    /// The plan it runs.
+    pub plan: AttentionPlan,
+}
+
+impl MethodSpec {
+    /// A method by spec string (`name` or `name:k=v,…`), everywhere.
+    ///
+    /// # Errors
+    /// Bad specs.
+    pub fn parse(spec: &str) -> Result<Self, EvalError> {
+        let c = Choice::parse(spec)?;
+        Ok(Self { label: c.label(), plan: AttentionPlan::uniform(c) })
+    }
+
+    /// A plan file.
+    ///
+    /// # Errors
+    /// Unreadable or invalid plans.
+    pub fn plan_file(path: &Path) -> Result<Self, EvalError> {
+        Ok(Self { label: format!("plan:{}", path.display()), plan: AttentionPlan::load(path)? })
+    }
+}
+
+/// Everything `attn eval` runs.
+#[derive(Debug, Clone)]
+pub struct EvalConfig {
+    /// Tasks.
+    pub tasks: Vec<Task>,
+    /// Methods compared with exact.
+    pub methods: Vec<MethodSpec>,
+    /// Threads.
+    pub threads: usize,
+    /// Seed (recorded; the methods that draw randomness take it from here).
+    pub seed: u64,
+    /// Output folder.
+    pub out: PathBuf,
+    /// Progress bars on stderr.
+    pub progress: bool,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+/// Every method in the registry except the references (f64 oracles that cost minutes on a real
+/// model and equal exact by definition), by name, in registry order.
+pub fn registered_methods() -> Vec<MethodSpec> {
+    attn::registry()
+        .methods()
+        .iter()
+        .filter(|m| !m.is_reference())
+        .map(|m| MethodSpec {
+            label: m.name().to_string(),
+            plan: AttentionPlan::uniform(Choice::method(m.name())),
+        })
+        .collect()
+}
+
+/// The default run: MiniLM on the Lee corpus, and SmolLM2 perplexity on 2048 tokens of *Emma*.
+pub fn default_tasks() -> Vec<Task> {
+    vec![
+        Task::Embed { model: "minilm".into() },
+        Task::Lm { model: "smollm2".into(), text: "emma".into(), tokens: 2048, window: 0 },
+    ]
+}
+
+/// What a finished eval leaves.
+#[derive(Debug)]
+pub struct EvalOutcome {
+    /// All rows of `results.jsonl` (old and new).
+    pub rows: Vec<Row>,
+    /// Files written.
+    pub files: Vec<PathBuf>,
+}
+
+fn env_map(cfg: &EvalConfig) -> BTreeMap<String, serde_json::Value> {
+    let mut m = BTreeMap::new();
+    m.insert("threads".into(), cfg.threads.into());
+    m.insert("seed".into(), cfg.seed.into());
+    m.insert("attn_version".into(), env!("CARGO_PKG_VERSION").into());
+    m.insert("cpu".into(), cpu_model().into());
+    m.insert("simd".into(), format!("{:?}", attn::primitives::simd::Level::detected()).into());
+    m
+}
+
+/// The CPU model name from /proc/cpuinfo (or "unknown").
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn read_rows(path: &Path) -> Result<Vec<Row>, EvalError> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(Vec::new()) };
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        // A line cut by an interrupted write is dropped (it is re-run), anything else is an error.
+        match serde_json::from_str::<Row>(line) {
+            Ok(r) => rows.push(r),
+            Err(e) if i + 1 == text.lines().count() => {
+                eprintln!("note: ignoring the unfinished last line of {} ({e})", path.display());
+            }
+            Err(e) => {
+                return Err(EvalError::Data(format!("{} line {}: {e}", path.display(), i + 1)))
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn append(path: &Path, row: &Row) -> Result<(), EvalError> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| EvalError::Io { path: path.to_path_buf(), source: e })?;
+    let line = serde_json::to_string(row).map_err(|e| EvalError::Data(e.to_string()))?;
+    writeln!(f, "{line}")
+        .and_then(|()| f.sync_data())
+        .map_err(|e| EvalError::Io { path: path.to_path_buf(), source: e })
+}
+
+fn peak_rss_after<T>(f: impl FnOnce() -> T) -> (T, Option<u64>) {
+    attn::memory::reset_peak_rss();
+    let r = f();
+    (r, attn::memory::peak_rss_bytes().map(|b| b as u64))
+}
+
+/// Runs the eval.
+///
+/// # Errors
+/// Output folder problems and failures of the exact baseline (method failures become rows).
+pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
+    std::fs::create_dir_all(&cfg.out)
+        .map_err(|e| EvalError::Io { path: cfg.out.clone(), source: e })?;
+    let results = cfg.out.join("results.jsonl");
+    let mut rows = read_rows(&results)?;
+    let done: BTreeSet<String> = rows.iter().filter(|r| r.status == "ok").map(Row::id).collect();
+    let env = env_map(cfg);
+    for task in &cfg.tasks {
+        let (dataset, setting) = describe(task);
+        let mk =
+            |method: &str, status: &str, error: Option<String>, quality: Quality, cost: Cost| Row {
+                schema: SCHEMA_VERSION,
+                task: match task {
+                    Task::Lm { .. } => "lm".into(),
+                    Task::Embed { .. } => "embed".into(),
+                },
+                model: task.model().to_string(),
+                dataset: dataset.clone(),
+                method: method.to_string(),
+                setting: setting.clone(),
+                status: status.into(),
+                error,
+                quality,
+                cost,
+                env: env.clone(),
+            };
+        let todo: Vec<&MethodSpec> = cfg
+            .methods
+            .iter()
+            .filter(|m| {
+                !done.contains(&mk(&m.label, "ok", None, Quality::default(), Cost::default()).id())
+            })
+            .collect();
+        let exact_id = mk("exact", "ok", None, Quality::default(), Cost::default()).id();
+        if todo.is_empty() && done.contains(&exact_id) {
+            eprintln!(
+                "{} {}: every row already in {} (resumed)",
+                task.model(),
+                dataset,
+                results.display()
+            );
+            continue;
+        }
+        eprintln!("{} on {}: loading", task.model(), dataset);
+        let bar =
+            progress(cfg.progress, todo.len() as u64 + 1, &format!("{} {}", task.model(), dataset));
+        match task {
+            Task::Lm { model, text, tokens, window } => {
+                let m = attn_models::model::load(model)?.into_decoder()?;
+                let text = attn_models::corpus::text(text)?;
+                let input = lm::LmInput::new(&m, &text, *tokens, *window)?;
+                bar.set_message("exact");
+                let (exact, rss) =
+                    peak_rss_after(|| lm::run(&m, &input, &AttentionPlan::exact(), cfg.threads));
+                let exact = exact?;
+                let (mut q, mut c) = lm::compare(&m, &input, &exact, &exact, cfg.threads);
+                c.peak_rss_bytes = rss;
+                c.scored_pairs = c.exact_pairs;
+                if !done.contains(&exact_id) {
+                    let row = mk("exact", "ok", None, q.clone(), c);
+                    append(&results, &row)?;
+                    rows.push(row);
+                }
+                q.kl_to_exact = None;
+                bar.inc(1);
+                for spec in todo {
+                    bar.set_message(spec.label.clone());
+                    let (r, rss) = peak_rss_after(|| lm::run(&m, &input, &spec.plan, cfg.threads));
+                    let row = match r {
+                        Ok(run) => {
+                            let (q, mut c) = lm::compare(&m, &input, &exact, &run, cfg.threads);
+                            c.peak_rss_bytes = rss;
+                            mk(&spec.label, "ok", None, q, c)
+                        }
+                        Err(e) => mk(
+                            &spec.label,
+                            "failed",
+                            Some(e.to_string()),
+                            Quality::default(),
+                            Cost::default(),
+                        ),
+                    };
+                    append(&results, &row)?;
+                    rows.push(row);
+                    bar.inc(1);
+                }
+            }
+            Task::Embed { model } => {
+                let m = attn_models::model::load(model)?.into_encoder()?;
+                let lee = attn_models::corpus::lee()?;
+                let input = embed::EmbedInput {
+                    docs: lee.docs,
+                    similarity: Some(lee.similarity),
+                    batch: 16,
+                };
+                bar.set_message("exact");
+                let (exact, rss) =
+                    peak_rss_after(|| embed::run(&m, &input, &AttentionPlan::exact(), cfg.threads));
+                let exact = exact?;
+                if !done.contains(&exact_id) {
+                    let (q, mut c) = embed::compare(&m, &input, &exact, &exact);
+                    c.peak_rss_bytes = rss;
+                    c.scored_pairs = c.exact_pairs;
+                    let row = mk("exact", "ok", None, q, c);
+                    append(&results, &row)?;
+                    rows.push(row);
+                }
+                bar.inc(1);
+                for spec in todo {
+                    bar.set_message(spec.label.clone());
+                    let (r, rss) =
+                        peak_rss_after(|| embed::run(&m, &input, &spec.plan, cfg.threads));
+                    let row = match r {
+                        Ok(run) => {
+                            let (q, mut c) = embed::compare(&m, &input, &exact, &run);
+                            c.peak_rss_bytes = rss;
+                            mk(&spec.label, "ok", None, q, c)
+                        }
+                        Err(e) => mk(
+                            &spec.label,
+                            "failed",
+                            Some(e.to_string()),
+                            Quality::default(),
+                            Cost::default(),
+                        ),
+                    };
+                    append(&results, &row)?;
+                    rows.push(row);
+                    bar.inc(1);
+                }
+            }
+        }
+        bar.finish_and_clear();
+    }
+    // Failed rows that were later re-run successfully are superseded.
+    let ok: BTreeSet<String> = rows.iter().filter(|r| r.status == "ok").map(Row::id).collect();
+    rows.retain(|r| r.status == "ok" || !ok.contains(&r.id()));
+    let files = crate::output::write_outputs(cfg, &rows)?;
+    Ok(EvalOutcome { rows, files })
+}
+
+fn describe(task: &Task) -> (String, BTreeMap<String, serde_json::Value>) {
+    let mut s = BTreeMap::new();
+    match task {
+        Task::Lm { text, tokens, window, .. } => {
+            s.insert("tokens".into(), (*tokens).into());
+            s.insert("window".into(), (if *window == 0 { *tokens } else { *window }).into());
+            (text.clone(), s)
+        }
+        Task::Embed { .. } => {
+            s.insert("docs".into(), "lee.cor (50)".into());
+            ("lee".into(), s)
+        }
+    }
+}
+
+fn progress(on: bool, len: u64, prefix: &str) -> indicatif::ProgressBar {
+    if !on {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(len);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    b.set_prefix(prefix.to_string());
+    b
+}
