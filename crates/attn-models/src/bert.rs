@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use attn::{Mask, Params};
+use rayon::prelude::*;
 use serde::Deserialize;
 
 use crate::attention::{attention, AttnInput, RunCtx};
@@ -261,9 +262,7 @@ impl Bert {
             }
             layer_norm(&mut x, h, &l.ln1.0, &l.ln1.1, c.layer_norm_eps);
             l.up.forward(&x, n, &mut ff, th);
-            for f in ff.iter_mut() {
-                *f = gelu_erf(*f);
-            }
+            ff.par_chunks_mut(4096).for_each(|c| c.iter_mut().for_each(|f| *f = gelu_erf(*f)));
             l.down.forward(&ff, n, &mut tmp, th);
             for (xi, ti) in x.iter_mut().zip(&tmp) {
                 *xi += ti;

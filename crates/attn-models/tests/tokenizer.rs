@@ -194,13 +194,28 @@ fn check_digest(name: &str, what: &str, got: &[u32], want: &Value) {
 fn check_emma(name: &str) {
     let fx = fixture(name);
     let text = attn_models::corpus::austen("emma").unwrap();
-    assert_eq!(text.chars().count() as u64, fx["emma"]["chars"].as_u64().unwrap(), "{name}: Emma differs");
+    assert_eq!(
+        text.chars().count() as u64,
+        fx["emma"]["chars"].as_u64().unwrap(),
+        "{name}: Emma differs"
+    );
     let tok = tokenizer(name);
-    check_digest(name, "Emma", &tok.encode(&text, false).unwrap(), &fx["emma"]["ids_without_special"]);
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/newline_stress.txt");
+    check_digest(
+        name,
+        "Emma",
+        &tok.encode(&text, false).unwrap(),
+        &fx["emma"]["ids_without_special"],
+    );
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tokenizer/newline_stress.txt");
     let stress = std::fs::read_to_string(p).unwrap();
     assert!(stress.len() > 35_000 && stress.matches('\n').count() > 1000);
-    check_digest(name, "newline stress", &tok.encode(&stress, false).unwrap(), &fx["newline_stress"]);
+    check_digest(
+        name,
+        "newline stress",
+        &tok.encode(&stress, false).unwrap(),
+        &fx["newline_stress"],
+    );
 }
 
 #[test]
@@ -640,6 +655,113 @@ fn malformed_bpe_specs_give_config_errors() {
     assert_eq!(config_key(Tokenizer::from_parts(s)).0, "tokenizer.ggml.scores");
 }
 
+/// A metadata value of a synthetic GGUF file.
+enum Kv<'a> {
+    Str(&'a str),
+    U32(u32),
+    Bool(bool),
+    Strs(Vec<&'a str>),
+    F32s(Vec<f32>),
+    I32s(Vec<i32>),
+}
+
+/// A GGUF v3 file with metadata only (no tensors).
+fn write_gguf(path: &std::path::Path, kvs: &[(&str, Kv)]) {
+    fn put_str(out: &mut Vec<u8>, s: &str) {
+        out.extend((s.len() as u64).to_le_bytes());
+        out.extend(s.as_bytes());
+    }
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend(0u64.to_le_bytes());
+    out.extend((kvs.len() as u64).to_le_bytes());
+    for (k, v) in kvs {
+        put_str(&mut out, k);
+        match v {
+            Kv::Str(s) => {
+                out.extend(8u32.to_le_bytes());
+                put_str(&mut out, s);
+            }
+            Kv::U32(x) => {
+                out.extend(4u32.to_le_bytes());
+                out.extend(x.to_le_bytes());
+            }
+            Kv::Bool(b) => {
+                out.extend(7u32.to_le_bytes());
+                out.push(u8::from(*b));
+            }
+            Kv::Strs(a) => {
+                out.extend(9u32.to_le_bytes());
+                out.extend(8u32.to_le_bytes());
+                out.extend((a.len() as u64).to_le_bytes());
+                for s in a {
+                    put_str(&mut out, s);
+                }
+            }
+            Kv::F32s(a) => {
+                out.extend(9u32.to_le_bytes());
+                out.extend(6u32.to_le_bytes());
+                out.extend((a.len() as u64).to_le_bytes());
+                a.iter().for_each(|x| out.extend(x.to_le_bytes()));
+            }
+            Kv::I32s(a) => {
+                out.extend(9u32.to_le_bytes());
+                out.extend(5u32.to_le_bytes());
+                out.extend((a.len() as u64).to_le_bytes());
+                a.iter().for_each(|x| out.extend(x.to_le_bytes()));
+            }
+        }
+    }
+    while !out.len().is_multiple_of(32) {
+        out.push(0);
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn from_gguf_reads_the_keys_and_reports_missing_ones() {
+    let dir = std::env::temp_dir().join(format!("attn-tok-gguf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tok.gguf");
+    let tokens = vec!["<unk>", "<s>", "\u{2581}", "h", "i", "hi", "\u{2581}hi"];
+    let full = |drop: &str| -> Vec<(&'static str, Kv<'_>)> {
+        let all = vec![
+            ("tokenizer.ggml.model", Kv::Str("llama")),
+            ("tokenizer.ggml.tokens", Kv::Strs(tokens.clone())),
+            ("tokenizer.ggml.scores", Kv::F32s(vec![0.0, 0.0, -5.0, -6.0, -6.0, -1.0, -0.5])),
+            ("tokenizer.ggml.token_type", Kv::I32s(vec![2, 3, 1, 1, 1, 1, 1])),
+            ("tokenizer.ggml.bos_token_id", Kv::U32(1)),
+            ("tokenizer.ggml.unknown_token_id", Kv::U32(0)),
+            ("tokenizer.ggml.add_bos_token", Kv::Bool(true)),
+            ("tokenizer.ggml.add_space_prefix", Kv::Bool(true)),
+        ];
+        all.into_iter().filter(|(k, _)| *k != drop).collect()
+    };
+    write_gguf(&path, &full(""));
+    let t = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    assert_eq!(t.kind(), TokenizerKind::SentencePiece);
+    assert_eq!(t.encode("hi hi", true).unwrap(), vec![1, 6, 6]);
+    assert_eq!(t.decode(&[1, 6, 6], true).unwrap(), "hi hi");
+    for key in ["tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.scores"] {
+        write_gguf(&path, &full(key));
+        match Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()) {
+            Err(ModelError::Config { path: p, key: k, .. }) => {
+                assert_eq!((p.as_path(), k.as_str()), (path.as_path(), key));
+            }
+            other => panic!("without {key}: {other:?}"),
+        }
+    }
+    // A key with the wrong type.
+    let mut kvs = full("tokenizer.ggml.bos_token_id");
+    kvs.push(("tokenizer.ggml.bos_token_id", Kv::Str("one")));
+    write_gguf(&path, &kvs);
+    assert!(matches!(
+        Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()),
+        Err(ModelError::Config { key, .. }) if key == "tokenizer.ggml.bos_token_id"
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn synthetic_decode_out_of_range() {
     let t = Tokenizer::from_parts(spm_spec(&[("a", -1.0, N)])).unwrap();
@@ -670,7 +792,9 @@ fn speed() {
     let paras: Vec<&str> = text.split("\n\n").collect();
     let mb = text.len() as f64 / 1e6;
     for name in ["minilm", "smollm2", "qwen2", "gemma3"] {
-        let tok = tokenizer(name);
+        let t0 = Instant::now();
+        let tok = &load(name);
+        let load_secs = t0.elapsed().as_secs_f64();
         let mut best = f64::INFINITY;
         let mut best_batch = f64::INFINITY;
         let mut ids = Vec::new();
@@ -685,7 +809,7 @@ fn speed() {
         }
         println!(
             "{name:8} {:?}: {} bytes -> {} tokens: {:.2} MB/s as one text, {:.2} MB/s as {} paragraphs \
-             with encode_batch ({} threads)",
+             with encode_batch ({} threads); loaded in {load_secs:.2} s",
             tok.kind(),
             text.len(),
             ids.len(),
