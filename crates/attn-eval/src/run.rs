@@ -239,6 +239,13 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
                 let m = attn_models::model::load(model)?.into_decoder()?;
                 let text = attn_models::corpus::text(text)?;
                 let input = lm::LmInput::new(&m, &text, *tokens, *window)?;
+                // Untimed warm-up (page faults, scratch pools), so that exact — run first — is
+                // not charged for what every later run gets for free.
+                let warm = lm::LmInput {
+                    windows: vec![input.windows[0][..input.windows[0].len().min(256)].to_vec()],
+                    buckets: 1,
+                };
+                lm::run(&m, &warm, &AttentionPlan::exact(), cfg.threads)?;
                 bar.set_message("exact");
                 let (exact, rss) =
                     peak_rss_after(|| lm::run(&m, &input, &AttentionPlan::exact(), cfg.threads));
@@ -283,6 +290,13 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
                     similarity: Some(lee.similarity),
                     batch: 16,
                 };
+                // Untimed warm-up, as for the lm task.
+                let warm = embed::EmbedInput {
+                    docs: input.docs[..input.docs.len().min(16)].to_vec(),
+                    similarity: None,
+                    batch: 16,
+                };
+                embed::run(&m, &warm, &AttentionPlan::exact(), cfg.threads)?;
                 bar.set_message("exact");
                 let (exact, rss) =
                     peak_rss_after(|| embed::run(&m, &input, &AttentionPlan::exact(), cfg.threads));
