@@ -93,9 +93,10 @@ Examples:
   attn bench --shape b1,h8,s65536,d128 --causal --reps 1
   attn bench --shape b1,h8,hkv2,sq1,skv32768,d128          # runs sdpa-flash and sdpa-decode")]
 pub struct BenchArgs {
-    /// Method to time, repeatable (or comma-separated) [default: sdpa-flash, plus sdpa-decode on
-    /// shapes it accepts]
-    #[arg(long, value_name = "M", value_delimiter = ',')]
+    /// Method to time, repeatable (or comma-separated), with parameters as `name:key=value,...`
+    /// (`streaming:sink=4,window=1024`) [default: sdpa-flash, plus sdpa-decode on shapes it
+    /// accepts]
+    #[arg(long, value_name = "M")]
     pub method: Vec<String>,
 
     #[arg(long, value_name = "SPEC", long_help = SHAPE_HELP,
@@ -250,8 +251,9 @@ Each case prints max-abs error, relative RMS error (||o - ref|| / ||ref||) and t
 case when max-abs > --tol; approximate methods are reported, never judged (their quality is
 measured by attn eval). The exit status is non-zero when any case fails.")]
 pub struct CheckArgs {
-    /// Method to check, repeatable (or comma-separated) [default: every non-reference method]
-    #[arg(long, value_name = "M", value_delimiter = ',')]
+    /// Method to check, repeatable (or comma-separated), with parameters as
+    /// `name:key=value,...` [default: every non-reference method]
+    #[arg(long, value_name = "M")]
     pub method: Vec<String>,
 
     #[arg(long, value_name = "SPEC", long_help = SHAPE_HELP,

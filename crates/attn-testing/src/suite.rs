@@ -7,7 +7,8 @@
 //! 2. otherwise, for every level of [`Level::available`] (entered with [`with_level`]) and every
 //!    [`Par`] of the configuration, the method is forced by name (`Prefs::method`), run through
 //!    [`crate::poison::run_poisoned`] and checked with [`Oracle::check`];
-//! 3. results at one level must be bitwise identical across thread counts, unless the method is
+//! 3. exact methods must report [`Stats::exact`] (the pairs their mask allows);
+//! 4. results at one level must be bitwise identical across thread counts, unless the method is
 //!    listed in [`THREAD_DEPENDENT`] (its work split depends on the thread count by design): then
 //!    each thread count is checked against the oracle alone, and repeating a call with the same
 //!    thread count must be bitwise identical.
@@ -19,7 +20,7 @@ use crate::cases::{grid, Case};
 use crate::close::{first_bit_difference, Oracle, Tolerance};
 use crate::poison::run_poisoned_in;
 use attn::primitives::simd::{with_level, Level};
-use attn::{prepare_in, registry, Error, Exactness, Method, Par, Prefs, Problem, Registry};
+use attn::{prepare_in, registry, Error, Exactness, Method, Par, Prefs, Problem, Registry, Stats};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -161,6 +162,13 @@ pub fn run_suite_with(method: &dyn Method, cfg: &SuiteConfig) -> Coverage {
                     failures.push(format!("{ctx}:\n  {e}"));
                     continue;
                 }
+                if run.stats != Stats::exact(&resolved) {
+                    failures.push(format!(
+                        "{ctx}: stats {:?}, but an exact method scores the {} pairs its mask allows",
+                        run.stats,
+                        Stats::exact(&resolved).computed_pairs
+                    ));
+                }
                 if !cfg.thread_invariant && par != Par::Seq {
                     cov.calls += 1;
                     match call() {
@@ -293,9 +301,10 @@ mod tests {
             params: &Resolved,
             par: Par,
             out: OutputMut,
-        ) -> attn::Result<()> {
+        ) -> attn::Result<attn::Stats> {
             let (mut o, mut lse) = (vec![0.0; p.out_len()], vec![0.0; p.lse_len()]);
-            Flash.forward(p, inputs, params, par, OutputMut { o: &mut o, lse: &mut lse })?;
+            let stats =
+                Flash.forward(p, inputs, params, par, OutputMut { o: &mut o, lse: &mut lse })?;
             let keep = if self.1 == Fault::SkipLastRow { p.out_len() - p.d_v } else { o.len() };
             out.o[..keep].copy_from_slice(&o[..keep]);
             out.lse.copy_from_slice(&lse);
@@ -313,7 +322,7 @@ mod tests {
                 }
                 _ => {}
             }
-            Ok(())
+            Ok(stats)
         }
     }
 
