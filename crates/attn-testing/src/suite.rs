@@ -6,8 +6,11 @@
 //!    must fail with [`Error::Unsupported`] carrying the same reasons — then the case is skipped;
 //! 2. otherwise, for every level of [`Level::available`] (entered with [`with_level`]) and every
 //!    [`Par`] of the configuration, the method is forced by name (`Prefs::method`), run through
-//!    [`crate::poison::run_poisoned`] and checked with [`Oracle::check`];
-//! 3. exact methods must report [`Stats::exact`] (the pairs their mask allows);
+//!    [`crate::poison::run_poisoned`] and checked with [`Oracle::check`]: exact methods against
+//!    the f64 oracle with [`SuiteConfig::tolerance`], approximate methods against the reference of
+//!    their family (same support, [`Tolerance::VS_REFERENCE`]);
+//! 3. exact methods must report [`Stats::exact`] (the pairs their mask allows), approximate ones
+//!    the same count as their reference;
 //! 4. results at one level must be bitwise identical across thread counts, unless the method is
 //!    listed in [`THREAD_DEPENDENT`] (its work split depends on the thread count by design): then
 //!    each thread count is checked against the oracle alone, and repeating a call with the same
@@ -107,14 +110,17 @@ pub fn run_suite(method: &dyn Method) -> Coverage {
 /// # Panics
 /// As [`run_suite`].
 pub fn run_suite_with(method: &dyn Method, cfg: &SuiteConfig) -> Coverage {
-    assert_eq!(
-        method.exactness(),
-        Exactness::Exact,
-        "{}: the suite holds exact methods to the f64 oracle; an approximate method is held to \
-         its own reference (STYLE 1.3) — extend suite.rs when the first one is registered",
-        method.name()
-    );
     let name = method.name();
+    let exact = method.exactness() == Exactness::Exact;
+    // An approximate method is held to the reference of its family (STYLE 1.3).
+    let own_reference = (!exact).then(|| {
+        cfg.registry
+            .methods()
+            .iter()
+            .copied()
+            .find(|m| m.family() == method.family() && m.is_reference())
+            .unwrap_or_else(|| panic!("{name}: approximate, but its family has no reference"))
+    });
     let mut cov = Coverage::default();
     let mut failures = Vec::new();
     for case in &cfg.cases {
@@ -137,7 +143,32 @@ pub fn run_suite_with(method: &dyn Method, cfg: &SuiteConfig) -> Coverage {
         }
         cov.cases += 1;
         let resolved = params.resolve(&p).expect("valid case");
-        let oracle = cached_oracle(case, || Oracle::new(&p, &inputs, &resolved));
+        let (oracle, tolerance, want_stats) = match own_reference {
+            None => (
+                cached_oracle(case, || Oracle::new(&p, &inputs, &resolved)),
+                cfg.tolerance,
+                Stats::exact(&resolved),
+            ),
+            Some(r) => {
+                let prefs =
+                    Prefs { method: Some(r.name().into()), par: Par::Seq, ..Prefs::default() };
+                match run_poisoned_in(cfg.registry, &inputs, params, &prefs) {
+                    Ok(run) => (
+                        Arc::new(Oracle::from_reference(&p, &run.o, &run.lse)),
+                        Tolerance::VS_REFERENCE,
+                        run.stats,
+                    ),
+                    Err(e) => {
+                        failures.push(format!(
+                            "{name} {}: reference {} failed: {e}",
+                            case.name(),
+                            r.name()
+                        ));
+                        continue;
+                    }
+                }
+            }
+        };
         for &level in &cfg.levels {
             let mut first: Option<(Par, Vec<f32>, Vec<f32>)> = None;
             for &par in &cfg.pars {
@@ -158,15 +189,15 @@ pub fn run_suite_with(method: &dyn Method, cfg: &SuiteConfig) -> Coverage {
                 if run.method() != name {
                     failures.push(format!("{ctx}: forced {name} but {} ran", run.method()));
                 }
-                if let Err(e) = oracle.check(&run.o, &run.lse, &cfg.tolerance) {
+                if let Err(e) = oracle.check(&run.o, &run.lse, &tolerance) {
                     failures.push(format!("{ctx}:\n  {e}"));
                     continue;
                 }
-                if run.stats != Stats::exact(&resolved) {
+                if run.stats != want_stats {
                     failures.push(format!(
-                        "{ctx}: stats {:?}, but an exact method scores the {} pairs its mask allows",
+                        "{ctx}: stats {:?}, want {want_stats:?} ({})",
                         run.stats,
-                        Stats::exact(&resolved).computed_pairs
+                        if exact { "the pairs the mask allows" } else { "the reference's count" }
                     ));
                 }
                 if !cfg.thread_invariant && par != Par::Seq {

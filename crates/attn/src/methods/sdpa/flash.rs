@@ -81,6 +81,11 @@ impl Method for Flash {
     }
 }
 
+/// Bytes of scratch [`forward_at`] allocates at the current SIMD level.
+pub fn scratch_bytes(p: &Problem, par: Par) -> usize {
+    Plan::new(p, Level::current(), par).scratch_bytes()
+}
+
 /// Register blocking per level: `(MR rows, NV vectors)`; `MR·NV` accumulators plus `NV` loads and
 /// one broadcast fit the register file (32 zmm, 16 ymm).
 const fn blocking(level: Level) -> (usize, usize) {
