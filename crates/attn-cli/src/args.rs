@@ -133,6 +133,13 @@ pub struct BenchArgs {
     /// Element type of the inputs (accumulation is f32 whatever the input)
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
+
+    /// For approximate methods, also report the attention mass they keep: per row
+    /// exp(lse_method − lse_exact) (the exact probability mass on the keys the method attends
+    /// to), mean and minimum over rows; the exact lse comes from one untimed sdpa-flash call on
+    /// the same inputs
+    #[arg(long)]
+    pub recall: bool,
 }
 
 /// Axis order of the arrays in the files.

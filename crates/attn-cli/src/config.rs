@@ -166,6 +166,8 @@ pub struct BenchConfig {
     pub timing: Timing,
     pub warmup: usize,
     pub dtype: DType,
+    /// Report the attention mass approximate methods keep.
+    pub recall: bool,
 }
 
 /// The default grid: B = 1, H = 8, S ∈ {1k, 4k, 16k}, D ∈ {64, 128} (the main measurement until
@@ -265,7 +267,7 @@ impl BenchConfig {
                 Timing::MinTime(Duration::from_secs_f64(t))
             }
         };
-        Ok(Self { cases, skipped, timing, warmup: a.warmup, dtype })
+        Ok(Self { cases, skipped, timing, warmup: a.warmup, dtype, recall: a.recall })
     }
 }
 
