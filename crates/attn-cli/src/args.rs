@@ -116,9 +116,10 @@ Examples:
   attn bench --shape b1,h8,s65536,d128 --causal --reps 1
   attn bench --shape b1,h8,hkv2,sq1,skv32768,d128          # runs sdpa-flash and sdpa-decode")]
 pub struct BenchArgs {
-    /// Method to time, repeatable (or comma-separated) [default: sdpa-flash, plus sdpa-decode on
-    /// shapes it accepts]
-    #[arg(long, value_name = "M", value_delimiter = ',')]
+    /// Method to time, repeatable (or comma-separated), with parameters as `name:key=value,...`
+    /// (`streaming:sink=4,window=1024`) [default: sdpa-flash, plus sdpa-decode on shapes it
+    /// accepts]
+    #[arg(long, value_name = "M")]
     pub method: Vec<String>,
 
     #[arg(long, value_name = "SPEC", long_help = SHAPE_HELP,
@@ -155,6 +156,13 @@ pub struct BenchArgs {
     /// Element type of the inputs (accumulation is f32 whatever the input)
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
+
+    /// For approximate methods, also report the attention mass they keep: per row
+    /// exp(lse_method − lse_exact) (the exact probability mass on the keys the method attends
+    /// to), mean and minimum over rows; the exact lse comes from one untimed sdpa-flash call on
+    /// the same inputs
+    #[arg(long)]
+    pub recall: bool,
 }
 
 /// Axis order of the arrays in the files.
@@ -273,8 +281,9 @@ Each case prints max-abs error, relative RMS error (||o - ref|| / ||ref||) and t
 case when max-abs > --tol; approximate methods are reported, never judged (their quality is
 measured by attn eval). The exit status is non-zero when any case fails.")]
 pub struct CheckArgs {
-    /// Method to check, repeatable (or comma-separated) [default: every non-reference method]
-    #[arg(long, value_name = "M", value_delimiter = ',')]
+    /// Method to check, repeatable (or comma-separated), with parameters as
+    /// `name:key=value,...` [default: every non-reference method]
+    #[arg(long, value_name = "M")]
     pub method: Vec<String>,
 
     #[arg(long, value_name = "SPEC", long_help = SHAPE_HELP,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use attn::{DType, Mask, Method, Par, Params};
+use attn::{DType, Mask, MethodRef, Par, Params};
 
 use crate::args::{
     BenchArgs, CheckArgs, CommonArgs, DTypeArg, LayoutArg, ListArgs, MaskArg, RunArgs,
@@ -100,8 +100,31 @@ impl From<DTypeArg> for DType {
     }
 }
 
-fn lookup(name: &str) -> Result<&'static dyn Method> {
-    Ok(attn::registry().get(name)?)
+fn lookup(spec: &str) -> Result<MethodRef> {
+    Ok(attn::registry().build(spec)?)
+}
+
+/// The method specs of repeated/comma-separated `--method` values. Commas separate methods and
+/// also the parameters of one spec (`a-shape:sink=64,window=512,sdpa-flash`): an item with `=`
+/// but no `:` continues the spec before it.
+fn method_specs(values: &[String]) -> Result<Vec<MethodRef>> {
+    let mut specs: Vec<String> = Vec::new();
+    for v in values {
+        let mut own = false; // whether the last spec came from this value
+        for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match specs.last_mut() {
+                Some(last) if own && item.contains('=') && !item.contains(':') => {
+                    last.push(',');
+                    last.push_str(item);
+                }
+                _ => {
+                    specs.push(item.to_string());
+                    own = true;
+                }
+            }
+        }
+    }
+    specs.iter().map(|s| lookup(s)).collect()
 }
 
 /// `attn list`.
@@ -129,7 +152,7 @@ pub const MIN_REPS: usize = 3;
 /// One method on one shape with one mask.
 #[derive(Debug, Clone)]
 pub struct BenchCase {
-    pub method: &'static dyn Method,
+    pub method: MethodRef,
     pub shape: Shape,
     pub causal: bool,
 }
@@ -143,6 +166,8 @@ pub struct BenchConfig {
     pub timing: Timing,
     pub warmup: usize,
     pub dtype: DType,
+    /// Report the attention mass approximate methods keep.
+    pub recall: bool,
 }
 
 /// The default grid: B = 1, H = 8, S ∈ {1k, 4k, 16k}, D ∈ {64, 128} (the main measurement until
@@ -190,8 +215,7 @@ impl BenchConfig {
             (false, false) if builtin => &[false, true],
             (false, false) => &[false],
         };
-        let named: Vec<&'static dyn Method> =
-            a.method.iter().map(|m| lookup(m)).collect::<Result<_>>()?;
+        let named = method_specs(&a.method)?;
 
         let flash = lookup(DEFAULT_METHODS[0])?;
         // A registry without the decode path still benches flash.
@@ -205,7 +229,10 @@ impl BenchConfig {
                 // Named methods are reported when they reject a shape; by default sdpa-decode
                 // joins only on the shapes it accepts.
                 let (methods, report) = if named.is_empty() {
-                    (std::iter::once(flash).chain(decode).collect(), vec![true, false])
+                    (
+                        std::iter::once(flash.clone()).chain(decode.clone()).collect(),
+                        vec![true, false],
+                    )
                 } else {
                     (named.clone(), vec![true; named.len()])
                 };
@@ -240,7 +267,7 @@ impl BenchConfig {
                 Timing::MinTime(Duration::from_secs_f64(t))
             }
         };
-        Ok(Self { cases, skipped, timing, warmup: a.warmup, dtype })
+        Ok(Self { cases, skipped, timing, warmup: a.warmup, dtype, recall: a.recall })
     }
 }
 
@@ -357,7 +384,7 @@ fn parse_window(s: &str) -> Result<Mask> {
 /// `attn check`.
 #[derive(Debug, Clone)]
 pub struct CheckConfig {
-    pub methods: Vec<&'static dyn Method>,
+    pub methods: Vec<MethodRef>,
     pub shapes: Vec<Shape>,
     pub masks: Vec<MaskArg>,
     pub dtype: DType,
@@ -377,10 +404,11 @@ fn check_shapes() -> Vec<Shape> {
 
 impl CheckConfig {
     pub fn from_args(a: &CheckArgs) -> Result<Self> {
-        let methods: Vec<&'static dyn Method> = if a.method.is_empty() {
-            attn::registry().methods().iter().copied().filter(|m| !m.is_reference()).collect()
+        let methods: Vec<MethodRef> = if a.method.is_empty() {
+            let all = attn::registry().methods().iter().copied();
+            all.filter(|m| !m.is_reference()).map(MethodRef::Static).collect()
         } else {
-            a.method.iter().map(|m| lookup(m)).collect::<Result<_>>()?
+            method_specs(&a.method)?
         };
         let shapes = if a.shape.is_empty() {
             check_shapes()
@@ -426,5 +454,17 @@ mod tests {
         assert_eq!(parse_window("inf, 2").unwrap(), Mask::Window { left: None, right: Some(2) });
         assert!(parse_window("12").is_err());
         assert!(parse_window("a,b").is_err());
+    }
+
+    #[test]
+    fn method_lists_and_specs() {
+        let names = |v: &[&str]| -> Vec<String> {
+            let v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+            method_specs(&v).unwrap().iter().map(|m| m.spec()).collect()
+        };
+        assert_eq!(names(&["sdpa-flash,sdpa-reference"]), ["sdpa-flash", "sdpa-reference"]);
+        assert_eq!(names(&["sdpa-flash", "sdpa-decode"]), ["sdpa-flash", "sdpa-decode"]);
+        assert!(method_specs(&["sdpa-flash:x=1,y=2".to_string()]).is_err());
+        assert!(method_specs(&["nope".to_string()]).is_err());
     }
 }

@@ -103,6 +103,13 @@ pub struct Tolerance {
     pub lse_floor_rel: f64,
 }
 
+impl Tolerance {
+    /// Fast path of an approximate method against its own reference (same support, f32 tiles vs
+    /// f64 loops rounded to f32): absolute 2e-5 on `o` (`|v| ≤ 1`), 1e-5 relative on `lse`.
+    pub const VS_REFERENCE: Tolerance =
+        Tolerance { factor: 0.0, o_floor: 2e-5, lse_floor_rel: 1e-5 };
+}
+
 impl Default for Tolerance {
     fn default() -> Self {
         Self { factor: 2.0, o_floor: 1e-6, lse_floor_rel: 4.0 * f32::EPSILON as f64 }
@@ -132,6 +139,21 @@ impl Oracle {
         let naive_o = Report::compare(&no, &o, o_shape(p));
         let naive_lse = Report::compare(&nl, &lse, lse_shape(p));
         Self { o, lse, naive_o, naive_lse, problem: *p }
+    }
+
+    /// An oracle made of another implementation's f32 result (an approximate method's own
+    /// reference): the naive error is taken as 0, so the tolerance floors are the whole bound
+    /// (use [`Tolerance::VS_REFERENCE`]).
+    pub fn from_reference(p: &Problem, o: &[f32], lse: &[f32]) -> Self {
+        let zero =
+            |n| Report { max_abs: 0.0, rel_rms: 0.0, worst: [0; 4], got: 0.0, want: 0.0, count: n };
+        Self {
+            o: o.iter().map(|&x| x as f64).collect(),
+            lse: lse.iter().map(|&x| x as f64).collect(),
+            naive_o: zero(o.len()),
+            naive_lse: zero(lse.len()),
+            problem: *p,
+        }
     }
 
     /// Checks a result: no NaN, fully masked rows exact, output and log-sum-exp within the rule.

@@ -2,7 +2,7 @@
 //! forgets to write stays NaN and fails every comparison. Calls go through [`attn::prepare`] and
 //! [`attn::Prepared::run`], the entry that writes into buffers the caller owns.
 
-use attn::{prepare_in, registry, Inputs, OutputMut, Params, Prefs, Prepared, Registry};
+use attn::{prepare_in, registry, Inputs, OutputMut, Params, Prefs, Prepared, Registry, Stats};
 
 /// A buffer of `n` NaNs.
 pub fn nan_buffer(n: usize) -> Vec<f32> {
@@ -18,6 +18,8 @@ pub struct Run {
     pub lse: Vec<f32>,
     /// What `prepare` decided.
     pub prepared: Prepared,
+    /// What the call reported.
+    pub stats: Stats,
 }
 
 impl Run {
@@ -48,8 +50,8 @@ pub fn run_poisoned_in(
     let prepared = prepare_in(reg, inputs, params, prefs)?;
     let mut o = nan_buffer(prepared.problem.out_len());
     let mut lse = nan_buffer(prepared.problem.lse_len());
-    prepared.run(inputs, prefs.par, OutputMut { o: &mut o, lse: &mut lse })?;
-    Ok(Run { o, lse, prepared })
+    let stats = prepared.run(inputs, prefs.par, OutputMut { o: &mut o, lse: &mut lse })?;
+    Ok(Run { o, lse, prepared, stats })
 }
 
 #[cfg(test)]

@@ -6,8 +6,12 @@
 //!    must fail with [`Error::Unsupported`] carrying the same reasons — then the case is skipped;
 //! 2. otherwise, for every level of [`Level::available`] (entered with [`with_level`]) and every
 //!    [`Par`] of the configuration, the method is forced by name (`Prefs::method`), run through
-//!    [`crate::poison::run_poisoned`] and checked with [`Oracle::check`];
-//! 3. results at one level must be bitwise identical across thread counts, unless the method is
+//!    [`crate::poison::run_poisoned`] and checked with [`Oracle::check`]: exact methods against
+//!    the f64 oracle with [`SuiteConfig::tolerance`], approximate methods against the reference of
+//!    their family (same support, [`Tolerance::VS_REFERENCE`]);
+//! 3. exact methods must report [`Stats::exact`] (the pairs their mask allows), approximate ones
+//!    the same count as their reference;
+//! 4. results at one level must be bitwise identical across thread counts, unless the method is
 //!    listed in [`THREAD_DEPENDENT`] (its work split depends on the thread count by design): then
 //!    each thread count is checked against the oracle alone, and repeating a call with the same
 //!    thread count must be bitwise identical.
@@ -19,7 +23,7 @@ use crate::cases::{grid, Case};
 use crate::close::{first_bit_difference, Oracle, Tolerance};
 use crate::poison::run_poisoned_in;
 use attn::primitives::simd::{with_level, Level};
-use attn::{prepare_in, registry, Error, Exactness, Method, Par, Prefs, Problem, Registry};
+use attn::{prepare_in, registry, Error, Exactness, Method, Par, Prefs, Problem, Registry, Stats};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -106,14 +110,17 @@ pub fn run_suite(method: &dyn Method) -> Coverage {
 /// # Panics
 /// As [`run_suite`].
 pub fn run_suite_with(method: &dyn Method, cfg: &SuiteConfig) -> Coverage {
-    assert_eq!(
-        method.exactness(),
-        Exactness::Exact,
-        "{}: the suite holds exact methods to the f64 oracle; an approximate method is held to \
-         its own reference (STYLE 1.3) — extend suite.rs when the first one is registered",
-        method.name()
-    );
     let name = method.name();
+    let exact = method.exactness() == Exactness::Exact;
+    // An approximate method is held to the reference of its family (STYLE 1.3).
+    let own_reference = (!exact).then(|| {
+        cfg.registry
+            .methods()
+            .iter()
+            .copied()
+            .find(|m| m.family() == method.family() && m.is_reference())
+            .unwrap_or_else(|| panic!("{name}: approximate, but its family has no reference"))
+    });
     let mut cov = Coverage::default();
     let mut failures = Vec::new();
     for case in &cfg.cases {
@@ -136,7 +143,32 @@ pub fn run_suite_with(method: &dyn Method, cfg: &SuiteConfig) -> Coverage {
         }
         cov.cases += 1;
         let resolved = params.resolve(&p).expect("valid case");
-        let oracle = cached_oracle(case, || Oracle::new(&p, &inputs, &resolved));
+        let (oracle, tolerance, want_stats) = match own_reference {
+            None => (
+                cached_oracle(case, || Oracle::new(&p, &inputs, &resolved)),
+                cfg.tolerance,
+                Stats::exact(&resolved),
+            ),
+            Some(r) => {
+                let prefs =
+                    Prefs { method: Some(r.name().into()), par: Par::Seq, ..Prefs::default() };
+                match run_poisoned_in(cfg.registry, &inputs, params, &prefs) {
+                    Ok(run) => (
+                        Arc::new(Oracle::from_reference(&p, &run.o, &run.lse)),
+                        Tolerance::VS_REFERENCE,
+                        run.stats,
+                    ),
+                    Err(e) => {
+                        failures.push(format!(
+                            "{name} {}: reference {} failed: {e}",
+                            case.name(),
+                            r.name()
+                        ));
+                        continue;
+                    }
+                }
+            }
+        };
         for &level in &cfg.levels {
             let mut first: Option<(Par, Vec<f32>, Vec<f32>)> = None;
             for &par in &cfg.pars {
@@ -157,9 +189,16 @@ pub fn run_suite_with(method: &dyn Method, cfg: &SuiteConfig) -> Coverage {
                 if run.method() != name {
                     failures.push(format!("{ctx}: forced {name} but {} ran", run.method()));
                 }
-                if let Err(e) = oracle.check(&run.o, &run.lse, &cfg.tolerance) {
+                if let Err(e) = oracle.check(&run.o, &run.lse, &tolerance) {
                     failures.push(format!("{ctx}:\n  {e}"));
                     continue;
+                }
+                if run.stats != want_stats {
+                    failures.push(format!(
+                        "{ctx}: stats {:?}, want {want_stats:?} ({})",
+                        run.stats,
+                        if exact { "the pairs the mask allows" } else { "the reference's count" }
+                    ));
                 }
                 if !cfg.thread_invariant && par != Par::Seq {
                     cov.calls += 1;
@@ -293,9 +332,10 @@ mod tests {
             params: &Resolved,
             par: Par,
             out: OutputMut,
-        ) -> attn::Result<()> {
+        ) -> attn::Result<attn::Stats> {
             let (mut o, mut lse) = (vec![0.0; p.out_len()], vec![0.0; p.lse_len()]);
-            Flash.forward(p, inputs, params, par, OutputMut { o: &mut o, lse: &mut lse })?;
+            let stats =
+                Flash.forward(p, inputs, params, par, OutputMut { o: &mut o, lse: &mut lse })?;
             let keep = if self.1 == Fault::SkipLastRow { p.out_len() - p.d_v } else { o.len() };
             out.o[..keep].copy_from_slice(&o[..keep]);
             out.lse.copy_from_slice(&lse);
@@ -313,7 +353,7 @@ mod tests {
                 }
                 _ => {}
             }
-            Ok(())
+            Ok(stats)
         }
     }
 

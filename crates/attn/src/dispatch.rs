@@ -12,6 +12,7 @@ use crate::par::Par;
 use crate::params::{Params, Resolved};
 use crate::problem::Problem;
 use crate::tensor::{DType, TensorRef};
+use std::sync::Arc;
 
 /// Whether a method computes softmax attention exactly (up to rounding) or approximates it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -120,6 +121,30 @@ pub struct OutputMut<'a> {
     pub lse: &'a mut [f32],
 }
 
+/// What a call did, beyond its output: the cost measures that compare across methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Stats {
+    /// (query row, key) score evaluations performed, summed over batch and query heads (spec
+    /// §0.3). Exact methods report the pairs their mask allows (what a mask-aware kernel scores;
+    /// tile-granular kernels may evaluate, then discard, a few more at tile edges). Sparse
+    /// methods report every pair they score, including whole-block expansion, pairs later masked
+    /// inside a scored block, and their estimation pass (e.g. the last queries against all keys).
+    pub computed_pairs: u64,
+}
+
+impl Stats {
+    /// Stats of a call that scored `computed_pairs` pairs.
+    pub fn pairs(computed_pairs: u64) -> Self {
+        Self { computed_pairs }
+    }
+
+    /// The stats of an exact method: the pairs the mask of `params` allows.
+    pub fn exact(params: &Resolved) -> Self {
+        Self::pairs(params.mask.allowed_pairs(&params.geometry))
+    }
+}
+
 /// One attention implementation. Object-safe: the registry holds `&'static dyn Method`.
 pub trait Method: Send + Sync {
     /// kebab-case name used on the command line (`sdpa-flash`).
@@ -137,6 +162,24 @@ pub trait Method: Send + Sync {
         false
     }
 
+    /// The method's tunable parameters with their current values (the registered instance shows
+    /// the defaults). Empty for methods without parameters.
+    fn params(&self) -> Vec<ParamInfo> {
+        Vec::new()
+    }
+
+    /// A copy of this method with some parameters changed, each given as `(key, value)` the way
+    /// it is written on a command line (`("window", "1024")`). Later pairs override earlier ones.
+    /// [`Registry::build`] calls it only with at least one pair.
+    ///
+    /// # Errors
+    /// [`Error::UnknownParam`] for a key the method does not have (the default for methods
+    /// without parameters), [`Error::BadParam`] for a value it cannot take.
+    fn with_params(&self, overrides: &[(&str, &str)]) -> Result<Box<dyn Method>> {
+        let key = overrides.first().map_or("", |kv| kv.0);
+        Err(Error::UnknownParam { method: self.name().into(), key: key.into(), known: Vec::new() })
+    }
+
     /// Every reason this implementation cannot run the problem (empty = supported).
     fn unsupported(&self, p: &Problem, params: &Params) -> Vec<Reason> {
         check_capabilities(&self.capabilities(), p, params)
@@ -145,7 +188,8 @@ pub trait Method: Send + Sync {
     /// Bytes of scratch the call allocates beyond the output buffers.
     fn scratch_bytes(&self, p: &Problem, params: &Resolved, par: Par) -> usize;
 
-    /// Computes attention into `out`, which the caller sized for the problem.
+    /// Computes attention into `out`, which the caller sized for the problem, and says what it
+    /// cost ([`Stats`]).
     ///
     /// Preconditions (established by [`crate::attend`]): the problem was derived from `inputs`,
     /// `params` resolved against it, and [`Method::unsupported`] returned nothing.
@@ -159,7 +203,106 @@ pub trait Method: Send + Sync {
         params: &Resolved,
         par: Par,
         out: OutputMut,
-    ) -> Result<()>;
+    ) -> Result<Stats>;
+}
+
+/// One tunable parameter of a method (for `attn list` and error messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamInfo {
+    /// The key, as written in a method spec (`window`).
+    pub name: &'static str,
+    /// The current value, formatted as it would be written.
+    pub value: String,
+    /// One line: meaning, unit, and the default's origin.
+    pub doc: &'static str,
+}
+
+/// An implementation chosen from a registry: either a registered instance (default parameters)
+/// or one built with other parameters. Dereferences to the [`Method`].
+#[derive(Clone)]
+pub enum MethodRef {
+    /// A registered instance.
+    Static(&'static dyn Method),
+    /// An instance built by [`Method::with_params`].
+    Owned(Arc<dyn Method>),
+}
+
+impl std::ops::Deref for MethodRef {
+    type Target = dyn Method;
+    fn deref(&self) -> &(dyn Method + 'static) {
+        match self {
+            MethodRef::Static(m) => *m,
+            MethodRef::Owned(m) => m.as_ref(),
+        }
+    }
+}
+
+impl std::fmt::Debug for MethodRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.spec())
+    }
+}
+
+impl MethodRef {
+    /// The spec that rebuilds this instance: `name` or `name:key=value,...` listing every
+    /// parameter (so a report row says exactly what ran).
+    pub fn spec(&self) -> String {
+        let params = self.params();
+        if params.is_empty() {
+            return self.name().to_string();
+        }
+        let kv: Vec<String> = params.iter().map(|p| format!("{}={}", p.name, p.value)).collect();
+        format!("{}:{}", self.name(), kv.join(","))
+    }
+}
+
+/// Splits a method spec `name` or `name:key=value,key=value` into the name and its pairs
+/// (whitespace around items is ignored).
+///
+/// # Errors
+/// [`Error::BadParam`] for an item without `=` or with an empty key.
+pub fn parse_spec(spec: &str) -> Result<(&str, Vec<(&str, &str)>)> {
+    let Some((name, rest)) = spec.split_once(':') else {
+        return Ok((spec.trim(), Vec::new()));
+    };
+    let name = name.trim();
+    let mut kv = Vec::new();
+    for item in rest.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match item.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => kv.push((k.trim(), v.trim())),
+            _ => {
+                return Err(Error::BadParam {
+                    method: name.into(),
+                    key: item.into(),
+                    value: String::new(),
+                    detail: "expected key=value".into(),
+                })
+            }
+        }
+    }
+    Ok((name, kv))
+}
+
+/// Parses the value of parameter `key` of `method` (helper for [`Method::with_params`]).
+///
+/// # Errors
+/// [`Error::BadParam`] naming the type expected.
+pub fn parse_param<T: std::str::FromStr>(method: &str, key: &str, value: &str) -> Result<T> {
+    value.parse().map_err(|_| Error::BadParam {
+        method: method.into(),
+        key: key.into(),
+        value: value.into(),
+        detail: format!("expected {}", std::any::type_name::<T>()),
+    })
+}
+
+/// The error for a key `method` does not have (helper for [`Method::with_params`]).
+pub fn unknown_param(method: &str, key: &str, known: &[ParamInfo]) -> Error {
+    Error::UnknownParam {
+        method: method.into(),
+        key: key.into(),
+        known: known.iter().map(|p| p.name.to_string()).collect(),
+    }
 }
 
 /// The default capability check.
@@ -201,7 +344,8 @@ pub fn check_capabilities(c: &Capabilities, p: &Problem, params: &Params) -> Vec
 /// How a call is run (as opposed to what it computes, which is [`Params`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prefs {
-    /// Force this implementation (by name); `None` selects automatically.
+    /// Force this implementation, by name or by spec with parameters
+    /// (`streaming:sink=4,window=1024`, see [`Registry::build`]); `None` selects automatically.
     pub method: Option<String>,
     /// Parallelism; default every worker of the current rayon pool.
     pub par: Par,
@@ -223,7 +367,7 @@ impl Default for Prefs {
 #[derive(Debug, Clone)]
 pub struct Selection {
     /// The implementation chosen.
-    pub chosen: &'static dyn Method,
+    pub chosen: MethodRef,
     /// Implementations tried before it, with their reasons.
     pub rejected: Vec<(&'static str, Vec<Reason>)>,
 }
@@ -264,6 +408,28 @@ impl Registry {
         })
     }
 
+    /// The implementation named by `spec`: `name` gives the registered instance, and
+    /// `name:key=value,...` a copy with those parameters changed ([`Method::with_params`]).
+    ///
+    /// # Errors
+    /// [`Error::UnknownMethod`], [`Error::UnknownParam`] or [`Error::BadParam`].
+    pub fn build(&self, spec: &str) -> Result<MethodRef> {
+        let (name, kv) = parse_spec(spec)?;
+        self.build_with(name, &kv)
+    }
+
+    /// The implementation `name` with parameters `overrides` (`(key, value)` pairs).
+    ///
+    /// # Errors
+    /// As [`Registry::build`].
+    pub fn build_with(&self, name: &str, overrides: &[(&str, &str)]) -> Result<MethodRef> {
+        let m = self.get(name)?;
+        if overrides.is_empty() {
+            return Ok(MethodRef::Static(m));
+        }
+        Ok(MethodRef::Owned(Arc::from(m.with_params(overrides)?)))
+    }
+
     /// Chooses an implementation: the forced one if `prefs.method` is set, else the first
     /// non-reference implementation in priority order that supports the problem, else the first
     /// reference that does.
@@ -272,11 +438,11 @@ impl Registry {
     /// [`Error::UnknownMethod`], [`Error::Unsupported`] (forced method rejects the problem) or
     /// [`Error::NoMethod`] with every rejection.
     pub fn select(&self, p: &Problem, params: &Params, prefs: &Prefs) -> Result<Selection> {
-        if let Some(name) = &prefs.method {
-            let m = self.get(name)?;
+        if let Some(spec) = &prefs.method {
+            let m = self.build(spec)?;
             let reasons = m.unsupported(p, params);
             if !reasons.is_empty() {
-                return Err(Error::Unsupported { method: name.clone(), reasons });
+                return Err(Error::Unsupported { method: m.name().to_string(), reasons });
             }
             return Ok(Selection { chosen: m, rejected: Vec::new() });
         }
@@ -292,7 +458,7 @@ impl Registry {
             }
             let reasons = m.unsupported(p, params);
             if reasons.is_empty() {
-                return Ok(Selection { chosen: *m, rejected });
+                return Ok(Selection { chosen: MethodRef::Static(*m), rejected });
             }
             rejected.push((m.name(), reasons));
         }
@@ -313,4 +479,6 @@ pub struct Output {
     pub problem: Problem,
     /// Name of the implementation that ran.
     pub method: &'static str,
+    /// What the call cost.
+    pub stats: Stats,
 }

@@ -93,6 +93,28 @@ pub enum Error {
         /// `(method, reasons)` for every method tried, in priority order.
         rejected: Vec<(String, Vec<Reason>)>,
     },
+    /// A method parameter key the method does not have.
+    #[error("method {method} has no parameter {key:?}; its parameters: {}", if known.is_empty() { "none".to_string() } else { known.join(", ") })]
+    UnknownParam {
+        /// The method.
+        method: String,
+        /// The key given.
+        key: String,
+        /// The method's parameter keys.
+        known: Vec<String>,
+    },
+    /// A method parameter value the method cannot take (or a spec item that is not `key=value`).
+    #[error("method {method}: parameter {key} = {value:?}: {detail}")]
+    BadParam {
+        /// The method.
+        method: String,
+        /// The key.
+        key: String,
+        /// The value given.
+        value: String,
+        /// What was expected.
+        detail: String,
+    },
     /// A method name that is not in the registry.
     #[error("unknown method {name:?}; known methods: {}", known.join(", "))]
     UnknownMethod {

@@ -40,7 +40,8 @@ pub mod problem;
 pub mod tensor;
 
 pub use dispatch::{
-    Capabilities, Exactness, Inputs, Method, Output, OutputMut, Prefs, Reason, Registry, Selection,
+    Capabilities, Exactness, Inputs, Method, MethodRef, Output, OutputMut, ParamInfo, Prefs,
+    Reason, Registry, Selection, Stats,
 };
 pub use error::{Error, Result};
 pub use mask::{DenseMask, Mask, MaskGeometry, MaskKind};
@@ -69,8 +70,9 @@ pub fn attend(
     let p = prepared.problem;
     let mut o = try_zeroed(p.out_len(), "output")?;
     let mut lse = try_zeroed(p.lse_len(), "lse")?;
-    prepared.run(&Inputs { q, k, v }, prefs.par, OutputMut { o: &mut o, lse: &mut lse })?;
-    Ok(Output { o, lse, problem: p, method: prepared.selection.chosen.name() })
+    let stats =
+        prepared.run(&Inputs { q, k, v }, prefs.par, OutputMut { o: &mut o, lse: &mut lse })?;
+    Ok(Output { o, lse, problem: p, method: prepared.selection.chosen.name(), stats })
 }
 
 /// A validated call, ready to run into buffers the caller owns (see [`prepare`]).
@@ -87,12 +89,13 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Runs the chosen implementation into `out` (`o`: `[B, H, S_q, D_v]`, `lse`: `[B, H, S_q]`).
+    /// Runs the chosen implementation into `out` (`o`: `[B, H, S_q, D_v]`, `lse`: `[B, H, S_q]`)
+    /// and returns what it cost.
     ///
     /// # Errors
     /// [`Error::Shape`] when the inputs are not of the prepared problem or the buffers have the
     /// wrong length; whatever the method reports.
-    pub fn run(&self, inputs: &Inputs, par: Par, out: OutputMut) -> Result<()> {
+    pub fn run(&self, inputs: &Inputs, par: Par, out: OutputMut) -> Result<Stats> {
         let p = &self.problem;
         let given = Problem::from_tensors(&inputs.q, &inputs.k, &inputs.v)?;
         if given != *p {

@@ -328,6 +328,29 @@ impl Mask {
         }
     }
 
+    /// Number of allowed `(b, h, i, j)` pairs over the whole problem (the `computed_pairs` of
+    /// exact methods). `O(B·S_q)` for structured masks; masks with a dense part test every key
+    /// inside each row's interval.
+    pub fn allowed_pairs(&self, g: &MaskGeometry) -> u64 {
+        let mut n = 0u64;
+        for b in 0..g.b {
+            for i in 0..g.s_q {
+                let (lo, hi) = self.interval(g, b, i);
+                if lo >= hi {
+                    continue;
+                }
+                if self.has_dense() {
+                    for h in 0..g.h {
+                        n += (lo..hi).filter(|&j| self.allowed(g, b, h, i, j)).count() as u64;
+                    }
+                } else {
+                    n += (g.h * (hi - lo)) as u64;
+                }
+            }
+        }
+        n
+    }
+
     /// The mask as a dense `[B, H, S_q, S_kv]` boolean buffer (row-major), for references and
     /// pictures. Memory: `B·H·S_q·S_kv` bytes.
     pub fn materialize(&self, g: &MaskGeometry) -> Vec<bool> {

@@ -23,6 +23,53 @@ conformance! {
     sdpa_decode => "sdpa-decode",
     sdpa_flash => "sdpa-flash",
     sdpa_reference => "sdpa-reference",
+    streaming => "streaming",
+    streaming_reference => "streaming-reference",
+    a_shape => "a-shape",
+    a_shape_reference => "a-shape-reference",
+    vertical_slash => "vertical-slash",
+    vertical_slash_reference => "vertical-slash-reference",
+    block_sparse => "block-sparse",
+    block_sparse_reference => "block-sparse-reference",
+}
+
+/// The sparse methods at budgets far below the grid's lengths, so that the fast paths meet real
+/// sparsity (at the registered defaults the grid's short sequences are covered whole).
+mod small_budgets {
+    use attn::methods::a_shape::AShape;
+    use attn::methods::block_sparse::BlockSparse;
+    use attn::methods::pattern::{Fast, Reference};
+    use attn::methods::streaming::Streaming;
+    use attn::methods::vertical_slash::VerticalSlash;
+    use attn::{Method, Registry};
+    use attn_testing::{run_suite_with, SuiteConfig};
+
+    const STREAMING: Streaming = Streaming { sink: 3, window: 17 };
+    const A_SHAPE: AShape = AShape { sink: 20, local: 24, block: 16 };
+    const VS: VerticalSlash =
+        VerticalSlash { last_q: 24, vertical: 7, slash: 9, sink: 2, local: 3, block: 16 };
+    const BS: BlockSparse = BlockSparse { top_k: 3, block: 16 };
+
+    static SMALL: &[&dyn Method] = &[
+        &Fast(STREAMING),
+        &Reference(STREAMING),
+        &Fast(A_SHAPE),
+        &Reference(A_SHAPE),
+        &Fast(VS),
+        &Reference(VS),
+        &Fast(BS),
+        &Reference(BS),
+    ];
+
+    #[test]
+    fn fast_paths_equal_their_references_at_small_budgets() {
+        let reg = Registry::new(SMALL);
+        for m in reg.methods().iter().filter(|m| !m.is_reference()) {
+            let cfg = SuiteConfig { registry: reg, ..SuiteConfig::for_method(*m) };
+            let cov = run_suite_with(*m, &cfg);
+            assert!(cov.cases > 0, "{}", m.name());
+        }
+    }
 }
 
 #[test]

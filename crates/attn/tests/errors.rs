@@ -387,3 +387,38 @@ fn every_error_names_its_operation() {
         assert!(s.starts_with(op), "{s:?} should start with {op:?}");
     }
 }
+
+#[test]
+fn method_specs_give_typed_errors() {
+    let reg = attn::registry();
+    assert_eq!(reg.build("sdpa-flash").unwrap().name(), "sdpa-flash");
+    assert_eq!(reg.build(" sdpa-flash: ").unwrap().spec(), "sdpa-flash");
+    match reg.build("sdpa-flash:window=3") {
+        Err(Error::UnknownParam { method, key, known }) => {
+            assert_eq!((method.as_str(), key.as_str()), ("sdpa-flash", "window"));
+            assert!(known.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(reg.build("sdpa-flash:window"), Err(Error::BadParam { .. })));
+    assert!(matches!(reg.build("no-such:x=1"), Err(Error::UnknownMethod { .. })));
+    // Through attend, a spec in Prefs::method is built the same way.
+    let x = [0.5f32; 2 * 8];
+    let t = TensorRef::new(&x[..], [1, 1, 2, 8]).unwrap();
+    let prefs = Prefs { method: Some("sdpa-flash:x=1".into()), ..Prefs::default() };
+    let e = attn::attend(t, t, t, &Params::default(), &prefs).unwrap_err();
+    assert!(matches!(e, Error::UnknownParam { .. }), "{e}");
+}
+
+#[test]
+fn exact_methods_report_the_allowed_pairs() {
+    let x = [0.5f32; 2 * 5 * 8];
+    let q = TensorRef::new(&x[..2 * 3 * 8], [1, 2, 3, 8]).unwrap();
+    let k = TensorRef::new(&x[..2 * 5 * 8], [1, 2, 5, 8]).unwrap();
+    // Causal, S_q = 3 over S_kv = 5 (bottom-right): rows see 3, 4, 5 keys; two heads.
+    for m in ["sdpa-flash", "sdpa-reference"] {
+        let prefs = Prefs { method: Some(m.into()), ..Prefs::default() };
+        let out = attn::attend(q, k, k, &Params::causal(), &prefs).unwrap();
+        assert_eq!(out.stats.computed_pairs, 2 * (3 + 4 + 5), "{m}");
+    }
+}

@@ -22,7 +22,8 @@ use crate::data::HostTensor;
 /// One measured case, as written to `--json`.
 #[derive(Debug, Serialize)]
 struct Record {
-    method: &'static str,
+    /// The method spec with every parameter (`streaming:sink=4,window=512`).
+    method: String,
     shape: String,
     b: usize,
     h: usize,
@@ -48,6 +49,16 @@ struct Record {
     peak_alloc_bytes: usize,
     /// Scratch the method declared for the call.
     scratch_bytes: usize,
+    /// (query, key) pairs the method scored in one call (`Stats::computed_pairs`).
+    computed_pairs: u64,
+    /// With `--recall`, for approximate methods: mean over rows of exp(lse − lse_exact), the
+    /// exact attention mass on the keys the method attends to.
+    mass_recall_mean: Option<f64>,
+    /// With `--recall`: the smallest row's mass.
+    mass_recall_min: Option<f64>,
+    /// `computed_pairs` over the pairs the mask allows (1 for exact methods; below 1 for sparse
+    /// methods, possibly above where block expansion and estimation outweigh the sparsity).
+    density: f64,
 }
 
 pub fn run(cfg: &BenchConfig, rt: &Runtime) -> Result<()> {
@@ -81,7 +92,7 @@ pub fn run(cfg: &BenchConfig, rt: &Runtime) -> Result<()> {
         )?;
         writeln!(
             out,
-            "{:<14} {:<30} {:<6} {:>4} {:>11} {:>11} {:>9} {:>9} {:>9} {:>9}",
+            "{:<14} {:<30} {:<6} {:>4} {:>11} {:>11} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
             "method",
             "shape",
             "mask",
@@ -91,7 +102,9 @@ pub fn run(cfg: &BenchConfig, rt: &Runtime) -> Result<()> {
             "GF/s med",
             "GF/s best",
             "RSS+ MiB",
-            "heap MiB"
+            "heap MiB",
+            "density",
+            "recall"
         )?;
     }
 
@@ -99,7 +112,7 @@ pub fn run(cfg: &BenchConfig, rt: &Runtime) -> Result<()> {
     let mut failures = 0;
     for case in &cfg.cases {
         let mask = if case.causal { "causal" } else { "none" };
-        pb.set_message(format!("{} {} {mask}", case.method.name(), case.shape.label()));
+        pb.set_message(format!("{} {} {mask}", case.method.spec(), case.shape.label()));
         match measure(case, cfg, rt) {
             Ok(r) => {
                 if table {
@@ -111,7 +124,7 @@ pub fn run(cfg: &BenchConfig, rt: &Runtime) -> Result<()> {
                 pb.suspend(|| {
                     eprintln!(
                         "error: {} on {} {mask}: {e:#}",
-                        case.method.name(),
+                        case.method.spec(),
                         case.shape.label()
                     )
                 });
@@ -134,7 +147,7 @@ fn print_row(r: &Record) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<14} {:<30} {:<6} {:>4} {:>11.3} {:>11.3} {:>9.1} {:>9.1} {:>9} {:>9.1}",
+        "{:<14} {:<30} {:<6} {:>4} {:>11.3} {:>11.3} {:>9.1} {:>9.1} {:>9} {:>9.1} {:>8.4} {:>7}",
         r.method,
         r.shape,
         if r.causal { "causal" } else { "none" },
@@ -144,7 +157,9 @@ fn print_row(r: &Record) -> Result<()> {
         r.gflops_median,
         r.gflops_best,
         rss,
-        mib(r.peak_alloc_bytes)
+        mib(r.peak_alloc_bytes),
+        r.density,
+        r.mass_recall_mean.map_or("-".to_string(), |x| format!("{x:.4}"))
     )?;
     Ok(())
 }
@@ -160,7 +175,7 @@ fn measure(case: &BenchCase, cfg: &BenchConfig, rt: &Runtime) -> Result<Record> 
     let inputs = Inputs { q: q.view()?, k: k.view()?, v: v.view()? };
     let params = if case.causal { Params::causal() } else { Params::default() };
     let par = rt.par();
-    let prefs = Prefs { method: Some(case.method.name().into()), par, ..Prefs::default() };
+    let prefs = Prefs { method: Some(case.method.spec()), par, ..Prefs::default() };
     let prepared = attn::prepare(&inputs, &params, &prefs)?;
     let p = prepared.problem;
 
@@ -174,7 +189,7 @@ fn measure(case: &BenchCase, cfg: &BenchConfig, rt: &Runtime) -> Result<Record> 
     let mut o = vec![0f32; p.out_len()];
     let mut lse = vec![0f32; p.lse_len()];
     let t = Instant::now();
-    prepared.run(&inputs, par, OutputMut { o: &mut o, lse: &mut lse })?;
+    let stats = prepared.run(&inputs, par, OutputMut { o: &mut o, lse: &mut lse })?;
     let first = t.elapsed();
     let peak_alloc_bytes = alloc::peak_bytes().saturating_sub(heap_before);
     let peak_extra_bytes = match (rss_ok, rss_before, memory::peak_rss_bytes()) {
@@ -212,8 +227,18 @@ fn measure(case: &BenchCase, cfg: &BenchConfig, rt: &Runtime) -> Result<Record> 
     let median = median(&times);
     let best = times[0].as_secs_f64();
     let flops = if case.causal { p.flops() / 2.0 } else { p.flops() };
+    let allowed = attn::Stats::exact(&prepared.params).computed_pairs;
+    let recall = if cfg.recall && case.method.exactness() == attn::Exactness::Approximate {
+        let exact = Prefs { method: Some("sdpa-flash".into()), par, ..Prefs::default() };
+        let want = attn::prepare(&inputs, &params, &exact)?;
+        let mut lse_exact = vec![0f32; p.lse_len()];
+        want.run(&inputs, par, OutputMut { o: &mut o, lse: &mut lse_exact })?;
+        Some(mass_recall(&lse, &lse_exact))
+    } else {
+        None
+    };
     Ok(Record {
-        method: case.method.name(),
+        method: case.method.spec(),
         shape: shape.label(),
         b: p.b,
         h: p.h,
@@ -235,7 +260,25 @@ fn measure(case: &BenchCase, cfg: &BenchConfig, rt: &Runtime) -> Result<Record> 
         peak_extra_bytes,
         peak_alloc_bytes,
         scratch_bytes: prepared.scratch_bytes,
+        computed_pairs: stats.computed_pairs,
+        mass_recall_mean: recall.map(|r| r.0),
+        mass_recall_min: recall.map(|r| r.1),
+        density: stats.computed_pairs as f64 / allowed.max(1) as f64,
     })
+}
+
+/// `(mean, min)` over rows of `exp(lse − lse_exact)`, skipping rows the mask leaves empty.
+fn mass_recall(lse: &[f32], lse_exact: &[f32]) -> (f64, f64) {
+    let (mut sum, mut min, mut n) = (0.0f64, f64::INFINITY, 0usize);
+    for (&a, &e) in lse.iter().zip(lse_exact) {
+        if e.is_finite() {
+            let r = if a.is_finite() { (a as f64 - e as f64).exp() } else { 0.0 };
+            sum += r;
+            min = min.min(r);
+            n += 1;
+        }
+    }
+    (sum / n.max(1) as f64, if n == 0 { f64::NAN } else { min })
 }
 
 /// Median of sorted durations, in seconds.

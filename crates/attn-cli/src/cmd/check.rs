@@ -19,7 +19,7 @@ const REFERENCE: &str = "sdpa-reference";
 /// One method on one shape and mask.
 #[derive(Debug, Serialize)]
 struct Report {
-    method: &'static str,
+    method: String,
     shape: String,
     mask: &'static str,
     dtype: &'static str,
@@ -91,7 +91,7 @@ pub fn run(cfg: &CheckConfig, rt: &Runtime) -> Result<()> {
         for &m in &cfg.masks {
             let params = Params::default().with_mask(mask_for(m, shape));
             let mut want: Option<Output> = None;
-            for &method in &cfg.methods {
+            for method in &cfg.methods {
                 let reasons = method.unsupported(&p, &params);
                 if !reasons.is_empty() {
                     skipped += 1;
@@ -117,7 +117,7 @@ pub fn run(cfg: &CheckConfig, rt: &Runtime) -> Result<()> {
                     want = Some(attend(q, k, v, &params, &forced(REFERENCE))?);
                 }
                 let want = want.as_ref().expect("computed above");
-                let got = attend(q, k, v, &params, &forced(method.name()))?;
+                let got = attend(q, k, v, &params, &forced(&method.spec()))?;
                 let exact = method.exactness() == Exactness::Exact;
                 let r = compare(&got, want);
                 let pass = exact.then_some(r.max_abs <= cfg.tol && r.lse_max_abs <= cfg.tol);
@@ -125,7 +125,7 @@ pub fn run(cfg: &CheckConfig, rt: &Runtime) -> Result<()> {
                     failed += 1;
                 }
                 let report = Report {
-                    method: method.name(),
+                    method: method.spec(),
                     shape: shape.label(),
                     mask: mask_name(m),
                     dtype: cfg.dtype.name(),

@@ -4,15 +4,38 @@
 //! per fast strategy, then one line per implementation in [`registry`] (priority order: the first
 //! implementation that accepts a problem runs it). Tests, benches and the CLI iterate the registry.
 
+pub mod a_shape;
+pub mod block_sparse;
+pub mod pattern;
 pub mod sdpa;
+pub mod streaming;
+pub mod vertical_slash;
 
 use crate::dispatch::{Method, Registry};
+use pattern::{Fast, Reference};
 
 static METHODS: &[&dyn Method] = &[
     &sdpa::decode::Decode, // short S_q over long S_kv: split the keys across threads
     &sdpa::flash::Flash,   // everything else exact
     &sdpa::reference::Reference,
+    // Approximate: run only when named (`name:key=value,...` changes the defaults).
+    &Fast(streaming::Streaming::DEFAULT),
+    &Reference(streaming::Streaming::DEFAULT),
+    &Fast(a_shape::AShape::DEFAULT),
+    &Reference(a_shape::AShape::DEFAULT),
+    &Fast(vertical_slash::VerticalSlash::DEFAULT),
+    &Reference(vertical_slash::VerticalSlash::DEFAULT),
+    &Fast(block_sparse::BlockSparse::DEFAULT),
+    &Reference(block_sparse::BlockSparse::DEFAULT),
 ];
+
+/// The implementation named by `spec` (`name` or `name:key=value,...`) from [`registry`].
+///
+/// # Errors
+/// As [`Registry::build`].
+pub fn build(spec: &str) -> crate::Result<crate::MethodRef> {
+    registry().build(spec)
+}
 
 /// The registered implementations, in priority order.
 pub fn registry() -> Registry {

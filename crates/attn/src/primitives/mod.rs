@@ -3,3 +3,4 @@
 pub mod merge;
 pub mod online_softmax;
 pub mod simd;
+pub mod sparse;

@@ -8,7 +8,7 @@
 //! `RowState::merge` (the LSE merge) and normalises.
 
 use super::tile::{self, fix_scores, mask_scores, Bounds, Cover, RowMap, ScoreFix, SharedMut};
-use crate::dispatch::{Capabilities, Exactness, Inputs, Method, OutputMut};
+use crate::dispatch::{Capabilities, Exactness, Inputs, Method, OutputMut, Stats};
 use crate::error::Result;
 use crate::par::Par;
 use crate::params::Resolved;
@@ -61,9 +61,9 @@ impl Method for Decode {
         params: &Resolved,
         par: Par,
         out: OutputMut,
-    ) -> Result<()> {
+    ) -> Result<Stats> {
         forward_at(Level::current(), p, inputs, params, par, out);
-        Ok(())
+        Ok(Stats::exact(params))
     }
 }
 

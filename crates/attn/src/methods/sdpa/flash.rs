@@ -23,7 +23,7 @@
 use super::tile::{
     self, fix_scores, mask_scores, round_up, Bounds, Cover, RowMap, ScoreFix, SharedMut,
 };
-use crate::dispatch::{Capabilities, Exactness, Inputs, Method, OutputMut};
+use crate::dispatch::{Capabilities, Exactness, Inputs, Method, OutputMut, Stats};
 use crate::error::Result;
 use crate::memory::Scratch;
 use crate::par::Par;
@@ -75,10 +75,15 @@ impl Method for Flash {
         params: &Resolved,
         par: Par,
         out: OutputMut,
-    ) -> Result<()> {
+    ) -> Result<Stats> {
         forward_at(Level::current(), p, inputs, params, par, out);
-        Ok(())
+        Ok(Stats::exact(params))
     }
+}
+
+/// Bytes of scratch [`forward_at`] allocates at the current SIMD level.
+pub fn scratch_bytes(p: &Problem, par: Par) -> usize {
+    Plan::new(p, Level::current(), par).scratch_bytes()
 }
 
 /// Register blocking per level: `(MR rows, NV vectors)`; `MR·NV` accumulators plus `NV` loads and

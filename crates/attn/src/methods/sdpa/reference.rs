@@ -8,7 +8,7 @@
 //!
 //! Memory: one row of `S_kv` scores at a time.
 
-use crate::dispatch::{Capabilities, Exactness, Inputs, Method, OutputMut};
+use crate::dispatch::{Capabilities, Exactness, Inputs, Method, OutputMut, Stats};
 use crate::error::Result;
 use crate::par::Par;
 use crate::params::Resolved;
@@ -47,7 +47,7 @@ impl Method for Reference {
         params: &Resolved,
         _: Par,
         out: OutputMut,
-    ) -> Result<()> {
+    ) -> Result<Stats> {
         let mut scores = vec![0.0f64; p.s_kv];
         let mut row = vec![0.0f64; p.d_v];
         for b in 0..p.b {
@@ -62,7 +62,7 @@ impl Method for Reference {
                 }
             }
         }
-        Ok(())
+        Ok(Stats::exact(params))
     }
 }
 
