@@ -32,6 +32,8 @@ pub struct EmbedRun {
     pub attention_s: f64,
     /// Pairs exact attention scores.
     pub exact_pairs: u64,
+    /// Pairs the methods scored, as they report them (estimation and block expansion included).
+    pub computed_pairs: u64,
     /// Tokens processed (without padding).
     pub tokens: usize,
 }
@@ -58,6 +60,7 @@ pub fn run(
         prefill_s: t.elapsed().as_secs_f64(),
         attention_s: ctx.stats.time.as_secs_f64(),
         exact_pairs: ctx.stats.allowed_pairs,
+        computed_pairs: ctx.stats.computed_pairs,
         tokens,
     })
 }
@@ -96,6 +99,7 @@ pub fn compare(
         prefill_s: Some(run.prefill_s),
         attention_s: Some(run.attention_s),
         exact_pairs: Some(run.exact_pairs),
+        scored_pairs: Some(run.computed_pairs),
         tokens_per_s: Some(run.tokens as f64 / run.prefill_s.max(1e-9)),
         ..Cost::default()
     };

@@ -58,6 +58,9 @@ pub struct AttnStats {
     pub calls: usize,
     /// (query, key) pairs the mask allows, summed over heads: what exact attention scores.
     pub allowed_pairs: u64,
+    /// (query, key) pairs the methods scored, as they report them (`attn::Stats`), estimation
+    /// passes and block expansion included: the cost measure that compares across methods.
+    pub computed_pairs: u64,
     /// Per method label: calls and time.
     pub by_method: BTreeMap<String, (usize, Duration)>,
 }
@@ -107,7 +110,7 @@ fn view<'a>(
 ///
 /// # Errors
 /// Whatever the attention call reports (unknown or unsupported method, bad parameters), and
-/// [`ModelError::Invalid`] for a plan choice with parameters this build cannot pass.
+/// [`ModelError::Invalid`] for parameters given to `exact`.
 pub fn attention(ctx: &mut RunCtx, a: &AttnInput, params: &Params, out: &mut [f32]) -> Result<()> {
     let AttnInput { layer, batch, s_q, s_kv, heads, kv_heads, head_dim, v_dim, .. } = *a;
     debug_assert_eq!(out.len(), batch * s_q * heads * v_dim);
@@ -168,14 +171,14 @@ fn call(
     v: TensorRef,
     params: &Params,
 ) -> Result<attn::Output> {
-    if !choice.params.is_empty() {
+    if choice.is_exact() && !choice.params.is_empty() {
         return Err(ModelError::Invalid(format!(
-            "method `{}` was given parameters, which this build cannot pass yet",
+            "`{}`: exact attention takes no parameters (name a method to tune it)",
             choice.label()
         )));
     }
     let prefs = Prefs {
-        method: if choice.is_exact() { None } else { Some(choice.method.clone()) },
+        method: if choice.is_exact() { None } else { Some(choice.label()) },
         par: attn::Par::Rayon(ctx.threads.max(1)),
         ..Prefs::default()
     };
@@ -184,6 +187,7 @@ fn call(
     let dt = t.elapsed();
     ctx.stats.time += dt;
     ctx.stats.calls += 1;
+    ctx.stats.computed_pairs += o.stats.computed_pairs;
     let e = ctx.stats.by_method.entry(o.method.to_string()).or_default();
     e.0 += 1;
     e.1 += dt;
