@@ -78,6 +78,9 @@ pub enum Command {
     Perplexity(crate::cmd::models::PerplexityArgs),
     /// Time a real-model workload (prefill or embedding), as bench/models_peer.py does its peer
     BenchModel(crate::cmd::models::BenchModelArgs),
+    /// Search a per-(layer, head) attention plan on a model's real Q/K/V (cheapest method that
+    /// keeps a target attention recall)
+    Plan(crate::cmd::plan::PlanArgs),
 }
 
 #[derive(Debug, Args)]

@@ -50,6 +50,7 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
         args::Command::Embed(a) => cmd::models::embed(&a, &rt),
         args::Command::Perplexity(a) => cmd::models::perplexity(&a, &rt),
         args::Command::BenchModel(a) => cmd::models::bench_model(&a, &rt),
+        args::Command::Plan(a) => cmd::plan::run(&a, &rt),
     }
 }
 

@@ -6,6 +6,8 @@
 //! - [`run`]: the loop over tasks and methods (resumable), [`lm`] and [`embed`] the tasks;
 //! - [`schema`]: one row of `results.jsonl`;
 //! - [`report`] and [`plot`]: `report.md` and the PNG plots from the rows;
+//! - [`search`]: the offline per-head plan search behind `attn plan`;
+//! - [`needle`]: the retrieval task (method prefill, exact greedy decode, exact match);
 //! - [`retrieval`]: passkey and RULER-style needle tasks, generated deterministically by seed.
 
 #![deny(missing_docs)]
@@ -13,12 +15,14 @@
 pub mod embed;
 pub mod fidelity;
 pub mod lm;
+pub mod needle;
 pub mod output;
 pub mod plot;
 pub mod report;
 pub mod retrieval;
 pub mod run;
 pub mod schema;
+pub mod search;
 
 use std::path::PathBuf;
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use attn_models::plan::{AttentionPlan, Choice};
 
 use crate::schema::{Cost, Quality, Row, SCHEMA_VERSION};
-use crate::{embed, lm, EvalError};
+use crate::{embed, lm, needle, EvalError};
 
 /// A task of the eval.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,12 +34,24 @@ pub enum Task {
         /// Encoder name or path.
         model: String,
     },
+    /// Long-context retrieval (passkey, RULER needles): method prefill, exact greedy decode,
+    /// exact-match accuracy (see [`crate::needle`]).
+    Retrieval {
+        /// Causal LM name or path.
+        model: String,
+        /// The retrieval tasks.
+        kinds: Vec<crate::retrieval::TaskKind>,
+        /// Prompt length in tokens (answer room included).
+        tokens: usize,
+        /// Samples per task kind.
+        samples: usize,
+    },
 }
 
 impl Task {
     fn model(&self) -> &str {
         match self {
-            Task::Lm { model, .. } | Task::Embed { model } => model,
+            Task::Lm { model, .. } | Task::Embed { model } | Task::Retrieval { model, .. } => model,
         }
     }
 }
@@ -206,6 +218,7 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
                 task: match task {
                     Task::Lm { .. } => "lm".into(),
                     Task::Embed { .. } => "embed".into(),
+                    Task::Retrieval { .. } => "retrieval".into(),
                 },
                 model: task.model().to_string(),
                 dataset: dataset.clone(),
@@ -334,6 +347,54 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
                     bar.inc(1);
                 }
             }
+            Task::Retrieval { model, kinds, tokens, samples } => {
+                let m = attn_models::model::load(model)?.into_decoder()?;
+                let input = needle::NeedleInput::new(&m, kinds, *tokens, *samples, cfg.seed)?;
+                // Untimed warm-up, as for the lm task.
+                let first = input.samples.first().map(|s| s.1.clone()).unwrap_or_default();
+                if first.len() >= 2 {
+                    let warm = lm::LmInput {
+                        windows: vec![first[..first.len().min(256)].to_vec()],
+                        buckets: 1,
+                    };
+                    lm::run(&m, &warm, &AttentionPlan::exact(), cfg.threads)?;
+                }
+                bar.set_message("exact");
+                let (exact, rss) = peak_rss_after(|| {
+                    needle::run(&m, &input, &AttentionPlan::exact(), cfg.threads)
+                });
+                let exact = exact?;
+                if !done.contains(&exact_id) {
+                    let (q, mut c) = needle::compare(&exact, &exact);
+                    c.peak_rss_bytes = rss;
+                    let row = mk("exact", "ok", None, q, c);
+                    append(&results, &row)?;
+                    rows.push(row);
+                }
+                bar.inc(1);
+                for spec in todo {
+                    bar.set_message(spec.label.clone());
+                    let (r, rss) =
+                        peak_rss_after(|| needle::run(&m, &input, &spec.plan, cfg.threads));
+                    let row = match r {
+                        Ok(run) => {
+                            let (q, mut c) = needle::compare(&exact, &run);
+                            c.peak_rss_bytes = rss;
+                            mk(&spec.label, "ok", None, q, c)
+                        }
+                        Err(e) => mk(
+                            &spec.label,
+                            "failed",
+                            Some(e.to_string()),
+                            Quality::default(),
+                            Cost::default(),
+                        ),
+                    };
+                    append(&results, &row)?;
+                    rows.push(row);
+                    bar.inc(1);
+                }
+            }
         }
         bar.finish_and_clear();
     }
@@ -355,6 +416,12 @@ fn describe(task: &Task) -> (String, BTreeMap<String, serde_json::Value>) {
         Task::Embed { .. } => {
             s.insert("docs".into(), "lee.cor (50)".into());
             ("lee".into(), s)
+        }
+        Task::Retrieval { kinds, tokens, samples, .. } => {
+            s.insert("tokens".into(), (*tokens).into());
+            s.insert("samples".into(), (*samples).into());
+            let names: Vec<String> = kinds.iter().map(ToString::to_string).collect();
+            (names.join("+"), s)
         }
     }
 }

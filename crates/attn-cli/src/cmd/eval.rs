@@ -21,9 +21,10 @@ it stopped when started again with the same --out.
 Examples:
   attn eval
   attn eval --task lm --model smollm2 --tokens 4096 --method sdpa-flash --threads 2
-  attn eval --task lm --model gemma3 --text bible --tokens 2048 --plan plan.json")]
+  attn eval --task lm --model gemma3 --text bible --tokens 2048 --plan plan.json
+  attn eval --task lm,retrieval --model smollm2 --tokens 8192 --plan plan.json --method sdpa-flash")]
 pub struct EvalArgs {
-    /// Task(s): lm, embed [default: embed on minilm and lm on smollm2]
+    /// Task(s): lm, embed, retrieval [default: embed on minilm and lm on smollm2]
     #[arg(long, value_delimiter = ',')]
     pub task: Vec<String>,
     /// Model for the lm task (smollm2, gemma3, qwen2, or a .gguf) [default: smollm2]; for embed
@@ -46,6 +47,13 @@ pub struct EvalArgs {
     /// Window for the lm task (0 = all tokens in one window)
     #[arg(long, default_value_t = 0)]
     pub window: usize,
+    /// Retrieval tasks for `--task retrieval`: passkey, niah_single_1..3, niah_multikey_1..3,
+    /// niah_multivalue, niah_multiquery, vt, cwe; prompts of --tokens tokens
+    #[arg(long, value_delimiter = ',', default_value = "passkey,niah_single_2")]
+    pub needles: Vec<String>,
+    /// Samples per retrieval task (needle depths and keys drawn from --seed)
+    #[arg(long, default_value_t = 5)]
+    pub samples: usize,
     /// Output folder
     #[arg(long, default_value = "eval-out")]
     pub out: PathBuf,
@@ -79,7 +87,19 @@ pub fn run(a: &EvalArgs, rt: &Runtime) -> Result<()> {
                         .filter(|m| std::path::Path::new(m).is_dir())
                         .unwrap_or_else(|| "minilm".into()),
                 }),
-                other => bail!("unknown task `{other}` (lm, embed)"),
+                "retrieval" => {
+                    // One comparison per retrieval task, so each has its own accuracy.
+                    for n in &a.needles {
+                        let kind = n.parse().map_err(|e| anyhow::anyhow!("--needles: {e}"))?;
+                        t.push(Task::Retrieval {
+                            model: a.model.clone().unwrap_or_else(|| "smollm2".into()),
+                            kinds: vec![kind],
+                            tokens: a.tokens,
+                            samples: a.samples,
+                        });
+                    }
+                }
+                other => bail!("unknown task `{other}` (lm, embed, retrieval)"),
             }
         }
         t

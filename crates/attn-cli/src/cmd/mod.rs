@@ -6,4 +6,5 @@ pub mod eval;
 pub mod fetch;
 pub mod list;
 pub mod models;
+pub mod plan;
 pub mod run;

@@ -54,7 +54,8 @@ pub struct PerplexityArgs {
     /// Tokens of the text to evaluate
     #[arg(long, default_value_t = 2048)]
     pub tokens: usize,
-    /// Attention method for every layer and head (`exact`, a registered name, or name:k=v,…)
+    /// Attention method for every layer and head (`exact`, a registered name, or name:k=v,…),
+    /// or `@FILE` for a per-head plan written by `attn plan`
     #[arg(long, default_value = "exact")]
     pub method: String,
     /// Prefill chunk in tokens (0 = the whole window at once)
@@ -62,7 +63,11 @@ pub struct PerplexityArgs {
     pub chunk: usize,
 }
 
+/// `exact`, `name:k=v,…` (one method everywhere) or `@plan.json` (a per-head plan file).
 fn plan(method: &str) -> Result<AttentionPlan> {
+    if let Some(path) = method.strip_prefix('@') {
+        return Ok(AttentionPlan::load(path)?);
+    }
     Ok(AttentionPlan::uniform(Choice::parse(method)?))
 }
 
@@ -136,6 +141,15 @@ pub fn perplexity(a: &PerplexityArgs, rt: &Runtime) -> Result<()> {
         ctx.stats.time.as_secs_f64(),
         a.method
     );
+    if ctx.stats.by_method.len() > 1 || !ctx.plan.is_exact() {
+        for (m, (calls, t)) in &ctx.stats.by_method {
+            eprintln!("  {m:<24} {calls:>5} calls {:>8.3} s", t.as_secs_f64());
+        }
+        eprintln!(
+            "  scored pairs {:.1} % of what the masks allow",
+            100.0 * ctx.stats.computed_pairs as f64 / ctx.stats.allowed_pairs.max(1) as f64
+        );
+    }
     Ok(())
 }
 

@@ -1,0 +1,352 @@
+//! Offline per-head plan search (`attn plan`): MInference's idea — every head of a model has a
+//! stable sparse shape — widened to every registered method, exact attention included.
+//!
+//! 1. One exact forward over calibration tokens records the Q, K, V every attention head saw
+//!    (capture hooks of `attn-models`).
+//! 2. For each (layer, head), exact attention gives the reference output `O` and the
+//!    log-sum-exp `lse` of every row; each candidate (a method spec with a budget) runs on the
+//!    same Q/K/V and is scored by
+//!    - **recall**: mean over rows of `exp(lse_c − lse)`, the share of the exact attention mass
+//!      on the keys the candidate attends to (≤ 1 for methods that attend to a subset of keys);
+//!    - **error**: relative Frobenius error `‖O_c − O‖ / ‖O‖` of the head's output;
+//!    - **cost**: the (query, key) pairs it reports scoring (`attn::Stats::computed_pairs`:
+//!      estimation passes and block expansion included), against the pairs exact attention scores.
+//! 3. Each head gets the cheapest candidate that keeps `recall ≥ target_recall` and
+//!    `error ≤ max_error`; when none is cheaper than exact, the head stays exact. Its scores are
+//!    written beside the choice in the plan file.
+//!
+//! **Cheapest** is measured in pairs weighted by what a pair costs each candidate on this
+//! machine: every call is timed, and a candidate's weight is its seconds per pair summed over
+//! all heads, over exact attention's seconds per pair summed the same way (sums over hundreds of
+//! calls, so the weights are steadier than single timings; they still vary from run to run, and
+//! so may a few choices). Sparse kernels pay for gathering, block edges and estimation; without
+//! the weight the search picks patterns with fewer pairs that take longer than exact.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use attn::Prefs;
+use attn_models::capture::{Capture, Captured};
+use attn_models::decoder::{Decoder, ForwardOpts, KvCache};
+use attn_models::plan::Override;
+use attn_models::{AttentionPlan, Choice, RunCtx};
+
+use crate::EvalError;
+
+/// How the search chooses.
+#[derive(Debug, Clone)]
+pub struct SearchConfig {
+    /// Smallest attention-mass recall a chosen candidate keeps on the calibration tokens
+    /// (mean over rows). Default 0.95.
+    pub target_recall: f64,
+    /// Largest relative output error a chosen candidate may have. Default 0.1.
+    pub max_error: f64,
+    /// Candidate method specs (`name:key=value,…`); empty = [`default_candidates`].
+    pub candidates: Vec<String>,
+    /// Threads for the attention calls.
+    pub threads: usize,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            target_recall: 0.95,
+            max_error: 0.1,
+            candidates: Vec::new(),
+            threads: rayon::current_num_threads(),
+        }
+    }
+}
+
+/// The candidates searched by default for causal prefill of `s` tokens: budget ladders of the
+/// sparse-prefill methods (budgets at or above `s` are left out: they cost what exact costs),
+/// then every other registered approximate method at its defaults.
+pub fn default_candidates(s: usize) -> Vec<String> {
+    let mut c = Vec::new();
+    for w in [256, 512, 1024, 2048, 4096] {
+        if w < s {
+            c.push(format!("streaming:sink=64,window={w}"));
+        }
+    }
+    for local in [512, 1024, 2048] {
+        if local < s {
+            c.push(format!("a-shape:sink=64,local={local}"));
+        }
+    }
+    for (v, sl) in [(64, 128), (128, 256), (256, 512), (512, 1024), (1000, 2048)] {
+        if v + sl < s {
+            c.push(format!("vertical-slash:vertical={v},slash={sl}"));
+        }
+    }
+    for k in [8, 16, 32, 64] {
+        if k * 64 < s {
+            c.push(format!("block-sparse:top_k={k}"));
+        }
+    }
+    let named: Vec<String> =
+        c.iter().map(|x| x.split(':').next().unwrap_or("").to_string()).collect();
+    for m in attn::registry().methods() {
+        if m.exactness() != attn::Exactness::Exact
+            && !m.is_reference()
+            && m.capabilities().max_query_rows.is_none()
+            && !named.iter().any(|n| n == m.name())
+        {
+            c.push(m.name().to_string());
+        }
+    }
+    c
+}
+
+/// One candidate on one head.
+#[derive(Debug, Clone)]
+pub struct Score {
+    /// The candidate spec.
+    pub spec: String,
+    /// Mean attention-mass recall over rows.
+    pub recall: f64,
+    /// Smallest row recall.
+    pub recall_min: f64,
+    /// Relative Frobenius output error.
+    pub error: f64,
+    /// Pairs it scored.
+    pub pairs: u64,
+    /// Wall time of the call, seconds.
+    pub time_s: f64,
+}
+
+/// Every score of one head, and the choice.
+#[derive(Debug, Clone)]
+pub struct HeadResult {
+    /// Layer.
+    pub layer: usize,
+    /// Query head.
+    pub head: usize,
+    /// Pairs exact attention scores on this head.
+    pub exact_pairs: u64,
+    /// Wall time of the exact call, seconds.
+    pub exact_time_s: f64,
+    /// Every candidate that could run, in candidate order.
+    pub scores: Vec<Score>,
+    /// Index into `scores` of the choice; `None` = exact.
+    pub chosen: Option<usize>,
+}
+
+/// What [`search`] found.
+#[derive(Debug, Clone)]
+pub struct SearchOutcome {
+    /// The plan: exact by default, one override per head that is not exact.
+    pub plan: AttentionPlan,
+    /// Per head, every score.
+    pub heads: Vec<HeadResult>,
+    /// Candidates that could not run at all, with the reason (first head's error).
+    pub skipped: Vec<(String, String)>,
+    /// Calibration tokens.
+    pub tokens: usize,
+    /// Cost weight of each candidate: its seconds per pair over exact's (see the module doc).
+    pub weights: BTreeMap<String, f64>,
+}
+
+impl SearchOutcome {
+    /// Pairs the plan scores over pairs exact attention scores, on the calibration tokens.
+    pub fn density(&self) -> f64 {
+        let (mut p, mut e) = (0u64, 0u64);
+        for h in &self.heads {
+            e += h.exact_pairs;
+            p += h.chosen.map_or(h.exact_pairs, |i| h.scores[i].pairs);
+        }
+        p as f64 / e.max(1) as f64
+    }
+
+    /// Measured attention time of the plan's choices over exact's, summed over heads (single
+    /// timings: indicative).
+    pub fn time_ratio(&self) -> f64 {
+        let (mut t, mut e) = (0.0, 0.0);
+        for h in &self.heads {
+            e += h.exact_time_s;
+            t += h.chosen.map_or(h.exact_time_s, |i| h.scores[i].time_s);
+        }
+        t / e.max(1e-12)
+    }
+
+    /// Heads per chosen method name (`exact` included).
+    pub fn histogram(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for h in &self.heads {
+            let name = h.chosen.map_or("exact".to_string(), |i| {
+                h.scores[i].spec.split(':').next().unwrap_or("").to_string()
+            });
+            *m.entry(name).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
+/// Searches a plan for `model` on the calibration `tokens` (one exact forward, then every
+/// candidate on every head). `on_head` is called after each head (for progress).
+///
+/// # Errors
+/// [`EvalError::Model`] when the exact forward fails, [`EvalError::Data`] for no tokens, bad
+/// settings, or candidate specs that do not parse.
+pub fn search(
+    model: &Decoder,
+    tokens: &[u32],
+    cfg: &SearchConfig,
+    mut on_head: impl FnMut(usize, usize),
+) -> Result<SearchOutcome, EvalError> {
+    if tokens.len() < 2 {
+        return Err(EvalError::Data("plan search needs at least 2 calibration tokens".into()));
+    }
+    if !(cfg.target_recall > 0.0 && cfg.target_recall <= 1.0) || cfg.max_error.is_nan() {
+        return Err(EvalError::Data(format!(
+            "target recall must be in (0, 1] and max error a number (got {}, {})",
+            cfg.target_recall, cfg.max_error
+        )));
+    }
+    let candidates = if cfg.candidates.is_empty() {
+        default_candidates(tokens.len())
+    } else {
+        cfg.candidates.clone()
+    };
+    for c in &candidates {
+        attn::methods::build(c).map_err(|e| EvalError::Data(format!("candidate `{c}`: {e}")))?;
+    }
+    let mut ctx = RunCtx::exact();
+    ctx.threads = cfg.threads;
+    ctx.capture = Some(Capture::new(None, None));
+    let mut cache = KvCache::default();
+    model.forward(tokens, &mut cache, &mut ctx, ForwardOpts::default())?;
+    let captured = ctx.capture.take().map(|c| c.items).unwrap_or_default();
+    drop(cache);
+
+    let total = captured.len();
+    let mut heads = Vec::with_capacity(total);
+    let mut skipped: Vec<(String, String)> = Vec::new();
+    for (i, c) in captured.into_iter().enumerate() {
+        heads.push(score_head(&c, &candidates, cfg, &mut skipped)?);
+        on_head(i + 1, total);
+    }
+    let weights = weights(&heads);
+    let mut plan = AttentionPlan::exact();
+    for r in &mut heads {
+        r.chosen = choose(r, cfg, &weights);
+        if let Some(k) = r.chosen {
+            let s = &r.scores[k];
+            let choice = Choice::parse(&s.spec)?;
+            let mut score = BTreeMap::new();
+            score.insert("recall".to_string(), s.recall);
+            score.insert("recall_min".to_string(), s.recall_min);
+            score.insert("error".to_string(), s.error);
+            score.insert("density".to_string(), s.pairs as f64 / r.exact_pairs.max(1) as f64);
+            score.insert("weight".to_string(), weights.get(&s.spec).copied().unwrap_or(1.0));
+            plan.overrides.push(Override {
+                layer: r.layer,
+                head: Some(r.head),
+                choice,
+                score: Some(score),
+            });
+        }
+    }
+    Ok(SearchOutcome { plan, heads, skipped, tokens: tokens.len(), weights })
+}
+
+fn score_head(
+    c: &Captured,
+    candidates: &[String],
+    cfg: &SearchConfig,
+    skipped: &mut Vec<(String, String)>,
+) -> Result<HeadResult, EvalError> {
+    let inputs = c.inputs()?;
+    let params = c.head_params();
+    let prefs = |m: &str| Prefs {
+        method: Some(m.to_string()),
+        par: attn::Par::Rayon(cfg.threads.max(1)),
+        ..Prefs::default()
+    };
+    let t = Instant::now();
+    let exact = attn::attend(inputs.q, inputs.k, inputs.v, &params, &prefs("sdpa-flash"))
+        .map_err(attn_models::ModelError::from)?;
+    let exact_time_s = t.elapsed().as_secs_f64();
+    let norm = exact.o.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+    let mut scores = Vec::new();
+    for spec in candidates {
+        if skipped.iter().any(|(s, _)| s == spec) {
+            continue;
+        }
+        let t = Instant::now();
+        let out = match attn::attend(inputs.q, inputs.k, inputs.v, &params, &prefs(spec)) {
+            Ok(o) => o,
+            Err(e) => {
+                skipped.push((spec.clone(), e.to_string()));
+                continue;
+            }
+        };
+        let (mut sum, mut n, mut min) = (0.0f64, 0usize, f64::INFINITY);
+        for (&a, &b) in out.lse.iter().zip(&exact.lse) {
+            if b.is_finite() {
+                let r = if a.is_finite() { (f64::from(a) - f64::from(b)).exp() } else { 0.0 };
+                sum += r;
+                n += 1;
+                min = min.min(r);
+            }
+        }
+        let diff = out
+            .o
+            .iter()
+            .zip(&exact.o)
+            .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        scores.push(Score {
+            spec: spec.clone(),
+            recall: if n > 0 { sum / n as f64 } else { 1.0 },
+            recall_min: if n > 0 { min } else { 1.0 },
+            error: if norm > 0.0 { diff / norm } else { diff },
+            pairs: out.stats.computed_pairs,
+            time_s: t.elapsed().as_secs_f64(),
+        });
+    }
+    let exact_pairs = exact.stats.computed_pairs;
+    Ok(HeadResult { layer: c.layer, head: c.head, exact_pairs, exact_time_s, scores, chosen: None })
+}
+
+/// Seconds per pair of each candidate, over all heads, relative to exact's.
+pub fn weights(heads: &[HeadResult]) -> BTreeMap<String, f64> {
+    let (mut et, mut ep) = (0.0, 0u64);
+    let mut sums: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+    for h in heads {
+        et += h.exact_time_s;
+        ep += h.exact_pairs;
+        for s in &h.scores {
+            let e = sums.entry(s.spec.clone()).or_default();
+            e.0 += s.time_s;
+            e.1 += s.pairs;
+        }
+    }
+    let exact_rate = et / ep.max(1) as f64;
+    sums.into_iter()
+        .map(|(k, (t, p))| {
+            let rate = t / p.max(1) as f64;
+            (k, if exact_rate > 0.0 && rate > 0.0 { rate / exact_rate } else { 1.0 })
+        })
+        .collect()
+}
+
+/// The cheapest candidate of `h` (pairs × weight) that meets the quality bounds and costs less
+/// than exact; `None` = exact.
+pub fn choose(
+    h: &HeadResult,
+    cfg: &SearchConfig,
+    weights: &BTreeMap<String, f64>,
+) -> Option<usize> {
+    let cost = |s: &Score| s.pairs as f64 * weights.get(&s.spec).copied().unwrap_or(1.0);
+    h.scores
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| {
+            s.recall >= cfg.target_recall
+                && s.error <= cfg.max_error
+                && cost(s) < h.exact_pairs as f64
+        })
+        .min_by(|a, b| cost(a.1).total_cmp(&cost(b.1)))
+        .map(|(i, _)| i)
+}

@@ -1,0 +1,146 @@
+//! The plan search and the retrieval task on the real SmolLM2 (fetched on demand), on short
+//! inputs so the file runs in seconds.
+
+use std::collections::BTreeMap;
+
+use attn_eval::lm::{self, LmInput};
+use attn_eval::needle::{self, NeedleInput};
+use attn_eval::retrieval::TaskKind;
+use attn_eval::search::{choose, search, HeadResult, Score, SearchConfig};
+use attn_models::decoder::Decoder;
+use attn_models::{AttentionPlan, Choice};
+
+fn smollm2() -> Decoder {
+    attn_models::model::load("smollm2").expect("smollm2").into_decoder().expect("decoder")
+}
+
+fn tokens(m: &Decoder, n: usize) -> Vec<u32> {
+    let text = attn_models::corpus::text("austen:persuasion").expect("persuasion");
+    LmInput::new(m, &text, n, 0).expect("input").windows.remove(0)
+}
+
+fn score(spec: &str, recall: f64, error: f64, pairs: u64, time_s: f64) -> Score {
+    Score { spec: spec.into(), recall, recall_min: recall, error, pairs, time_s }
+}
+
+#[test]
+fn choose_takes_the_cheapest_weighted_candidate_that_meets_both_bounds() {
+    let h = HeadResult {
+        layer: 0,
+        head: 0,
+        exact_pairs: 1000,
+        exact_time_s: 1.0,
+        scores: vec![
+            score("a", 0.99, 0.01, 600, 0.6),
+            score("b", 0.90, 0.01, 100, 0.1), // recall too low
+            score("c", 0.99, 0.50, 150, 0.1), // error too high
+            score("d", 0.97, 0.02, 400, 0.4),
+        ],
+        chosen: None,
+    };
+    let cfg = SearchConfig { target_recall: 0.95, max_error: 0.1, ..SearchConfig::default() };
+    let mut w = BTreeMap::new();
+    assert_eq!(choose(&h, &cfg, &w), Some(3));
+    // A candidate whose pairs cost three times exact's is not cheaper than 600 plain pairs.
+    w.insert("d".to_string(), 3.0);
+    assert_eq!(choose(&h, &cfg, &w), Some(0));
+    // Nothing cheaper than exact: exact.
+    w.insert("a".to_string(), 2.0);
+    assert_eq!(choose(&h, &cfg, &w), None);
+}
+
+#[test]
+fn searched_plan_runs_what_it_chose_and_exact_where_nothing_qualifies() {
+    let m = smollm2();
+    let t = tokens(&m, 320);
+    let cand = "streaming:sink=4,window=64".to_string();
+    // No quality bound: every head where the window is cheaper gets it.
+    let loose = SearchConfig {
+        target_recall: 1e-9,
+        max_error: f64::INFINITY,
+        candidates: vec![cand.clone()],
+        threads: 2,
+    };
+    let mut seen = 0;
+    let out = search(&m, &t, &loose, |done, total| {
+        assert!(done <= total);
+        seen = done;
+    })
+    .expect("search");
+    let heads = m.config.layers.len() * m.config.heads;
+    assert_eq!(out.heads.len(), heads);
+    assert_eq!(seen, heads);
+    for h in &out.heads {
+        assert_eq!(h.scores.len(), 1, "one candidate scored per head");
+        let s = &h.scores[0];
+        assert!(s.recall > 0.0 && s.recall <= 1.0 + 1e-6, "subset support: recall {}", s.recall);
+        assert!(s.pairs < h.exact_pairs, "a 64-key window scores fewer pairs than causal");
+    }
+    // The plan's overrides are exactly the chosen heads, and each carries its scores.
+    let chosen = out.heads.iter().filter(|h| h.chosen.is_some()).count();
+    assert_eq!(out.plan.overrides.len(), chosen);
+    for o in &out.plan.overrides {
+        assert_eq!(o.choice.label(), cand);
+        let s = o.score.as_ref().expect("score");
+        assert!(s.contains_key("recall") && s.contains_key("error") && s.contains_key("density"));
+    }
+    // Saved and loaded, it round-trips.
+    let dir = std::env::temp_dir().join(format!("attn-search-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("plan.json");
+    out.plan.save(&path).expect("save");
+    assert_eq!(AttentionPlan::load(&path).expect("load"), out.plan);
+    // Where the plan chose the window everywhere, it runs what the uniform method runs.
+    if chosen == heads {
+        let input = LmInput { windows: vec![t.clone()], buckets: 1 };
+        let a = lm::run(&m, &input, &out.plan, 2).expect("plan");
+        let b = lm::run(&m, &input, &AttentionPlan::uniform(Choice::parse(&cand).unwrap()), 2)
+            .expect("uniform");
+        assert_eq!(a.hidden, b.hidden, "per-head calls equal the per-layer call");
+        assert_eq!(a.computed_pairs, b.computed_pairs);
+    }
+    // A bound nothing approximate can meet leaves every head exact.
+    let strict = SearchConfig { target_recall: 1.0, max_error: 0.0, ..loose };
+    let out = search(&m, &t, &strict, |_, _| {}).expect("search");
+    assert!(out.plan.is_exact(), "{:?}", out.plan.overrides.first());
+    assert!((out.density() - 1.0).abs() < 1e-12);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn search_rejects_bad_settings_with_typed_errors() {
+    let m = smollm2();
+    let t = tokens(&m, 16);
+    let bad = SearchConfig { target_recall: 1.5, ..SearchConfig::default() };
+    assert!(search(&m, &t, &bad, |_, _| {}).is_err());
+    let unknown =
+        SearchConfig { candidates: vec!["no-such-method".into()], ..SearchConfig::default() };
+    let e = search(&m, &t, &unknown, |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("no-such-method"), "{e}");
+    assert!(search(&m, &t[..1], &SearchConfig::default(), |_, _| {}).is_err());
+}
+
+#[test]
+fn passkey_prefill_with_exact_equals_itself_and_scores_answers() {
+    let m = smollm2();
+    let input = NeedleInput::new(&m, &[TaskKind::Passkey], 400, 2, 7).expect("samples");
+    assert_eq!(input.samples.len(), 2);
+    for (s, ids) in &input.samples {
+        assert!(ids.len() <= 400, "{} tokens", ids.len());
+        assert_eq!(s.answers.len(), 1);
+    }
+    let exact = needle::run(&m, &input, &AttentionPlan::exact(), 2).expect("exact");
+    let flash =
+        needle::run(&m, &input, &AttentionPlan::uniform(Choice::parse("sdpa-flash").unwrap()), 2)
+            .expect("flash");
+    let (q, c) = needle::compare(&exact, &flash);
+    assert_eq!(q.top1_agreement, Some(1.0), "{:?} vs {:?}", exact.outputs, flash.outputs);
+    assert_eq!(q.accuracy, Some(exact.scores.iter().sum::<f64>() / 2.0));
+    for (sc, out) in exact.scores.iter().zip(&exact.outputs) {
+        assert!((0.0..=1.0).contains(sc));
+        assert!(!out.contains('\n'), "decoding stops at a newline: {out:?}");
+    }
+    assert!(c.scored_pairs.unwrap() > 0 && c.scored_pairs == c.exact_pairs);
+    // Too few tokens for any prompt: a typed error, not a panic.
+    assert!(NeedleInput::new(&m, &[TaskKind::Passkey], 10, 1, 7).is_err());
+}
