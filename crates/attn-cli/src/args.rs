@@ -81,6 +81,9 @@ pub enum Command {
     /// Search a per-(layer, head) attention plan on a model's real Q/K/V (cheapest method that
     /// keeps a target attention recall)
     Plan(crate::cmd::plan::PlanArgs),
+    /// Record the Q/K/V a model's attention heads see on a text, to .safetensors (for bench,
+    /// run and analysis)
+    Capture(crate::cmd::plan::CaptureArgs),
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +169,17 @@ pub struct BenchArgs {
     /// the same inputs
     #[arg(long)]
     pub recall: bool,
+
+    /// Real inputs instead of random ones: a .safetensors file written by `attn capture`; each
+    /// benchmark head takes the next recorded head (cycling), tiled along the sequence to the
+    /// shape's S (the shape needs B = 1 and H = H_kv, and D equal to the recorded D)
+    #[arg(long, value_name = "FILE")]
+    pub qkv: Option<std::path::PathBuf>,
+
+    /// With --qkv: the records to use, comma-separated (`L3.H0.B0,L20.H4.B0`); `A+B` joins two
+    /// records along D (their logits add) [default: every record in the file]
+    #[arg(long, value_name = "KEYS", value_delimiter = ',', requires = "qkv")]
+    pub qkv_heads: Vec<String>,
 }
 
 /// Axis order of the arrays in the files.

@@ -168,6 +168,8 @@ pub struct BenchConfig {
     pub dtype: DType,
     /// Report the attention mass approximate methods keep.
     pub recall: bool,
+    /// Real recorded heads instead of random inputs.
+    pub real: Option<crate::real::RealInputs>,
 }
 
 /// The default grid: B = 1, H = 8, S ∈ {1k, 4k, 16k}, D ∈ {64, 128} (the main measurement until
@@ -267,7 +269,11 @@ impl BenchConfig {
                 Timing::MinTime(Duration::from_secs_f64(t))
             }
         };
-        Ok(Self { cases, skipped, timing, warmup: a.warmup, dtype, recall: a.recall })
+        let real = match &a.qkv {
+            Some(f) => Some(crate::real::RealInputs::load(f, &a.qkv_heads)?),
+            None => None,
+        };
+        Ok(Self { cases, skipped, timing, warmup: a.warmup, dtype, recall: a.recall, real })
     }
 }
 

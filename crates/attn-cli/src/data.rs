@@ -63,6 +63,11 @@ impl HostTensor {
         Self { data: HostData::from_f32(x, dtype), shape: shape.to_vec() }
     }
 
+    /// Given f32 values, rounded to `dtype`.
+    pub fn from_f32(x: Vec<f32>, shape: [usize; 4], dtype: DType) -> Self {
+        Self { data: HostData::from_f32(x, dtype), shape: shape.to_vec() }
+    }
+
     /// A contiguous `[B, H, S, D]` view.
     pub fn view(&self) -> Result<TensorRef<'_>> {
         self.view_as(false)

@@ -10,6 +10,7 @@ mod args;
 mod cmd;
 mod config;
 mod data;
+mod real;
 mod shape;
 mod tensor_file;
 
@@ -51,6 +52,7 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
         args::Command::Perplexity(a) => cmd::models::perplexity(&a, &rt),
         args::Command::BenchModel(a) => cmd::models::bench_model(&a, &rt),
         args::Command::Plan(a) => cmd::plan::run(&a, &rt),
+        args::Command::Capture(a) => cmd::plan::capture(&a, &rt),
     }
 }
 

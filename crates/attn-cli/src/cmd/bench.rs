@@ -1,6 +1,7 @@
 //! `attn bench`: registry-driven timing of methods over a grid of shapes.
 //!
-//! Per case: inputs are generated first (seeded, uniform in [-1, 1)), then the RSS baseline is
+//! Per case: inputs are generated first (seeded, uniform in [-1, 1); or real recorded heads tiled
+//! to the case's length with `--qkv`), then the RSS baseline is
 //! taken, then the first call allocates the output buffers and runs once while peak RSS and peak
 //! heap are recorded; the timed calls reuse those buffers through [`attn::Prepared::run`], so
 //! a repetition measures the kernel, not the allocator. The library's scratch pool is emptied
@@ -59,6 +60,8 @@ struct Record {
     /// `computed_pairs` over the pairs the mask allows (1 for exact methods; below 1 for sparse
     /// methods, possibly above where block expansion and estimation outweigh the sparsity).
     density: f64,
+    /// `random (seed N)` or the real records tiled into the case (`--qkv`).
+    inputs: String,
 }
 
 pub fn run(cfg: &BenchConfig, rt: &Runtime) -> Result<()> {
@@ -90,6 +93,9 @@ pub fn run(cfg: &BenchConfig, rt: &Runtime) -> Result<()> {
             cfg.dtype,
             cfg.warmup
         )?;
+        if let Some(real) = &cfg.real {
+            writeln!(out, "# {}", real.describe())?;
+        }
         writeln!(
             out,
             "{:<14} {:<30} {:<6} {:>4} {:>11} {:>11} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
@@ -169,9 +175,26 @@ fn measure(case: &BenchCase, cfg: &BenchConfig, rt: &Runtime) -> Result<Record> 
     shape.ensure_inputs_fit(cfg.dtype)?;
     let [qs, ks, vs] = shape.qkv_shapes();
     // Streams 1, 2, 3: every method sees the same q, k, v for a shape.
-    let q = HostTensor::random(qs, cfg.dtype, rt.seed, 1);
-    let k = HostTensor::random(ks, cfg.dtype, rt.seed, 2);
-    let v = HostTensor::random(vs, cfg.dtype, rt.seed, 3);
+    let (q, k, v) = match &cfg.real {
+        None => (
+            HostTensor::random(qs, cfg.dtype, rt.seed, 1),
+            HostTensor::random(ks, cfg.dtype, rt.seed, 2),
+            HostTensor::random(vs, cfg.dtype, rt.seed, 3),
+        ),
+        Some(real) => {
+            anyhow::ensure!(
+                shape.b == 1 && shape.h == shape.h_kv && shape.s_q == shape.s_kv,
+                "--qkv needs shapes with b1, H = H_kv and S_q = S_kv (got {})",
+                shape.label()
+            );
+            let [q, k, v] = real.tiled(shape.h, shape.s_q, shape.d, shape.d_v)?;
+            (
+                HostTensor::from_f32(q, qs, cfg.dtype),
+                HostTensor::from_f32(k, ks, cfg.dtype),
+                HostTensor::from_f32(v, vs, cfg.dtype),
+            )
+        }
+    };
     let inputs = Inputs { q: q.view()?, k: k.view()?, v: v.view()? };
     let params = if case.causal { Params::causal() } else { Params::default() };
     let par = rt.par();
@@ -264,6 +287,10 @@ fn measure(case: &BenchCase, cfg: &BenchConfig, rt: &Runtime) -> Result<Record> 
         mass_recall_mean: recall.map(|r| r.0),
         mass_recall_min: recall.map(|r| r.1),
         density: stats.computed_pairs as f64 / allowed.max(1) as f64,
+        inputs: cfg
+            .real
+            .as_ref()
+            .map_or_else(|| format!("random (seed {})", rt.seed), |r| r.describe()),
     })
 }
 

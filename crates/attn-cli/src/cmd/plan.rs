@@ -1,4 +1,5 @@
-//! `attn plan`: search a per-(layer, head) attention plan on a model's real Q/K/V.
+//! `attn plan`: search a per-(layer, head) attention plan on a model's real Q/K/V; `attn capture`:
+//! record those Q/K/V to a file.
 
 use std::path::PathBuf;
 
@@ -134,5 +135,72 @@ pub fn run(a: &PlanArgs, rt: &Runtime) -> Result<()> {
         100.0 * outcome.time_ratio()
     );
     println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+/// `attn capture`.
+#[derive(Debug, Args)]
+#[command(after_long_help = "\
+Runs the model with exact attention over the first --tokens tokens of --text and writes the Q, K \
+and V every chosen (layer, head) saw (after RoPE and norms) to one .safetensors file: tensors \
+L{layer}.H{head}.B0.{q,k,v} of shape [S, D], each record's scale, softcap, mask and offset in the \
+metadata. `attn bench --qkv FILE` times methods on them; `attn run --q FILE:L3.H0.B0.q …` runs one.
+Example:
+  attn capture --model smollm2 --text emma --tokens 8192 --layers 3,15,27 --heads 0,4 --out qkv.safetensors")]
+pub struct CaptureArgs {
+    /// Causal LM: smollm2, gemma3, qwen2 (fetched on first use) or a .gguf file
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// Text: a file or a corpus name (emma, austen:BOOK, shakespeare, bible, essays)
+    #[arg(long, default_value = "emma")]
+    pub text: String,
+    /// Tokens
+    #[arg(long, default_value_t = 2048)]
+    pub tokens: usize,
+    /// Layers to record, comma-separated [default: all]
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Vec<usize>,
+    /// Query heads to record, comma-separated [default: all]
+    #[arg(long, value_delimiter = ',')]
+    pub heads: Vec<usize>,
+    /// Output .safetensors file
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Refuse to hold more than this many MiB of records
+    #[arg(long, default_value_t = 4096)]
+    pub max_mib: usize,
+}
+
+pub fn capture(a: &CaptureArgs, rt: &Runtime) -> Result<()> {
+    use attn_models::decoder::{ForwardOpts, KvCache};
+    let text = if std::path::Path::new(&a.text).exists() {
+        std::fs::read_to_string(&a.text).with_context(|| format!("reading {}", a.text))?
+    } else {
+        attn_models::corpus::text(&a.text)
+            .with_context(|| format!("`{}` is neither a file nor a corpus name", a.text))?
+    };
+    let model = attn_models::model::load(&a.model)?.into_decoder()?;
+    let (layers, heads) = (model.config.layers.len(), model.config.heads);
+    if let Some(l) = a.layers.iter().find(|&&l| l >= layers) {
+        bail!("--layers: layer {l} out of range (the model has {layers})");
+    }
+    if let Some(h) = a.heads.iter().find(|&&h| h >= heads) {
+        bail!("--heads: head {h} out of range (the model has {heads})");
+    }
+    if a.tokens < 2 || a.tokens > model.config.context {
+        bail!("--tokens must be in 2..={} (the model's context)", model.config.context);
+    }
+    let input = attn_eval::lm::LmInput::new(&model, &text, a.tokens, 0)?;
+    let set = |v: &[usize]| (!v.is_empty()).then(|| v.iter().copied().collect());
+    let mut cap = attn_models::Capture::new(set(&a.layers), set(&a.heads));
+    cap.max_bytes = a.max_mib << 20;
+    let mut ctx = attn_models::RunCtx::exact();
+    ctx.threads = rt.threads_used();
+    ctx.capture = Some(cap);
+    let mut cache = KvCache::default();
+    model.forward(&input.windows[0], &mut cache, &mut ctx, ForwardOpts::default())?;
+    let cap = ctx.capture.take().context("capture lost")?;
+    cap.save_safetensors(&a.out, 0)?;
+    eprintln!("wrote {} records of {} tokens to {}", cap.items.len(), a.tokens, a.out.display());
     Ok(())
 }
