@@ -1,6 +1,7 @@
 //! Attention fidelity on captured real Q/K/V: per (layer, head), the relative Frobenius error
 //! `‖O_method − O_exact‖_F / ‖O_exact‖_F` of the attention output, each head run alone through
-//! the method with the masks and scale the model used.
+//! the method with the masks and scale the model used, and the attention mass the method's support
+//! keeps (`exp(lse_method − lse_exact)`, mean over rows).
 
 use std::time::Instant;
 
@@ -30,54 +31,63 @@ pub fn capture(
     Ok(ctx.capture.map(|c| c.items).unwrap_or_default())
 }
 
-fn run_head(c: &Captured, choice: &Choice, threads: usize) -> Result<Vec<f32>, EvalError> {
+/// One head through `choice` (exact → `sdpa-flash`): output, LSE, pairs scored.
+fn run_head(c: &Captured, choice: &Choice, threads: usize) -> Result<attn::Output, EvalError> {
     let inputs: Inputs = c.inputs()?;
     let prefs = Prefs {
-        method: if choice.is_exact() {
-            Some("sdpa-flash".into())
-        } else {
-            Some(choice.method.clone())
-        },
+        method: Some(if choice.is_exact() { "sdpa-flash".into() } else { choice.label() }),
         par: attn::Par::Rayon(threads.max(1)),
         ..Prefs::default()
     };
-    if !choice.params.is_empty() {
-        return Err(EvalError::Data(format!(
-            "method `{}`: parameters are not supported yet",
-            choice.label()
-        )));
-    }
     Ok(attn::attend(inputs.q, inputs.k, inputs.v, &c.head_params(), &prefs)
-        .map_err(attn_models::ModelError::from)?
-        .o)
+        .map_err(attn_models::ModelError::from)?)
 }
 
-/// Per-(layer, head) relative errors of `choice` on the captured heads, with the time spent in
-/// the method's calls.
+/// Per-(layer, head) relative output error and attention-mass recall (mean over rows of
+/// `exp(lse_method − lse_exact)`) of `plan` on the captured heads, with the time spent in the
+/// method's calls and the pairs it scored against the pairs exact attention scores.
 ///
 /// # Errors
-/// Attention errors of the exact runs (method errors are returned too: the caller records them).
+/// Attention errors of the method (the caller records them as a failed row).
 pub fn compare(
     heads: &[Captured],
-    exact: &[Vec<f32>],
-    choice: &Choice,
+    exact: &[attn::Output],
+    plan: &AttentionPlan,
     layers: usize,
     n_heads: usize,
     threads: usize,
 ) -> Result<(Quality, Cost), EvalError> {
     let mut err = vec![vec![f64::NAN; n_heads]; layers];
-    let t = Instant::now();
+    let mut rec = vec![vec![f64::NAN; n_heads]; layers];
+    let (mut time, mut pairs, mut exact_pairs) = (0f64, 0u64, 0u64);
     for (c, e) in heads.iter().zip(exact) {
-        let o = run_head(c, choice, threads)?;
+        let t = Instant::now();
+        let o = run_head(c, plan.choice(c.layer, c.head), threads)?;
+        time += t.elapsed().as_secs_f64();
+        pairs += o.stats.computed_pairs;
+        exact_pairs += e.stats.computed_pairs;
         let (mut num, mut den) = (0f64, 0f64);
-        for (a, b) in o.iter().zip(e) {
+        for (a, b) in o.o.iter().zip(&e.o) {
             num += (f64::from(*a) - f64::from(*b)).powi(2);
             den += f64::from(*b).powi(2);
         }
         err[c.layer][c.head] = (num / den.max(f64::MIN_POSITIVE)).sqrt();
+        let (mut sum, mut n) = (0f64, 0usize);
+        for (&a, &b) in o.lse.iter().zip(&e.lse) {
+            if b.is_finite() {
+                sum += if a.is_finite() { (f64::from(a) - f64::from(b)).exp() } else { 0.0 };
+                n += 1;
+            }
+        }
+        rec[c.layer][c.head] = if n > 0 { sum / n as f64 } else { 1.0 };
     }
-    let q = Quality { head_error: err, ..Quality::default() };
-    let c = Cost { attention_s: Some(t.elapsed().as_secs_f64()), ..Cost::default() };
+    let q = Quality { head_error: err, head_recall: rec, ..Quality::default() };
+    let c = Cost {
+        attention_s: Some(time),
+        scored_pairs: Some(pairs),
+        exact_pairs: Some(exact_pairs),
+        ..Cost::default()
+    };
     Ok((q, c))
 }
 
@@ -85,6 +95,6 @@ pub fn compare(
 ///
 /// # Errors
 /// Attention errors.
-pub fn exact_outputs(heads: &[Captured], threads: usize) -> Result<Vec<Vec<f32>>, EvalError> {
+pub fn exact_outputs(heads: &[Captured], threads: usize) -> Result<Vec<attn::Output>, EvalError> {
     heads.iter().map(|c| run_head(c, &Choice::exact(), threads)).collect()
 }

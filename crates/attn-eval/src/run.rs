@@ -34,6 +34,15 @@ pub enum Task {
         /// Encoder name or path.
         model: String,
     },
+    /// Attention fidelity per (layer, head) on the Q/K/V recorded in one exact forward.
+    Fidelity {
+        /// Causal LM name or path.
+        model: String,
+        /// Corpus text name.
+        text: String,
+        /// Tokens of the recorded forward.
+        tokens: usize,
+    },
     /// Long-context retrieval (passkey, RULER needles): method prefill, exact greedy decode,
     /// exact-match accuracy (see [`crate::needle`]).
     Retrieval {
@@ -51,7 +60,10 @@ pub enum Task {
 impl Task {
     fn model(&self) -> &str {
         match self {
-            Task::Lm { model, .. } | Task::Embed { model } | Task::Retrieval { model, .. } => model,
+            Task::Lm { model, .. }
+            | Task::Embed { model }
+            | Task::Retrieval { model, .. }
+            | Task::Fidelity { model, .. } => model,
         }
     }
 }
@@ -219,6 +231,7 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
                     Task::Lm { .. } => "lm".into(),
                     Task::Embed { .. } => "embed".into(),
                     Task::Retrieval { .. } => "retrieval".into(),
+                    Task::Fidelity { .. } => "fidelity".into(),
                 },
                 model: task.model().to_string(),
                 dataset: dataset.clone(),
@@ -347,6 +360,52 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
                     bar.inc(1);
                 }
             }
+            Task::Fidelity { model, text, tokens } => {
+                let m = attn_models::model::load(model)?.into_decoder()?;
+                let text = attn_models::corpus::text(text)?;
+                let input = lm::LmInput::new(&m, &text, *tokens, 0)?;
+                let heads = crate::fidelity::capture(&m, &input.windows[0], cfg.threads)?;
+                let (layers, n_heads) = (m.config.layers.len(), m.config.heads);
+                bar.set_message("exact");
+                let exact = crate::fidelity::exact_outputs(&heads, cfg.threads)?;
+                if !done.contains(&exact_id) {
+                    let (q, c) = crate::fidelity::compare(
+                        &heads,
+                        &exact,
+                        &AttentionPlan::exact(),
+                        layers,
+                        n_heads,
+                        cfg.threads,
+                    )?;
+                    let row = mk("exact", "ok", None, q, c);
+                    append(&results, &row)?;
+                    rows.push(row);
+                }
+                bar.inc(1);
+                for spec in todo {
+                    bar.set_message(spec.label.clone());
+                    let row = match crate::fidelity::compare(
+                        &heads,
+                        &exact,
+                        &spec.plan,
+                        layers,
+                        n_heads,
+                        cfg.threads,
+                    ) {
+                        Ok((q, c)) => mk(&spec.label, "ok", None, q, c),
+                        Err(e) => mk(
+                            &spec.label,
+                            "failed",
+                            Some(e.to_string()),
+                            Quality::default(),
+                            Cost::default(),
+                        ),
+                    };
+                    append(&results, &row)?;
+                    rows.push(row);
+                    bar.inc(1);
+                }
+            }
             Task::Retrieval { model, kinds, tokens, samples } => {
                 let m = attn_models::model::load(model)?.into_decoder()?;
                 let input = needle::NeedleInput::new(&m, kinds, *tokens, *samples, cfg.seed)?;
@@ -416,6 +475,10 @@ fn describe(task: &Task) -> (String, BTreeMap<String, serde_json::Value>) {
         Task::Embed { .. } => {
             s.insert("docs".into(), "lee.cor (50)".into());
             ("lee".into(), s)
+        }
+        Task::Fidelity { text, tokens, .. } => {
+            s.insert("tokens".into(), (*tokens).into());
+            (text.clone(), s)
         }
         Task::Retrieval { kinds, tokens, samples, .. } => {
             s.insert("tokens".into(), (*tokens).into());

@@ -144,3 +144,38 @@ fn passkey_prefill_with_exact_equals_itself_and_scores_answers() {
     // Too few tokens for any prompt: a typed error, not a panic.
     assert!(NeedleInput::new(&m, &[TaskKind::Passkey], 10, 1, 7).is_err());
 }
+
+#[test]
+fn fidelity_is_zero_for_exact_and_measures_a_window_per_head() {
+    let m = smollm2();
+    let t = tokens(&m, 200);
+    let heads = attn_eval::fidelity::capture(&m, &t, 2).expect("capture");
+    let (layers, n) = (m.config.layers.len(), m.config.heads);
+    assert_eq!(heads.len(), layers * n);
+    let exact = attn_eval::fidelity::exact_outputs(&heads, 2).expect("exact");
+    let (q, c) =
+        attn_eval::fidelity::compare(&heads, &exact, &AttentionPlan::exact(), layers, n, 2)
+            .expect("exact");
+    assert!(q.head_error.iter().flatten().all(|&e| e == 0.0));
+    assert!(q.head_recall.iter().flatten().all(|&r| r == 1.0));
+    assert_eq!(c.scored_pairs, c.exact_pairs);
+    // A 16-key window on one layer only: that layer loses mass, the others are untouched.
+    let mut plan = AttentionPlan::exact();
+    plan.overrides.push(attn_models::plan::Override {
+        layer: 3,
+        head: None,
+        choice: Choice::parse("streaming:sink=0,window=16").unwrap(),
+        score: None,
+    });
+    let (q, c) = attn_eval::fidelity::compare(&heads, &exact, &plan, layers, n, 2).expect("plan");
+    for (l, (errs, recs)) in q.head_error.iter().zip(&q.head_recall).enumerate() {
+        for (&e, &r) in errs.iter().zip(recs) {
+            if l == 3 {
+                assert!(e > 0.0 && r < 1.0 && r > 0.0, "layer 3: error {e}, recall {r}");
+            } else {
+                assert!(e == 0.0 && r == 1.0, "layer {l}: error {e}, recall {r}");
+            }
+        }
+    }
+    assert!(c.scored_pairs < c.exact_pairs);
+}

@@ -24,7 +24,8 @@ Examples:
   attn eval --task lm --model gemma3 --text bible --tokens 2048 --plan plan.json
   attn eval --task lm,retrieval --model smollm2 --tokens 8192 --plan plan.json --method sdpa-flash")]
 pub struct EvalArgs {
-    /// Task(s): lm, embed, retrieval [default: embed on minilm and lm on smollm2]
+    /// Task(s): lm, embed, retrieval, fidelity (per-head output error and attention recall on
+    /// recorded Q/K/V) [default: embed on minilm and lm on smollm2]
     #[arg(long, value_delimiter = ',')]
     pub task: Vec<String>,
     /// Model for the lm task (smollm2, gemma3, qwen2, or a .gguf) [default: smollm2]; for embed
@@ -87,6 +88,11 @@ pub fn run(a: &EvalArgs, rt: &Runtime) -> Result<()> {
                         .filter(|m| std::path::Path::new(m).is_dir())
                         .unwrap_or_else(|| "minilm".into()),
                 }),
+                "fidelity" => t.push(Task::Fidelity {
+                    model: a.model.clone().unwrap_or_else(|| "smollm2".into()),
+                    text: a.text.clone(),
+                    tokens: a.tokens,
+                }),
                 "retrieval" => {
                     // One comparison per retrieval task, so each has its own accuracy.
                     for n in &a.needles {
@@ -99,7 +105,7 @@ pub fn run(a: &EvalArgs, rt: &Runtime) -> Result<()> {
                         });
                     }
                 }
-                other => bail!("unknown task `{other}` (lm, embed, retrieval)"),
+                other => bail!("unknown task `{other}` (lm, embed, retrieval, fidelity)"),
             }
         }
         t
