@@ -84,6 +84,8 @@ pub enum Command {
     /// Record the Q/K/V a model's attention heads see on a text, to .safetensors (for bench,
     /// run and analysis)
     Capture(crate::cmd::plan::CaptureArgs),
+    /// Draw a few heads' attention maps beside what a method or plan keeps of them (PNG)
+    Maps(crate::cmd::plan::MapsArgs),
 }
 
 #[derive(Debug, Args)]

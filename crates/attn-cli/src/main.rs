@@ -53,6 +53,7 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
         args::Command::BenchModel(a) => cmd::models::bench_model(&a, &rt),
         args::Command::Plan(a) => cmd::plan::run(&a, &rt),
         args::Command::Capture(a) => cmd::plan::capture(&a, &rt),
+        args::Command::Maps(a) => cmd::plan::maps(&a, &rt),
     }
 }
 

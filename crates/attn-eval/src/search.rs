@@ -45,6 +45,8 @@ pub struct SearchConfig {
     pub candidates: Vec<String>,
     /// Threads for the attention calls.
     pub threads: usize,
+    /// Layers to search (the others stay exact and are not recorded); `None` = all.
+    pub layers: Option<std::collections::BTreeSet<usize>>,
 }
 
 impl Default for SearchConfig {
@@ -54,6 +56,7 @@ impl Default for SearchConfig {
             max_error: 0.1,
             candidates: Vec::new(),
             threads: rayon::current_num_threads(),
+            layers: None,
         }
     }
 }
@@ -138,8 +141,9 @@ pub struct SearchOutcome {
     pub plan: AttentionPlan,
     /// Per head, every score.
     pub heads: Vec<HeadResult>,
-    /// Candidates that could not run at all, with the reason (first head's error).
-    pub skipped: Vec<(String, String)>,
+    /// Candidates that could not run on some heads: the spec, the first reason, and on how
+    /// many heads.
+    pub skipped: Vec<(String, String, usize)>,
     /// Calibration tokens.
     pub tokens: usize,
     /// Cost weight of each candidate: its seconds per pair over exact's (see the module doc).
@@ -212,7 +216,7 @@ pub fn search(
     }
     let mut ctx = RunCtx::exact();
     ctx.threads = cfg.threads;
-    ctx.capture = Some(Capture::new(None, None));
+    ctx.capture = Some(Capture::new(cfg.layers.clone(), None));
     let mut cache = KvCache::default();
     model.forward(tokens, &mut cache, &mut ctx, ForwardOpts::default())?;
     let captured = ctx.capture.take().map(|c| c.items).unwrap_or_default();
@@ -220,7 +224,7 @@ pub fn search(
 
     let total = captured.len();
     let mut heads = Vec::with_capacity(total);
-    let mut skipped: Vec<(String, String)> = Vec::new();
+    let mut skipped: Vec<(String, String, usize)> = Vec::new();
     for (i, c) in captured.into_iter().enumerate() {
         heads.push(score_head(&c, &candidates, cfg, &mut skipped)?);
         on_head(i + 1, total);
@@ -253,7 +257,7 @@ fn score_head(
     c: &Captured,
     candidates: &[String],
     cfg: &SearchConfig,
-    skipped: &mut Vec<(String, String)>,
+    skipped: &mut Vec<(String, String, usize)>,
 ) -> Result<HeadResult, EvalError> {
     let inputs = c.inputs()?;
     let params = c.head_params();
@@ -269,14 +273,16 @@ fn score_head(
     let norm = exact.o.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
     let mut scores = Vec::new();
     for spec in candidates {
-        if skipped.iter().any(|(s, _)| s == spec) {
-            continue;
-        }
         let t = Instant::now();
         let out = match attn::attend(inputs.q, inputs.k, inputs.v, &params, &prefs(spec)) {
             Ok(o) => o,
             Err(e) => {
-                skipped.push((spec.clone(), e.to_string()));
+                // Recorded once per candidate; the candidate is still tried on other heads
+                // (a method may reject a sliding-window layer and accept a global one).
+                match skipped.iter_mut().find(|(s, _, _)| s == spec) {
+                    Some(entry) => entry.2 += 1,
+                    None => skipped.push((spec.clone(), e.to_string(), 1)),
+                }
                 continue;
             }
         };
@@ -349,4 +355,30 @@ pub fn choose(
         })
         .min_by(|a, b| cost(a.1).total_cmp(&cost(b.1)))
         .map(|(i, _)| i)
+}
+
+/// Exact attention probabilities of a recorded head, and those of the method `spec` (computed by
+/// running it with the identity matrix as values, so its output rows *are* its probabilities:
+/// needs `S_kv ≤ 1024`, the largest value width the kernels take), both `[S_q, S_kv]`.
+///
+/// # Errors
+/// [`EvalError::Data`] for heads longer than 1024 keys; attention errors of either run.
+pub fn probability_maps(c: &Captured, spec: &str) -> Result<(Vec<f32>, Vec<f32>), EvalError> {
+    let n = c.s_kv;
+    if n > 1024 {
+        return Err(EvalError::Data(format!(
+            "attention maps need at most 1024 keys (the head has {n}); record fewer tokens"
+        )));
+    }
+    let exact = c.probabilities()?;
+    let mut eye = vec![0f32; n * n];
+    for i in 0..n {
+        eye[i * n + i] = 1.0;
+    }
+    let inputs = c.inputs()?;
+    let v = attn::TensorRef::new(&eye[..], [1, 1, n, n]).map_err(attn_models::ModelError::from)?;
+    let prefs = Prefs { method: Some(spec.to_string()), ..Prefs::default() };
+    let o = attn::attend(inputs.q, inputs.k, v, &c.head_params(), &prefs)
+        .map_err(attn_models::ModelError::from)?;
+    Ok((exact, o.o))
 }

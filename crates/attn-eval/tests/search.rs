@@ -60,6 +60,7 @@ fn searched_plan_runs_what_it_chose_and_exact_where_nothing_qualifies() {
         max_error: f64::INFINITY,
         candidates: vec![cand.clone()],
         threads: 2,
+        layers: None,
     };
     let mut seen = 0;
     let out = search(&m, &t, &loose, |done, total| {
@@ -178,4 +179,38 @@ fn fidelity_is_zero_for_exact_and_measures_a_window_per_head() {
         }
     }
     assert!(c.scored_pairs < c.exact_pairs);
+}
+
+#[test]
+fn probability_maps_of_exact_agree_and_a_window_zeroes_what_it_skips() {
+    let m = smollm2();
+    let t = tokens(&m, 96);
+    let heads = attn_eval::fidelity::capture(&m, &t, 2).expect("capture");
+    let c = &heads[7];
+    let n = c.s_kv;
+    let (exact, flash) = attn_eval::search::probability_maps(c, "sdpa-flash").expect("maps");
+    for (a, b) in exact.iter().zip(&flash) {
+        assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
+    }
+    let (_, win) =
+        attn_eval::search::probability_maps(c, "streaming:sink=0,window=8").expect("win");
+    for i in 0..n {
+        let row = &win[i * n..(i + 1) * n];
+        let sum: f32 = row.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-4, "row {i} sums to {sum}");
+        for (j, &p) in row.iter().enumerate() {
+            if j > i || i - j >= 8 {
+                assert_eq!(p, 0.0, "({i}, {j}) is outside the causal 8-key window");
+            }
+        }
+    }
+    // A plot of them is a PNG.
+    let dir = std::env::temp_dir().join(format!("attn-maps-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("maps.png");
+    let panel = attn_eval::plot::MapPanel { title: "t".into(), n, exact, method: win };
+    attn_eval::plot::attention_maps(&[panel], "maps", &path).expect("png");
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+    std::fs::remove_dir_all(&dir).ok();
 }

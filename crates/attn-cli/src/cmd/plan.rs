@@ -44,6 +44,9 @@ pub struct PlanArgs {
     /// vertical-slash and block-sparse, plus every other registered approximate method]
     #[arg(long)]
     pub candidate: Vec<String>,
+    /// Layers to search, comma-separated (the others stay exact) [default: all]
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Vec<usize>,
     /// Plan file to write
     #[arg(long, value_name = "FILE", default_value = "plan.json")]
     pub out: PathBuf,
@@ -73,7 +76,11 @@ pub fn run(a: &PlanArgs, rt: &Runtime) -> Result<()> {
         max_error: a.max_error,
         candidates: a.candidate.clone(),
         threads: rt.threads_used(),
+        layers: (!a.layers.is_empty()).then(|| a.layers.iter().copied().collect()),
     };
+    if let Some(l) = a.layers.iter().find(|&&l| l >= model.config.layers.len()) {
+        bail!("--layers: layer {l} out of range (the model has {})", model.config.layers.len());
+    }
     let bar = if a.quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -110,8 +117,8 @@ pub fn run(a: &PlanArgs, rt: &Runtime) -> Result<()> {
         }
         std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))?;
     }
-    for (spec, why) in &outcome.skipped {
-        eprintln!("skipped candidate {spec}: {why}");
+    for (spec, why, n) in &outcome.skipped {
+        eprintln!("candidate {spec} could not run on {n} heads: {why}");
     }
     println!(
         "{} heads on {} tokens of {}: target recall {}, max error {}",
@@ -202,5 +209,106 @@ pub fn capture(a: &CaptureArgs, rt: &Runtime) -> Result<()> {
     let cap = ctx.capture.take().context("capture lost")?;
     cap.save_safetensors(&a.out, 0)?;
     eprintln!("wrote {} records of {} tokens to {}", cap.items.len(), a.tokens, a.out.display());
+    Ok(())
+}
+
+/// `attn maps`.
+#[derive(Debug, Args)]
+#[command(after_long_help = "\
+For each --head LAYER.HEAD: the exact attention probabilities of that head on the first --tokens \
+tokens of --text (at most 1024), beside the probabilities of the method the plan chose for it (or \
+--method), with the exact mass it drops in red; one PNG.
+Example:
+  attn maps --model smollm2 --plan plan.json --head 3.0 --head 20.4 --tokens 1024 --out maps.png")]
+pub struct MapsArgs {
+    /// Causal LM: smollm2, gemma3, qwen2 or a .gguf file
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// Text: a file or a corpus name
+    #[arg(long, default_value = "emma")]
+    pub text: String,
+    /// Tokens (≤ 1024)
+    #[arg(long, default_value_t = 1024)]
+    pub tokens: usize,
+    /// Heads to draw, LAYER.HEAD, repeatable
+    #[arg(long, required = true)]
+    pub head: Vec<String>,
+    /// Plan whose choice for each head is drawn
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+    /// Method for every head instead of a plan (name:key=value,…)
+    #[arg(long, conflicts_with = "plan")]
+    pub method: Option<String>,
+    /// Output PNG
+    #[arg(long, value_name = "FILE", default_value = "maps.png")]
+    pub out: PathBuf,
+}
+
+pub fn maps(a: &MapsArgs, rt: &Runtime) -> Result<()> {
+    use attn_models::decoder::{ForwardOpts, KvCache};
+    let model = attn_models::model::load(&a.model)?.into_decoder()?;
+    let mut want = Vec::new();
+    for h in &a.head {
+        let (l, hh) =
+            h.split_once('.').with_context(|| format!("--head {h}: expected LAYER.HEAD"))?;
+        let (l, hh): (usize, usize) = (l.parse()?, hh.parse()?);
+        if l >= model.config.layers.len() || hh >= model.config.heads {
+            bail!(
+                "--head {h}: out of range ({} layers, {} heads)",
+                model.config.layers.len(),
+                model.config.heads
+            );
+        }
+        want.push((l, hh));
+    }
+    if a.tokens < 2 || a.tokens > 1024 {
+        bail!("--tokens must be in 2..=1024 (maps are drawn from every probability)");
+    }
+    let plan = match (&a.plan, &a.method) {
+        (Some(p), _) => attn_models::AttentionPlan::load(p)?,
+        (None, Some(m)) => attn_models::AttentionPlan::uniform(attn_models::Choice::parse(m)?),
+        (None, None) => bail!("give --plan FILE or --method SPEC"),
+    };
+    let text = if std::path::Path::new(&a.text).exists() {
+        std::fs::read_to_string(&a.text).with_context(|| format!("reading {}", a.text))?
+    } else {
+        attn_models::corpus::text(&a.text)?
+    };
+    let input = attn_eval::lm::LmInput::new(&model, &text, a.tokens, 0)?;
+    let layers = want.iter().map(|w| w.0).collect();
+    let heads = want.iter().map(|w| w.1).collect();
+    let mut ctx = attn_models::RunCtx::exact();
+    ctx.threads = rt.threads_used();
+    ctx.capture = Some(attn_models::Capture::new(Some(layers), Some(heads)));
+    let mut cache = KvCache::default();
+    model.forward(&input.windows[0], &mut cache, &mut ctx, ForwardOpts::default())?;
+    let items = ctx.capture.take().map(|c| c.items).unwrap_or_default();
+    let mut panels = Vec::new();
+    for (l, h) in want {
+        let c = items.iter().find(|c| c.layer == l && c.head == h).context("head not recorded")?;
+        let choice = plan.choice(l, h);
+        let spec = if choice.is_exact() { "sdpa-flash".to_string() } else { choice.label() };
+        let (exact, method) = attn_eval::search::probability_maps(c, &spec)?;
+        let n = c.s_kv;
+        let kept: f64 = exact
+            .iter()
+            .zip(&method)
+            .filter(|(_, m)| **m > 0.0)
+            .map(|(e, _)| f64::from(*e))
+            .sum::<f64>()
+            / n as f64;
+        panels.push(attn_eval::plot::MapPanel {
+            title: format!(
+                "layer {l}, head {h} · {spec} · exact mass on its support {:.1} %",
+                100.0 * kept
+            ),
+            n,
+            exact,
+            method,
+        });
+    }
+    let title = format!("Attention maps — {} on {} tokens of {}", a.model, a.tokens, a.text);
+    attn_eval::plot::attention_maps(&panels, &title, &a.out)?;
+    eprintln!("wrote {}", a.out.display());
     Ok(())
 }

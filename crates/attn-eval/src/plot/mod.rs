@@ -14,6 +14,7 @@ mod axis;
 mod font;
 mod heatmap;
 mod loss;
+mod maps;
 mod pareto;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 pub use font::{find_font, FONT_CANDIDATES, FONT_ENV};
 pub use heatmap::head_heatmap;
 pub use loss::loss_by_position;
+pub use maps::{attention_maps, MapPanel};
 pub use pareto::pareto;
 
 use crate::report::{groups, Group};
