@@ -66,7 +66,7 @@ impl Default for SearchConfig {
 /// then every other registered approximate method at its defaults.
 pub fn default_candidates(s: usize) -> Vec<String> {
     let mut c = Vec::new();
-    for w in [256, 512, 1024, 2048, 4096] {
+    for w in [256, 512, 1024, 2048, 4096, 8192] {
         if w < s {
             c.push(format!("streaming:sink=64,window={w}"));
         }
@@ -76,12 +76,12 @@ pub fn default_candidates(s: usize) -> Vec<String> {
             c.push(format!("a-shape:sink=64,local={local}"));
         }
     }
-    for (v, sl) in [(64, 128), (128, 256), (256, 512), (512, 1024), (1000, 2048)] {
+    for (v, sl) in [(64, 128), (128, 256), (256, 512), (512, 1024), (1000, 2048), (2000, 4096)] {
         if v + sl < s {
             c.push(format!("vertical-slash:vertical={v},slash={sl}"));
         }
     }
-    for k in [8, 16, 32, 64] {
+    for k in [8, 16, 32, 64, 128] {
         if k * 64 < s {
             c.push(format!("block-sparse:top_k={k}"));
         }

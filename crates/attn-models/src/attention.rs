@@ -63,6 +63,8 @@ pub struct AttnStats {
     pub computed_pairs: u64,
     /// Per method label: calls and time.
     pub by_method: BTreeMap<String, (usize, Duration)>,
+    /// Per layer: time inside its attention calls.
+    pub by_layer: BTreeMap<usize, Duration>,
 }
 
 /// One attention of one layer, in the model's layout.
@@ -141,7 +143,9 @@ pub fn attention(ctx: &mut RunCtx, a: &AttnInput, params: &Params, out: &mut [f3
             if let Some(sl) = &params.alibi_slopes {
                 pp.alibi_slopes = Some(sl[p0..p1].to_vec());
             }
+            let t = Instant::now();
             let o = call(ctx, &choice, q, k, v, &pp)?;
+            *ctx.stats.by_layer.entry(layer).or_default() += t.elapsed();
             // o: [B, n, S_q, D_v] → out[(b·S_q + t), h·D_v + …]
             let n = p1 - p0;
             for b in 0..batch {

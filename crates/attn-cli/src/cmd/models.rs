@@ -61,6 +61,9 @@ pub struct PerplexityArgs {
     /// Prefill chunk in tokens (0 = the whole window at once)
     #[arg(long, default_value_t = 0)]
     pub chunk: usize,
+    /// Also print the attention time of each layer
+    #[arg(long)]
+    pub by_layer: bool,
 }
 
 /// `exact`, `name:k=v,…` (one method everywhere) or `@plan.json` (a per-head plan file).
@@ -149,6 +152,11 @@ pub fn perplexity(a: &PerplexityArgs, rt: &Runtime) -> Result<()> {
             "  scored pairs {:.1} % of what the masks allow",
             100.0 * ctx.stats.computed_pairs as f64 / ctx.stats.allowed_pairs.max(1) as f64
         );
+    }
+    if a.by_layer {
+        for (l, t) in &ctx.stats.by_layer {
+            eprintln!("  layer {l:>3} attention {:>8.3} s", t.as_secs_f64());
+        }
     }
     Ok(())
 }
