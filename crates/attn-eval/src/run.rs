@@ -266,14 +266,21 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
         let first_row = rows.len();
         // Set when the model and inputs are ready: the harness's own cost is measured from here.
         let ready;
+        // Each task: load, an untimed warm-up (page faults, scratch pools, so that exact — run
+        // first — is not charged for what every later run gets for free), the exact baseline,
+        // then `measure` for each method; rows are written by `record`.
+        let mut out = Recorder {
+            results: &results,
+            rows: &mut rows,
+            write_exact: !done.contains(&exact_id),
+            bar: &bar,
+        };
         match task {
             Task::Lm { model, text, tokens, window } => {
                 let m = attn_models::model::load(model)?.into_decoder()?;
                 let text = attn_models::corpus::text(text)?;
                 let input = lm::LmInput::new(&m, &text, *tokens, *window)?;
                 ready = std::time::Instant::now();
-                // Untimed warm-up (page faults, scratch pools), so that exact — run first — is
-                // not charged for what every later run gets for free.
                 let warm = lm::LmInput {
                     windows: vec![input.windows[0][..input.windows[0].len().min(256)].to_vec()],
                     buckets: 1,
@@ -283,36 +290,14 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
                 let (exact, rss) =
                     peak_rss_after(|| lm::run(&m, &input, &AttentionPlan::exact(), cfg.threads));
                 let exact = exact?;
-                let (mut q, mut c) = lm::compare(&m, &input, &exact, &exact, cfg.threads);
+                let (q, mut c) = lm::compare(&m, &input, &exact, &exact, cfg.threads);
                 c.peak_rss_bytes = rss;
-                if !done.contains(&exact_id) {
-                    let row = mk("exact", "ok", None, q.clone(), c);
-                    append(&results, &row)?;
-                    rows.push(row);
-                }
-                q.kl_to_exact = None;
-                bar.inc(1);
-                for spec in todo {
-                    bar.set_message(spec.label.clone());
-                    let (r, rss) = peak_rss_after(|| lm::run(&m, &input, &spec.plan, cfg.threads));
-                    let row = match r {
-                        Ok(run) => {
-                            let (q, mut c) = lm::compare(&m, &input, &exact, &run, cfg.threads);
-                            c.peak_rss_bytes = rss;
-                            mk(&spec.label, "ok", None, q, c)
-                        }
-                        Err(e) => mk(
-                            &spec.label,
-                            "failed",
-                            Some(e.to_string()),
-                            Quality::default(),
-                            Cost::default(),
-                        ),
-                    };
-                    append(&results, &row)?;
-                    rows.push(row);
-                    bar.inc(1);
-                }
+                out.record(&mk, (q, c), &todo, |plan| {
+                    let (r, rss) = peak_rss_after(|| lm::run(&m, &input, plan, cfg.threads));
+                    let (q, mut c) = lm::compare(&m, &input, &exact, &r?, cfg.threads);
+                    c.peak_rss_bytes = rss;
+                    Ok((q, c))
+                })?;
             }
             Task::Embed { model } => {
                 let m = attn_models::model::load(model)?.into_encoder()?;
@@ -323,7 +308,6 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
                     batch: 16,
                 };
                 ready = std::time::Instant::now();
-                // Untimed warm-up, as for the lm task.
                 let warm = embed::EmbedInput {
                     docs: input.docs[..input.docs.len().min(2)].to_vec(),
                     similarity: None,
@@ -334,36 +318,14 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
                 let (exact, rss) =
                     peak_rss_after(|| embed::run(&m, &input, &AttentionPlan::exact(), cfg.threads));
                 let exact = exact?;
-                if !done.contains(&exact_id) {
-                    let (q, mut c) = embed::compare(&m, &input, &exact, &exact);
+                let (q, mut c) = embed::compare(&m, &input, &exact, &exact);
+                c.peak_rss_bytes = rss;
+                out.record(&mk, (q, c), &todo, |plan| {
+                    let (r, rss) = peak_rss_after(|| embed::run(&m, &input, plan, cfg.threads));
+                    let (q, mut c) = embed::compare(&m, &input, &exact, &r?);
                     c.peak_rss_bytes = rss;
-                    let row = mk("exact", "ok", None, q, c);
-                    append(&results, &row)?;
-                    rows.push(row);
-                }
-                bar.inc(1);
-                for spec in todo {
-                    bar.set_message(spec.label.clone());
-                    let (r, rss) =
-                        peak_rss_after(|| embed::run(&m, &input, &spec.plan, cfg.threads));
-                    let row = match r {
-                        Ok(run) => {
-                            let (q, mut c) = embed::compare(&m, &input, &exact, &run);
-                            c.peak_rss_bytes = rss;
-                            mk(&spec.label, "ok", None, q, c)
-                        }
-                        Err(e) => mk(
-                            &spec.label,
-                            "failed",
-                            Some(e.to_string()),
-                            Quality::default(),
-                            Cost::default(),
-                        ),
-                    };
-                    append(&results, &row)?;
-                    rows.push(row);
-                    bar.inc(1);
-                }
+                    Ok((q, c))
+                })?;
             }
             Task::Fidelity { model, text, tokens } => {
                 let m = attn_models::model::load(model)?.into_decoder()?;
@@ -374,49 +336,15 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
                 let (layers, n_heads) = (m.config.layers.len(), m.config.heads);
                 bar.set_message("exact");
                 let exact = crate::fidelity::exact_outputs(&heads, cfg.threads)?;
-                if !done.contains(&exact_id) {
-                    let (q, c) = crate::fidelity::compare(
-                        &heads,
-                        &exact,
-                        &AttentionPlan::exact(),
-                        layers,
-                        n_heads,
-                        cfg.threads,
-                    )?;
-                    let row = mk("exact", "ok", None, q, c);
-                    append(&results, &row)?;
-                    rows.push(row);
-                }
-                bar.inc(1);
-                for spec in todo {
-                    bar.set_message(spec.label.clone());
-                    let row = match crate::fidelity::compare(
-                        &heads,
-                        &exact,
-                        &spec.plan,
-                        layers,
-                        n_heads,
-                        cfg.threads,
-                    ) {
-                        Ok((q, c)) => mk(&spec.label, "ok", None, q, c),
-                        Err(e) => mk(
-                            &spec.label,
-                            "failed",
-                            Some(e.to_string()),
-                            Quality::default(),
-                            Cost::default(),
-                        ),
-                    };
-                    append(&results, &row)?;
-                    rows.push(row);
-                    bar.inc(1);
-                }
+                let compare = |plan: &AttentionPlan| {
+                    crate::fidelity::compare(&heads, &exact, plan, layers, n_heads, cfg.threads)
+                };
+                out.record(&mk, compare(&AttentionPlan::exact())?, &todo, compare)?;
             }
             Task::Retrieval { model, kinds, tokens, samples } => {
                 let m = attn_models::model::load(model)?.into_decoder()?;
                 let input = needle::NeedleInput::new(&m, kinds, *tokens, *samples, cfg.seed)?;
                 ready = std::time::Instant::now();
-                // Untimed warm-up, as for the lm task.
                 let first = input.samples.first().map(|s| s.1.clone()).unwrap_or_default();
                 if first.len() >= 2 {
                     let warm = lm::LmInput {
@@ -430,36 +358,14 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
                     needle::run(&m, &input, &AttentionPlan::exact(), cfg.threads)
                 });
                 let exact = exact?;
-                if !done.contains(&exact_id) {
-                    let (q, mut c) = needle::compare(&exact, &exact);
+                let (q, mut c) = needle::compare(&exact, &exact);
+                c.peak_rss_bytes = rss;
+                out.record(&mk, (q, c), &todo, |plan| {
+                    let (r, rss) = peak_rss_after(|| needle::run(&m, &input, plan, cfg.threads));
+                    let (q, mut c) = needle::compare(&exact, &r?);
                     c.peak_rss_bytes = rss;
-                    let row = mk("exact", "ok", None, q, c);
-                    append(&results, &row)?;
-                    rows.push(row);
-                }
-                bar.inc(1);
-                for spec in todo {
-                    bar.set_message(spec.label.clone());
-                    let (r, rss) =
-                        peak_rss_after(|| needle::run(&m, &input, &spec.plan, cfg.threads));
-                    let row = match r {
-                        Ok(run) => {
-                            let (q, mut c) = needle::compare(&exact, &run);
-                            c.peak_rss_bytes = rss;
-                            mk(&spec.label, "ok", None, q, c)
-                        }
-                        Err(e) => mk(
-                            &spec.label,
-                            "failed",
-                            Some(e.to_string()),
-                            Quality::default(),
-                            Cost::default(),
-                        ),
-                    };
-                    append(&results, &row)?;
-                    rows.push(row);
-                    bar.inc(1);
-                }
+                    Ok((q, c))
+                })?;
             }
         }
         bar.finish_and_clear();
@@ -481,6 +387,57 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
     rows.retain(|r| r.status == "ok" || !ok.contains(&r.id()));
     let files = crate::output::write_outputs(cfg, &rows)?;
     Ok(EvalOutcome { rows, files })
+}
+
+/// Builds a row: method label, status, error, quality, cost.
+type MakeRow<'a> = dyn Fn(&str, &str, Option<String>, Quality, Cost) -> Row + 'a;
+
+/// Writes the rows of one comparison as they are measured.
+struct Recorder<'a> {
+    results: &'a Path,
+    rows: &'a mut Vec<Row>,
+    /// False when a resumed run already has the exact row.
+    write_exact: bool,
+    bar: &'a indicatif::ProgressBar,
+}
+
+impl Recorder<'_> {
+    /// The exact row (unless already written), then one row per method: `measure` runs the
+    /// method's plan; its error becomes a `failed` row and the next method still runs.
+    fn record(
+        &mut self,
+        mk: &MakeRow<'_>,
+        exact: (Quality, Cost),
+        todo: &[&MethodSpec],
+        mut measure: impl FnMut(&AttentionPlan) -> Result<(Quality, Cost), EvalError>,
+    ) -> Result<(), EvalError> {
+        if self.write_exact {
+            self.push(mk("exact", "ok", None, exact.0, exact.1))?;
+        }
+        self.bar.inc(1);
+        for spec in todo {
+            self.bar.set_message(spec.label.clone());
+            let row = match measure(&spec.plan) {
+                Ok((q, c)) => mk(&spec.label, "ok", None, q, c),
+                Err(e) => mk(
+                    &spec.label,
+                    "failed",
+                    Some(e.to_string()),
+                    Quality::default(),
+                    Cost::default(),
+                ),
+            };
+            self.push(row)?;
+            self.bar.inc(1);
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, row: Row) -> Result<(), EvalError> {
+        append(self.results, &row)?;
+        self.rows.push(row);
+        Ok(())
+    }
 }
 
 fn describe(task: &Task) -> (String, BTreeMap<String, serde_json::Value>) {
