@@ -20,6 +20,9 @@ pub struct LmInput {
     pub windows: Vec<Vec<u32>>,
     /// Loss buckets per window.
     pub buckets: usize,
+    /// Per window, the first target (index into `window[1..]`) that counts; the ones before it
+    /// were scored by the previous window (strided evaluation). Empty = every target counts.
+    pub scored_from: Vec<usize>,
 }
 
 impl LmInput {
@@ -35,13 +38,32 @@ impl LmInput {
         tokens: usize,
         window: usize,
     ) -> Result<Self, EvalError> {
+        Self::strided(model, text, tokens, window, 0)
+    }
+
+    /// As [`LmInput::new`], but windows start every `stride` tokens (0 = one window after the
+    /// other) and each scores only the tokens the previous windows did not: every scored token
+    /// but those of the first window sees at least `window − stride` tokens of context (the
+    /// usual "sliding window" perplexity). The text tokens covered are those of
+    /// [`LmInput::new`] with the same `tokens` and `window`.
+    ///
+    /// # Errors
+    /// As [`LmInput::new`].
+    pub fn strided(
+        model: &Decoder,
+        text: &str,
+        tokens: usize,
+        window: usize,
+        stride: usize,
+    ) -> Result<Self, EvalError> {
         let tok = &model.tokenizer;
         let window = if window == 0 { tokens } else { window.min(tokens) };
         let bos = if tok.adds_bos() { tok.bos_id() } else { None };
-        let per = window - usize::from(bos.is_some());
+        let per = window.saturating_sub(usize::from(bos.is_some()));
         if per < 1 {
             return Err(EvalError::Data(format!("a window of {window} tokens predicts nothing")));
         }
+        let stride = if stride == 0 || stride > per { per } else { stride };
         let n_windows = tokens.div_ceil(window);
         let need = n_windows * per;
         // Tokenize a prefix that holds enough tokens (with a margin, so that cutting the text does
@@ -61,17 +83,38 @@ impl LmInput {
                 ids.len()
             )));
         }
-        let windows = ids[..need]
-            .chunks(per)
-            .map(|w| bos.into_iter().chain(w.iter().copied()).collect::<Vec<u32>>())
-            .filter(|w| w.len() >= 2)
-            .collect();
-        Ok(Self { windows, buckets: 8 })
+        let ids = &ids[..need];
+        // Window starts: every `stride` tokens, the last one ending exactly at `need`.
+        let mut starts: Vec<usize> =
+            (0..).map(|k| k * stride).take_while(|s| s + per < need).collect();
+        if starts.last().is_none_or(|&s| s + per < need) {
+            starts.push(need.saturating_sub(per));
+        }
+        starts.dedup();
+        // Target t of a window starting at s predicts id s + t (+1 without BOS).
+        let off = usize::from(bos.is_none());
+        let (mut windows, mut scored_from) = (Vec::new(), Vec::new());
+        let mut covered = 0usize;
+        for s in starts {
+            let w: Vec<u32> = bos.into_iter().chain(ids[s..s + per].iter().copied()).collect();
+            if w.len() < 2 {
+                continue;
+            }
+            scored_from.push(covered.saturating_sub(s + off).min(w.len() - 1));
+            covered = s + per;
+            windows.push(w);
+        }
+        Ok(Self { windows, buckets: 8, scored_from })
     }
 
-    /// Predicted tokens in all windows.
+    /// First counted target of window `wi`.
+    pub fn first_scored(&self, wi: usize) -> usize {
+        self.scored_from.get(wi).copied().unwrap_or(0)
+    }
+
+    /// Targets that count, over all windows.
     pub fn predicted(&self) -> usize {
-        self.windows.iter().map(|w| w.len() - 1).sum()
+        self.windows.iter().enumerate().map(|(i, w)| w.len() - 1 - self.first_scored(i)).sum()
     }
 }
 
@@ -137,11 +180,16 @@ pub fn compare(
         let targets = &w[1..];
         let (he, hm) = (&exact.hidden[wi], &run.hidden[wi]);
         const BLOCK: usize = 128;
-        for start in (0..targets.len()).step_by(BLOCK) {
+        // Logits only from the first counted target on.
+        let first = input.first_scored(wi) / BLOCK * BLOCK;
+        for start in (first..targets.len()).step_by(BLOCK) {
             let end = (start + BLOCK).min(targets.len());
             let le = model.logits_block(&he[start * hd..end * hd], th);
             let lm = model.logits_block(&hm[start * hd..end * hd], th);
             for (i, t) in (start..end).enumerate() {
+                if t < input.first_scored(wi) {
+                    continue;
+                }
                 let (re, rm) = (&le[i * vocab..(i + 1) * vocab], &lm[i * vocab..(i + 1) * vocab]);
                 let (lse_e, arg_e) = lse_argmax(re);
                 let (lse_m, arg_m) = lse_argmax(rm);

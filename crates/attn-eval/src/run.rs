@@ -28,6 +28,9 @@ pub enum Task {
         tokens: usize,
         /// Window (0 = all tokens in one window).
         window: usize,
+        /// Stride between window starts (0 = the window: no overlap); with a smaller stride
+        /// each window scores only its last tokens, which all have long context.
+        stride: usize,
     },
     /// Embedding fidelity and Lee correlation.
     Embed {
@@ -136,7 +139,13 @@ pub fn registered_methods() -> Vec<MethodSpec> {
 pub fn default_tasks() -> Vec<Task> {
     vec![
         Task::Embed { model: "minilm".into() },
-        Task::Lm { model: "smollm2".into(), text: "emma".into(), tokens: 2048, window: 0 },
+        Task::Lm {
+            model: "smollm2".into(),
+            text: "emma".into(),
+            tokens: 2048,
+            window: 0,
+            stride: 0,
+        },
     ]
 }
 
@@ -276,14 +285,15 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
             bar: &bar,
         };
         match task {
-            Task::Lm { model, text, tokens, window } => {
+            Task::Lm { model, text, tokens, window, stride } => {
                 let m = attn_models::model::load(model)?.into_decoder()?;
                 let text = attn_models::corpus::text(text)?;
-                let input = lm::LmInput::new(&m, &text, *tokens, *window)?;
+                let input = lm::LmInput::strided(&m, &text, *tokens, *window, *stride)?;
                 ready = std::time::Instant::now();
                 let warm = lm::LmInput {
                     windows: vec![input.windows[0][..input.windows[0].len().min(256)].to_vec()],
                     buckets: 1,
+                    scored_from: Vec::new(),
                 };
                 lm::run(&m, &warm, &AttentionPlan::exact(), cfg.threads)?;
                 bar.set_message("exact");
@@ -350,6 +360,7 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
                     let warm = lm::LmInput {
                         windows: vec![first[..first.len().min(256)].to_vec()],
                         buckets: 1,
+                        scored_from: Vec::new(),
                     };
                     lm::run(&m, &warm, &AttentionPlan::exact(), cfg.threads)?;
                 }
@@ -443,9 +454,12 @@ impl Recorder<'_> {
 fn describe(task: &Task) -> (String, BTreeMap<String, serde_json::Value>) {
     let mut s = BTreeMap::new();
     match task {
-        Task::Lm { text, tokens, window, .. } => {
+        Task::Lm { text, tokens, window, stride, .. } => {
             s.insert("tokens".into(), (*tokens).into());
             s.insert("window".into(), (if *window == 0 { *tokens } else { *window }).into());
+            if *stride != 0 {
+                s.insert("stride".into(), (*stride).into());
+            }
             (text.clone(), s)
         }
         Task::Embed { .. } => {

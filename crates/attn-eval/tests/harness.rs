@@ -69,7 +69,8 @@ fn exact_baseline_through_the_harness_reproduces_the_reference_perplexity() {
     let want = fx["perplexity"]["value"].as_f64().unwrap();
     let tokens = fx["perplexity"]["tokens"].as_u64().unwrap_or(4096) as usize;
     let out = tmp("lm");
-    let task = Task::Lm { model: "smollm2".into(), text: "emma".into(), tokens, window: 0 };
+    let task =
+        Task::Lm { model: "smollm2".into(), text: "emma".into(), tokens, window: 0, stride: 0 };
     let r = run(&config(vec![task], Vec::new(), out.clone())).expect("eval");
     let got = exact(&r.rows).quality.perplexity.expect("perplexity");
     assert!((got / want - 1.0).abs() < 0.005, "perplexity {got} vs reference {want}");

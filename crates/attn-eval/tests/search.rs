@@ -93,7 +93,7 @@ fn searched_plan_runs_what_it_chose_and_exact_where_nothing_qualifies() {
     assert_eq!(AttentionPlan::load(&path).expect("load"), out.plan);
     // Where the plan chose the window everywhere, it runs what the uniform method runs.
     if chosen == heads {
-        let input = LmInput { windows: vec![t.clone()], buckets: 1 };
+        let input = LmInput { windows: vec![t.clone()], buckets: 1, scored_from: Vec::new() };
         let a = lm::run(&m, &input, &out.plan, 2).expect("plan");
         let b = lm::run(&m, &input, &AttentionPlan::uniform(Choice::parse(&cand).unwrap()), 2)
             .expect("uniform");
@@ -213,4 +213,37 @@ fn probability_maps_of_exact_agree_and_a_window_zeroes_what_it_skips() {
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(&bytes[1..4], b"PNG");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn strided_windows_score_every_token_once_with_long_context() {
+    let m = smollm2();
+    let text = attn_models::corpus::text("austen:persuasion").expect("persuasion");
+    // SmolLM2 adds no BOS: one 300-token window predicts ids[1..300].
+    let all = LmInput::new(&m, &text, 300, 0).expect("one window").windows.remove(0);
+    let s = LmInput::strided(&m, &text, 300, 300, 0).expect("stride 0");
+    assert_eq!(s.windows, vec![all.clone()]);
+    let strided = LmInput::strided(&m, &text, 300, 100, 0).expect("windows");
+    // Windows of 100 tokens one after the other, as LmInput::new cuts them.
+    assert_eq!(strided.windows, LmInput::new(&m, &text, 300, 100).unwrap().windows);
+    let s = LmInput::strided(&m, &text, 300, 100, 40).expect("sliding");
+    assert_eq!(s.windows.len(), 6, "starts 0, 40, …, 160, then 200 to end at 300");
+    let mut counted = Vec::new();
+    for (i, w) in s.windows.iter().enumerate() {
+        assert_eq!(w.len(), 100);
+        counted.extend_from_slice(&w[1 + s.first_scored(i)..]);
+        if i > 0 {
+            // Every counted target of a later window has at least window − stride of context.
+            assert!(s.first_scored(i) + 1 >= 100 - 40, "window {i}: from {}", s.first_scored(i));
+        }
+    }
+    assert_eq!(counted, all[1..].to_vec(), "each token predicted exactly once, in order");
+    assert_eq!(s.predicted(), 299);
+    // The run and the comparison honour the counted targets.
+    let small = LmInput::strided(&m, &text, 128, 64, 16).expect("small");
+    assert!(small.windows.len() > 2);
+    let e = lm::run(&m, &small, &AttentionPlan::exact(), 2).expect("run");
+    let (q, _) = lm::compare(&m, &small, &e, &e, 2);
+    assert_eq!(q.kl_to_exact, Some(0.0));
+    assert!(q.perplexity.unwrap().is_finite());
 }

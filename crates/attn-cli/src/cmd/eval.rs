@@ -48,6 +48,10 @@ pub struct EvalArgs {
     /// Window for the lm task (0 = all tokens in one window)
     #[arg(long, default_value_t = 0)]
     pub window: usize,
+    /// Stride between lm windows (0 = the window, no overlap); smaller strides score only each
+    /// window's last STRIDE tokens, so every scored token has window − stride tokens of context
+    #[arg(long, default_value_t = 0)]
+    pub stride: usize,
     /// Retrieval tasks for `--task retrieval`: passkey, niah_single_1..3, niah_multikey_1..3,
     /// niah_multivalue, niah_multiquery, vt, cwe; prompts of --tokens tokens
     #[arg(long, value_delimiter = ',', default_value = "passkey,niah_single_2")]
@@ -80,6 +84,7 @@ pub fn run(a: &EvalArgs, rt: &Runtime) -> Result<()> {
                     text: a.text.clone(),
                     tokens: a.tokens,
                     window: a.window,
+                    stride: a.stride,
                 }),
                 "embed" => t.push(Task::Embed {
                     model: a
