@@ -31,6 +31,8 @@ conformance! {
     vertical_slash_reference => "vertical-slash-reference",
     block_sparse => "block-sparse",
     block_sparse_reference => "block-sparse-reference",
+    performer => "performer",
+    performer_reference => "performer-reference",
 }
 
 /// The sparse methods at budgets far below the grid's lengths, so that the fast paths meet real

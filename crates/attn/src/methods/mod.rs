@@ -7,6 +7,7 @@
 pub mod a_shape;
 pub mod block_sparse;
 pub mod pattern;
+pub mod performer;
 pub mod sdpa;
 pub mod streaming;
 pub mod vertical_slash;
@@ -27,6 +28,8 @@ static METHODS: &[&dyn Method] = &[
     &Reference(vertical_slash::VerticalSlash::DEFAULT),
     &Fast(block_sparse::BlockSparse::DEFAULT),
     &Reference(block_sparse::BlockSparse::DEFAULT),
+    &Fast(performer::Performer::DEFAULT),
+    &Reference(performer::Performer::DEFAULT),
 ];
 
 /// The implementation named by `spec` (`name` or `name:key=value,...`) from [`registry`].

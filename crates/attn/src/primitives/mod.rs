@@ -2,5 +2,6 @@
 
 pub mod merge;
 pub mod online_softmax;
+pub mod rng;
 pub mod simd;
 pub mod sparse;

@@ -1,0 +1,79 @@
+//! The specification of `performer`: the FAVOR+ estimate materialised pair by pair, in f64.
+//!
+//! For every batch `b` and query head `h` (reading key/value head `h / g`), with the feature map
+//! `φ` of head `h` ([`super::FeatureMap`], exponents in f64):
+//! 1. the support `J_i`: every key (no mask) or `j ≤ p_i` (causal);
+//! 2. `ℓ_ij = φ(q_i)·φ(k_j) = (1/m) Σ_r exp(a_ir + e_jr)` for every pair of the support;
+//! 3. `o_i = Σ_{j∈J_i} ℓ_ij v_j / Σ_{j∈J_i} ℓ_ij`, `lse_i = ln Σ_{j∈J_i} ℓ_ij`
+//!    (`J_i` empty: `o_i = 0`, `lse_i = −∞`).
+//!
+//! This is the causal-masked dense form `φ(Q)φ(K)ᵀ`, normalised — the oracle the prefix-sum fast
+//! path must equal (spec §1.4 (f)).
+
+use super::Performer;
+use crate::dispatch::{Inputs, OutputMut};
+use crate::mask::Mask;
+use crate::params::Resolved;
+use crate::problem::Problem;
+
+/// The estimate in f64, rounded into `out`.
+///
+/// Features are kept stabilised (`φ(x)_r = exp(c + a_r − c − ½ ln m)` with `c` the row max for
+/// queries and one max over all keys and features for keys), so `ℓ_ij` is
+/// `exp(c_q,i + c_k − ln m) · Σ_r φ̂_ir ψ̂_jr`, a plain f64 dot product per pair.
+pub fn forward(c: &Performer, p: &Problem, inputs: &Inputs, params: &Resolved, out: OutputMut) {
+    let scale = params.scale as f64;
+    let causal = matches!(params.mask, Mask::Causal);
+    for h in 0..p.h {
+        let fm = c.feature_map(p.d, h);
+        let m = fm.m();
+        let ln_m = (m as f64).ln();
+        let hk = h / p.group();
+        for b in 0..p.b {
+            let row = |t: &crate::tensor::TensorRef, hh: usize, s: usize| -> Vec<f64> {
+                (0..p.d).map(|d| t.get(b, hh, s, d) as f64).collect()
+            };
+            let mut e = vec![0.0f64; p.s_kv * m];
+            for j in 0..p.s_kv {
+                fm.log_features_f64(&row(&inputs.k, hk, j), scale, &mut e[j * m..(j + 1) * m]);
+            }
+            let ck = e.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            e.iter_mut().for_each(|x| *x = (*x - ck).exp());
+            let mut a = vec![0.0f64; m];
+            let mut l = Vec::with_capacity(p.s_kv);
+            let mut acc = vec![0.0f64; p.d_v];
+            for i in 0..p.s_q {
+                let r = (b * p.h + h) * p.s_q + i;
+                fm.log_features_f64(&row(&inputs.q, h, i), scale, &mut a);
+                let cq = a.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                a.iter_mut().for_each(|x| *x = (*x - cq).exp());
+                let n = if causal {
+                    (params.position(i) + 1).clamp(0, p.s_kv as i64) as usize
+                } else {
+                    p.s_kv
+                };
+                l.clear();
+                l.extend((0..n).map(|j| {
+                    a.iter().zip(&e[j * m..(j + 1) * m]).map(|(x, y)| x * y).sum::<f64>()
+                }));
+                let den: f64 = l.iter().sum();
+                let o = &mut out.o[r * p.d_v..(r + 1) * p.d_v];
+                if !(den > 0.0 && den.is_finite()) {
+                    o.fill(0.0);
+                    out.lse[r] = f32::NEG_INFINITY;
+                    continue;
+                }
+                acc.fill(0.0);
+                for (j, &w) in l.iter().enumerate() {
+                    for (dv, x) in acc.iter_mut().enumerate() {
+                        *x += w * inputs.v.get(b, hk, j, dv) as f64;
+                    }
+                }
+                for (x, a) in o.iter_mut().zip(&acc) {
+                    *x = (*a / den) as f32;
+                }
+                out.lse[r] = (den.ln() + cq + ck - ln_m) as f32;
+            }
+        }
+    }
+}
