@@ -6,6 +6,8 @@
 
 pub mod a_shape;
 pub mod block_sparse;
+pub mod gated_deltanet;
+pub mod linear;
 pub mod pattern;
 pub mod sdpa;
 pub mod streaming;
@@ -27,6 +29,13 @@ static METHODS: &[&dyn Method] = &[
     &Reference(vertical_slash::VerticalSlash::DEFAULT),
     &Fast(block_sparse::BlockSparse::DEFAULT),
     &Reference(block_sparse::BlockSparse::DEFAULT),
+    // Not softmax attention (linear / recurrent): run only when named, held to their own reference.
+    &linear::Linear::new(linear::Form::Chunked),
+    &linear::Linear::new(linear::Form::Recurrent),
+    &linear::Linear::new(linear::Form::Reference),
+    &gated_deltanet::GatedDeltaNet::new(linear::Form::Chunked),
+    &gated_deltanet::GatedDeltaNet::new(linear::Form::Recurrent),
+    &gated_deltanet::GatedDeltaNet::new(linear::Form::Reference),
 ];
 
 /// The implementation named by `spec` (`name` or `name:key=value,...`) from [`registry`].
