@@ -169,7 +169,7 @@ fn prefill_state_hands_over_to_decode() {
             &mut st,
             &x.k[i * d..(i + 1) * d],
             &x.v[i * d..(i + 1) * d],
-            x.g[i],
+            &x.g[i..i + 1],
             x.beta[i],
             &mut scratch,
         );
@@ -301,4 +301,37 @@ fn call_auto() -> attn::Output {
     let q = rand(2 * 16 * 16, 1);
     let t = TensorRef::new(&q[..], [1, 2, 16, 16]).unwrap();
     attend(t, t, t, &Params::causal(), &Prefs::default()).unwrap()
+}
+
+#[test]
+fn kda_channel_gates_forms_agree() {
+    for &(s, d) in &[(1, 16), (63, 16), (64, 16), (65, 16), (1000, 16), (4096, 8)] {
+        let mut x = gdn_inputs(1, s, 2, d, d + 4, 40 + s as u64);
+        // g: [B, T, H, K], α ∈ [0.9, 1) per channel.
+        x.g = rand(s * 2 * d, 77).iter().map(|r| (0.95 + 0.05 * r).ln()).collect();
+        for init in [false, true] {
+            let (o0, s0) = gdn_run(&x, init, Form::Reference, Par::Seq);
+            let (o1, s1) = gdn_run(&x, init, Form::Recurrent, Par::Seq);
+            assert!(
+                rel(&o1, &o0) < 1e-5 && rel(&s1, &s0) < 1e-5,
+                "recurrent S={s}: {}",
+                rel(&o1, &o0)
+            );
+            for &c in &[1, 16, 64, 100] {
+                let (o2, s2) = gdn_run(&x, init, Form::Chunked(c), Par::Rayon(2));
+                assert!(rel(&o2, &o0) < 1e-5, "chunked C={c} S={s}: {}", rel(&o2, &o0));
+                assert!(rel(&s2, &s0) < 1e-5, "chunked state C={c} S={s}: {}", rel(&s2, &s0));
+            }
+        }
+    }
+}
+
+#[test]
+fn kda_with_equal_channel_gates_is_gated_deltanet() {
+    let x = gdn_inputs(2, 130, 2, 8, 8, 5);
+    let mut xk = gdn_inputs(2, 130, 2, 8, 8, 5);
+    xk.g = x.g.iter().flat_map(|&g| std::iter::repeat_n(g, 8)).collect();
+    let (o, s) = gdn_run(&x, true, Form::Chunked(64), Par::Seq);
+    let (ok, sk) = gdn_run(&xk, true, Form::Chunked(64), Par::Seq);
+    assert!(rel(&ok, &o) < 1e-5 && rel(&sk, &s) < 1e-5, "{} {}", rel(&ok, &o), rel(&sk, &s));
 }

@@ -31,7 +31,9 @@ pub struct Head<'a> {
     pub k: &'a [f32],
     /// Values.
     pub v: &'a [f32],
-    /// Natural-log decay per token (`α = e^g`).
+    /// Natural-log decay: `[T]` (scalar gate, Gated DeltaNet) or `[T, K]` (channel-wise gate,
+    /// Kimi Delta Attention: `S_t = diag(α_t) S_{t−1} + k_t u_tᵀ`, `u_t = β_t (v_t − (diag(α_t)
+    /// S_{t−1})ᵀ k_t)`; the chunked form replaces `e^{γ_i−γ_j}` by its per-channel vector).
     pub g: &'a [f32],
     /// Write strength per token.
     pub beta: &'a [f32],
@@ -111,8 +113,12 @@ pub fn reference(cfg: &Config, h: &Head, state: &mut [f32], o: &mut [f32], lse: 
     }
     for j in 0..t {
         let k = l2n64(&h.k[j * dk..(j + 1) * dk], cfg.l2norm);
-        let (a, b) = ((h.g[j] as f64).exp(), h.beta[j] as f64);
-        s.iter_mut().for_each(|x| *x *= a);
+        let gw = h.g.len() / t;
+        let b = h.beta[j] as f64;
+        for r in 0..dk {
+            let a = (h.g[j * gw + if gw > 1 { r } else { 0 }] as f64).exp();
+            s[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= a);
+        }
         for c in 0..dv {
             let mut sk = 0.0;
             for r in 0..dk {
@@ -141,15 +147,17 @@ pub fn step(
     state: &mut [f32],
     k: &[f32],
     v: &[f32],
-    g: f32,
+    g: &[f32],
     beta: f32,
     scratch: &mut [f32],
 ) {
     let (dk, dv) = (k.len(), v.len());
     let (kn, u) = scratch[..dk + dv].split_at_mut(dk);
     l2n32(k, l2norm, 1.0, kn);
-    let a = g.exp();
-    state.iter_mut().for_each(|x| *x *= a);
+    for r in 0..dk {
+        let a = g[if g.len() > 1 { r } else { 0 }].exp();
+        state[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= a);
+    }
     u.fill(0.0);
     for (r, &kr) in kn.iter().enumerate() {
         axpy(u, kr, &state[r * dv..(r + 1) * dv]);
@@ -186,7 +194,8 @@ pub fn recurrent(cfg: &Config, h: &Head, state: &mut [f32], o: &mut [f32], lse: 
     }
     for j in 0..t {
         let (k, v) = (&h.k[j * dk..(j + 1) * dk], &h.v[j * dv..(j + 1) * dv]);
-        step(cfg.l2norm, state, k, v, h.g[j], h.beta[j], &mut scratch);
+        let gw = h.g.len() / t;
+        step(cfg.l2norm, state, k, v, &h.g[j * gw..(j + 1) * gw], h.beta[j], &mut scratch);
         while i < s_q && keys_seen(cfg.q_offset, i, t) == j + 1 {
             read(
                 cfg,
@@ -222,21 +231,38 @@ pub fn chunked(
         lse[i] = lse_of(seen0);
         i += 1;
     }
-    // Per-chunk buffers, sized once.
+    // Per-chunk buffers, sized once. `gw`: 1 (scalar gate, Gated DeltaNet) or K (channel-wise
+    // gate, KDA); `gam[a·gw + c]` is the in-chunk cumulative log gate.
+    let gw = h.g.len() / t;
+    let ch = |c: usize| if gw > 1 { c } else { 0 };
     let mut kn = vec![0.0f32; c * dk];
     let mut w = vec![0.0f32; c * dk];
     let mut u = vec![0.0f32; c * dv];
-    let mut gam = vec![0.0f32; c];
-    let mut kk = vec![0.0f32; c * c];
+    let mut gam = vec![0.0f32; c * gw];
     let mut qn = vec![0.0f32; dk];
+    let mut f = vec![0.0f32; dk];
     let mut pairs = 0u64;
     let mut c0 = 0;
+    // Σ_c x_c y_c e^{γ_a,c − γ_b,c} (a ≥ b, every exponent ≤ 0).
+    let gdot = |gam: &[f32], x: &[f32], y: &[f32], a: usize, b: usize| -> f32 {
+        if gw == 1 {
+            dot(x, y) * (gam[a] - gam[b]).exp()
+        } else {
+            let (ga, gb) = (&gam[a * gw..(a + 1) * gw], &gam[b * gw..(b + 1) * gw]);
+            x.iter()
+                .zip(y)
+                .zip(ga.iter().zip(gb))
+                .map(|((x, y), (p, q))| x * y * (p - q).exp())
+                .sum()
+        }
+    };
     while c0 < t {
         let n = c.min(t - c0);
-        let mut acc = 0.0f32;
         for a in 0..n {
-            acc += h.g[c0 + a];
-            gam[a] = acc;
+            for e in 0..gw {
+                let prev = if a == 0 { 0.0 } else { gam[(a - 1) * gw + e] };
+                gam[a * gw + e] = prev + h.g[(c0 + a) * gw + e];
+            }
             l2n32(
                 &h.k[(c0 + a) * dk..(c0 + a + 1) * dk],
                 cfg.l2norm,
@@ -252,17 +278,14 @@ pub fn chunked(
             let (up, ua) = u.split_at_mut(a * dv);
             let ua = &mut ua[..dv];
             let ka = &kn[a * dk..(a + 1) * dk];
-            let ega = gam[a].exp();
-            for (x, &k) in wa.iter_mut().zip(ka) {
-                *x = beta * ega * k;
+            for (r, (x, &k)) in wa.iter_mut().zip(ka).enumerate() {
+                *x = beta * gam[a * gw + ch(r)].exp() * k;
             }
             for (x, &v) in ua.iter_mut().zip(&h.v[(c0 + a) * dv..(c0 + a + 1) * dv]) {
                 *x = beta * v;
             }
             for b in 0..a {
-                let kab = dot(ka, &kn[b * dk..(b + 1) * dk]);
-                kk[a * c + b] = kab;
-                let coef = beta * (gam[a] - gam[b]).exp() * kab;
+                let coef = beta * gdot(&gam, ka, &kn[b * dk..(b + 1) * dk], a, b);
                 axpy(wa, -coef, &wp[b * dk..(b + 1) * dk]);
                 axpy(ua, -coef, &up[b * dv..(b + 1) * dv]);
             }
@@ -280,27 +303,30 @@ pub fn chunked(
             l2n32(&h.q[i * dk..(i + 1) * dk], cfg.l2norm, cfg.scale, &mut qn);
             let oi = &mut o[i * dv..(i + 1) * dv];
             oi.fill(0.0);
-            let egm = gam[m].exp();
             for (r, &x) in qn.iter().enumerate() {
-                axpy(oi, egm * x, &state[r * dv..(r + 1) * dv]);
+                axpy(oi, gam[m * gw + ch(r)].exp() * x, &state[r * dv..(r + 1) * dv]);
             }
             for b in 0..=m {
-                let s = dot(&qn, &kn[b * dk..(b + 1) * dk]) * (gam[m] - gam[b]).exp();
+                let s = gdot(&gam, &qn, &kn[b * dk..(b + 1) * dk], m, b);
                 axpy(oi, s, &u[b * dv..(b + 1) * dv]);
             }
             pairs += (m + 1) as u64;
             lse[i] = 0.0;
             i += 1;
         }
-        // State passing.
-        let last = gam[n - 1];
-        let el = last.exp();
-        state.iter_mut().for_each(|x| *x *= el);
+        // State passing: S = diag(e^{γ_n}) S₀ + Σ_b (e^{γ_n − γ_b} ⊙ k_b) ũ_bᵀ.
+        let last = (n - 1) * gw;
+        for r in 0..dk {
+            let el = gam[last + ch(r)].exp();
+            state[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= el);
+        }
         for b in 0..n {
-            let f = (last - gam[b]).exp();
+            for (r, (f, &k)) in f.iter_mut().zip(&kn[b * dk..(b + 1) * dk]).enumerate() {
+                *f = (gam[last + ch(r)] - gam[b * gw + ch(r)]).exp() * k;
+            }
             let ub = &u[b * dv..(b + 1) * dv];
-            for (r, &x) in kn[b * dk..(b + 1) * dk].iter().enumerate() {
-                axpy(&mut state[r * dv..(r + 1) * dv], f * x, ub);
+            for (r, &x) in f.iter().enumerate() {
+                axpy(&mut state[r * dv..(r + 1) * dv], x, ub);
             }
         }
         c0 += n;
@@ -333,7 +359,7 @@ pub struct DeltaInputs<'a> {
     pub k: &'a [f32],
     /// Values.
     pub v: &'a [f32],
-    /// Natural-log decay (`≤ 0`).
+    /// Natural-log decay (`≤ 0`): `[B, T, H]` (Gated DeltaNet) or `[B, T, H, K]` (KDA).
     pub g: &'a [f32],
     /// β.
     pub beta: &'a [f32],
@@ -366,11 +392,13 @@ pub fn gated_delta_rule(
             return Err(Error::Empty { op: OP, dim });
         }
     }
+    // g: [B, T, H] (scalar gate, Gated DeltaNet) or [B, T, H, K] (channel-wise gate, KDA).
+    let gw = if x.g.len() == b * t * h * dk && dk > 1 { dk } else { 1 };
     let checks: [(&'static str, usize, usize); 7] = [
         ("q", x.q.len(), b * t * h * dk),
         ("k", x.k.len(), b * t * h * dk),
         ("v", x.v.len(), b * t * h * dv),
-        ("g", x.g.len(), b * t * h),
+        ("g", x.g.len(), b * t * h * gw),
         ("beta", x.beta.len(), b * t * h),
         ("o", o.len(), b * t * h * dv),
         ("final_state", final_state.len(), b * h * dk * dv),
@@ -392,7 +420,7 @@ pub fn gated_delta_rule(
         }
     }
     for (name, data, w) in
-        [("q", x.q, dk), ("k", x.k, dk), ("v", x.v, dv), ("g", x.g, 1), ("beta", x.beta, 1)]
+        [("q", x.q, dk), ("k", x.k, dk), ("v", x.v, dv), ("g", x.g, gw), ("beta", x.beta, 1)]
     {
         if let Some(p) = data.iter().position(|a| !a.is_finite()) {
             let (row, d) = (p / w, p % w);
@@ -410,20 +438,20 @@ pub fn gated_delta_rule(
     let slots: Vec<Mutex<(&mut [f32], Vec<f32>)>> =
         final_state.chunks_mut(dk * dv).map(|s| Mutex::new((s, vec![0.0f32; t * dv]))).collect();
     par.run(jobs, |wkr| {
-        let mut buf = vec![0.0f32; t * (2 * dk + dv + 2)];
+        let mut buf = vec![0.0f32; t * (2 * dk + dv + gw + 1)];
         let mut lse = vec![0.0f32; t];
         for hd in (wkr..heads).step_by(jobs) {
             let (bi, hi) = (hd / h, hd % h);
             let (qb, rest) = buf.split_at_mut(t * dk);
             let (kb, rest) = rest.split_at_mut(t * dk);
             let (vb, rest) = rest.split_at_mut(t * dv);
-            let (gb, bb) = rest.split_at_mut(t);
+            let (gb, bb) = rest.split_at_mut(t * gw);
             for s in 0..t {
                 let row = (bi * t + s) * h + hi;
                 qb[s * dk..(s + 1) * dk].copy_from_slice(&x.q[row * dk..(row + 1) * dk]);
                 kb[s * dk..(s + 1) * dk].copy_from_slice(&x.k[row * dk..(row + 1) * dk]);
                 vb[s * dv..(s + 1) * dv].copy_from_slice(&x.v[row * dv..(row + 1) * dv]);
-                gb[s] = x.g[row];
+                gb[s * gw..(s + 1) * gw].copy_from_slice(&x.g[row * gw..(row + 1) * gw]);
                 bb[s] = x.beta[row];
             }
             let head = Head { q: qb, k: kb, v: vb, g: gb, beta: bb, dk, dv };
