@@ -63,7 +63,7 @@ impl Default for SearchConfig {
 
 /// The candidates searched by default for causal prefill of `s` tokens: budget ladders of the
 /// sparse-prefill methods (budgets at or above `s` are left out: they cost what exact costs),
-/// then every other registered approximate method at its defaults.
+/// then every other registered approximation of softmax attention at its defaults.
 pub fn default_candidates(s: usize) -> Vec<String> {
     let mut c = Vec::new();
     for w in [256, 512, 1024, 2048, 4096, 8192] {
@@ -89,7 +89,9 @@ pub fn default_candidates(s: usize) -> Vec<String> {
     let named: Vec<String> =
         c.iter().map(|x| x.split(':').next().unwrap_or("").to_string()).collect();
     for m in attn::registry().methods() {
-        if m.exactness() != attn::Exactness::Exact
+        // Approximations of softmax attention only: linear and recurrent mechanisms compute
+        // another function (a different model), not a cheaper version of this one.
+        if m.exactness() == attn::Exactness::Approximate
             && !m.is_reference()
             && m.capabilities().max_query_rows.is_none()
             && !named.iter().any(|n| n == m.name())

@@ -21,6 +21,10 @@ pub enum Exactness {
     Exact,
     /// An approximation with a budget; equal to exact attention at its full budget.
     Approximate,
+    /// A different mechanism that is not softmax attention (linear and recurrent attention): it
+    /// is held to its own family's reference, never selected automatically, and its `lse` output
+    /// follows the method's documented convention.
+    NotSoftmax,
 }
 
 /// What an implementation can run. The default [`Method::unsupported`] checks a problem against

@@ -30,6 +30,7 @@
 
 pub mod dispatch;
 pub mod error;
+pub mod linear;
 pub mod mask;
 pub mod memory;
 pub mod methods;

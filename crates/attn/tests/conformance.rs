@@ -33,6 +33,12 @@ conformance! {
     block_sparse_reference => "block-sparse-reference",
     performer => "performer",
     performer_reference => "performer-reference",
+    linear => "linear",
+    linear_recurrent => "linear-recurrent",
+    linear_reference => "linear-reference",
+    gated_deltanet => "gated-deltanet",
+    gated_deltanet_recurrent => "gated-deltanet-recurrent",
+    gated_deltanet_reference => "gated-deltanet-reference",
 }
 
 /// The sparse methods at budgets far below the grid's lengths, so that the fast paths meet real

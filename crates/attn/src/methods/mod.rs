@@ -6,6 +6,8 @@
 
 pub mod a_shape;
 pub mod block_sparse;
+pub mod gated_deltanet;
+pub mod linear;
 pub mod pattern;
 pub mod performer;
 pub mod sdpa;
@@ -30,6 +32,13 @@ static METHODS: &[&dyn Method] = &[
     &Reference(block_sparse::BlockSparse::DEFAULT),
     &Fast(performer::Performer::DEFAULT),
     &Reference(performer::Performer::DEFAULT),
+    // Not softmax attention (linear / recurrent): run only when named, held to their own reference.
+    &linear::Linear::new(linear::Form::Chunked),
+    &linear::Linear::new(linear::Form::Recurrent),
+    &linear::Linear::new(linear::Form::Reference),
+    &gated_deltanet::GatedDeltaNet::new(linear::Form::Chunked),
+    &gated_deltanet::GatedDeltaNet::new(linear::Form::Recurrent),
+    &gated_deltanet::GatedDeltaNet::new(linear::Form::Reference),
 ];
 
 /// The implementation named by `spec` (`name` or `name:key=value,...`) from [`registry`].

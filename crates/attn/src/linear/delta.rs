@@ -1,0 +1,480 @@
+//! The gated delta rule (Gated DeltaNet, Yang et al. 2024). Per head, with `α_t = exp(g_t)`
+//! (`g_t ≤ 0`, natural-log decay), `β_t ∈ [0, 1]`, L2-normalised `k_t` and `q_t` (when `l2norm`):
+//!
+//! ```text
+//! S_t = α_t S_{t−1} + k_t u_tᵀ,   u_t = β_t (v_t − α_t S_{t−1}ᵀ k_t)      (S: [K, V])
+//! o_t = S_tᵀ (scale · q_t)
+//! ```
+//!
+//! Chunked form (chunk of `n` tokens, state `S₀` before it, `γ_i = Σ_{t ≤ i} g_t` inside the
+//! chunk): `A_ij = β_i e^{γ_i−γ_j} k_i·k_j` for `j < i`; forward substitution through `I + A`
+//! (the UT transform) gives `w = (I+A)⁻¹ (β e^{γ} k)` and `u = (I+A)⁻¹ (β v)`; the pseudo-values
+//! are `ũ_i = u_i − S₀ᵀ w_i`, and
+//! `o_i = e^{γ_i} S₀ᵀ q_i + Σ_{j ≤ i} e^{γ_i−γ_j} (q_i·k_j) ũ_j`,
+//! `S_n = e^{γ_n} S₀ + Σ_j e^{γ_n−γ_j} k_j ũ_jᵀ`. Every factor `e^{…}` is `≤ 1`: stable in f32.
+//!
+//! A query row reads the state after its last key (`keys_seen`); with no key it reads the
+//! initial state. `lse` has no softmax meaning here: `0` for a row that read a key or a given
+//! initial state, `−∞` otherwise.
+
+use super::{axpy, dot, keys_seen};
+use crate::error::{Error, Result};
+use crate::par::Par;
+use std::sync::Mutex;
+
+/// One head's inputs, rows contiguous: `q: [S_q, K]`, `k: [T, K]`, `v: [T, V]`, `g, beta: [T]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    /// Queries (raw: normalised and scaled by the kernels).
+    pub q: &'a [f32],
+    /// Keys (raw).
+    pub k: &'a [f32],
+    /// Values.
+    pub v: &'a [f32],
+    /// Natural-log decay: `[T]` (scalar gate, Gated DeltaNet) or `[T, K]` (channel-wise gate,
+    /// Kimi Delta Attention: `S_t = diag(α_t) S_{t−1} + k_t u_tᵀ`, `u_t = β_t (v_t − (diag(α_t)
+    /// S_{t−1})ᵀ k_t)`; the chunked form replaces `e^{γ_i−γ_j}` by its per-channel vector).
+    pub g: &'a [f32],
+    /// Write strength per token.
+    pub beta: &'a [f32],
+    /// `K`.
+    pub dk: usize,
+    /// `V`.
+    pub dv: usize,
+}
+
+/// What one call computes beyond the inputs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Config {
+    /// Query scale.
+    pub scale: f32,
+    /// L2-normalise q and k (fla's `use_qk_l2norm_in_kernel`).
+    pub l2norm: bool,
+    /// Absolute position of query row 0 (row `i` reads keys `j ≤ q_offset + i`).
+    pub q_offset: i64,
+}
+
+impl Head<'_> {
+    fn s_q(&self) -> usize {
+        self.q.len() / self.dk
+    }
+    fn t(&self) -> usize {
+        self.k.len() / self.dk
+    }
+}
+
+fn l2n64(x: &[f32], on: bool) -> Vec<f64> {
+    let n = if on { x.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>().sqrt() } else { 1.0 };
+    let inv = if on { 1.0 / n.max(1e-6) } else { 1.0 };
+    x.iter().map(|&a| a as f64 * inv).collect()
+}
+
+fn l2n32(x: &[f32], on: bool, alpha: f32, dst: &mut [f32]) {
+    let inv = if on {
+        let n = x.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>().sqrt();
+        (1.0 / n.max(1e-6)) as f32
+    } else {
+        1.0
+    };
+    for (d, &a) in dst.iter_mut().zip(x) {
+        *d = a * inv * alpha;
+    }
+}
+
+fn lse_of(seen: bool) -> f32 {
+    if seen {
+        0.0
+    } else {
+        f32::NEG_INFINITY
+    }
+}
+
+/// The naive form in f64: the recurrence with the state materialised, plain loops. `state`:
+/// `[K, V]` in (the state before key 0) and out (after the last key). Returns 0 scores.
+pub fn reference(cfg: &Config, h: &Head, state: &mut [f32], o: &mut [f32], lse: &mut [f32]) -> u64 {
+    let (dk, dv, s_q, t) = (h.dk, h.dv, h.s_q(), h.t());
+    let seen0 = state.iter().any(|&x| x != 0.0);
+    let mut s: Vec<f64> = state.iter().map(|&x| x as f64).collect();
+    let read = |s: &[f64], i: usize, seen: bool, o: &mut [f32], lse: &mut [f32]| {
+        let q = l2n64(&h.q[i * dk..(i + 1) * dk], cfg.l2norm);
+        for c in 0..dv {
+            let mut acc = 0.0;
+            for r in 0..dk {
+                acc += s[r * dv + c] * q[r] * cfg.scale as f64;
+            }
+            o[i * dv + c] = acc as f32;
+        }
+        lse[i] = lse_of(seen);
+    };
+    let mut i = 0;
+    while i < s_q && keys_seen(cfg.q_offset, i, t) == 0 {
+        read(&s, i, seen0, o, lse);
+        i += 1;
+    }
+    for j in 0..t {
+        let k = l2n64(&h.k[j * dk..(j + 1) * dk], cfg.l2norm);
+        let gw = h.g.len() / t;
+        let b = h.beta[j] as f64;
+        for r in 0..dk {
+            let a = (h.g[j * gw + if gw > 1 { r } else { 0 }] as f64).exp();
+            s[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= a);
+        }
+        for c in 0..dv {
+            let mut sk = 0.0;
+            for r in 0..dk {
+                sk += s[r * dv + c] * k[r];
+            }
+            let u = b * (h.v[j * dv + c] as f64 - sk);
+            for r in 0..dk {
+                s[r * dv + c] += k[r] * u;
+            }
+        }
+        while i < s_q && keys_seen(cfg.q_offset, i, t) == j + 1 {
+            read(&s, i, true, o, lse);
+            i += 1;
+        }
+    }
+    for (d, x) in state.iter_mut().zip(&s) {
+        *d = *x as f32;
+    }
+    0
+}
+
+/// One step of the recurrence in f32 (decode): adds token (`k`, `v`, `g`, `beta`) to `state`
+/// (`[K, V]`); `k` raw, normalised here when `l2norm`. `scratch`: `K + V` floats.
+pub fn step(
+    l2norm: bool,
+    state: &mut [f32],
+    k: &[f32],
+    v: &[f32],
+    g: &[f32],
+    beta: f32,
+    scratch: &mut [f32],
+) {
+    let (dk, dv) = (k.len(), v.len());
+    let (kn, u) = scratch[..dk + dv].split_at_mut(dk);
+    l2n32(k, l2norm, 1.0, kn);
+    for r in 0..dk {
+        let a = g[if g.len() > 1 { r } else { 0 }].exp();
+        state[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= a);
+    }
+    u.fill(0.0);
+    for (r, &kr) in kn.iter().enumerate() {
+        axpy(u, kr, &state[r * dv..(r + 1) * dv]);
+    }
+    for (u, &v) in u.iter_mut().zip(v) {
+        *u = beta * (v - *u);
+    }
+    for (r, &kr) in kn.iter().enumerate() {
+        axpy(&mut state[r * dv..(r + 1) * dv], kr, u);
+    }
+}
+
+/// Reads `state` with query `q` (raw): `o = stateᵀ (scale · q̂)`. `scratch`: `K` floats.
+pub fn read(cfg: &Config, state: &[f32], q: &[f32], o: &mut [f32], scratch: &mut [f32]) {
+    let dv = o.len();
+    let qn = &mut scratch[..q.len()];
+    l2n32(q, cfg.l2norm, cfg.scale, qn);
+    o.fill(0.0);
+    for (r, &x) in qn.iter().enumerate() {
+        axpy(o, x, &state[r * dv..(r + 1) * dv]);
+    }
+}
+
+/// The recurrent form in f32: [`step`] per key, each row read after its last key. Returns 0.
+pub fn recurrent(cfg: &Config, h: &Head, state: &mut [f32], o: &mut [f32], lse: &mut [f32]) -> u64 {
+    let (dk, dv, s_q, t) = (h.dk, h.dv, h.s_q(), h.t());
+    let seen0 = state.iter().any(|&x| x != 0.0);
+    let mut scratch = vec![0.0f32; dk + dv];
+    let mut i = 0;
+    while i < s_q && keys_seen(cfg.q_offset, i, t) == 0 {
+        read(cfg, state, &h.q[i * dk..(i + 1) * dk], &mut o[i * dv..(i + 1) * dv], &mut scratch);
+        lse[i] = lse_of(seen0);
+        i += 1;
+    }
+    for j in 0..t {
+        let (k, v) = (&h.k[j * dk..(j + 1) * dk], &h.v[j * dv..(j + 1) * dv]);
+        let gw = h.g.len() / t;
+        step(cfg.l2norm, state, k, v, &h.g[j * gw..(j + 1) * gw], h.beta[j], &mut scratch);
+        while i < s_q && keys_seen(cfg.q_offset, i, t) == j + 1 {
+            read(
+                cfg,
+                state,
+                &h.q[i * dk..(i + 1) * dk],
+                &mut o[i * dv..(i + 1) * dv],
+                &mut scratch,
+            );
+            lse[i] = 0.0;
+            i += 1;
+        }
+    }
+    0
+}
+
+/// The chunkwise-parallel form (UT representation, see the module doc) with chunks of `chunk`
+/// tokens. Returns the `q·k` scores computed inside chunks (rows × their in-chunk keys).
+pub fn chunked(
+    cfg: &Config,
+    h: &Head,
+    chunk: usize,
+    state: &mut [f32],
+    o: &mut [f32],
+    lse: &mut [f32],
+) -> u64 {
+    let (dk, dv, s_q, t) = (h.dk, h.dv, h.s_q(), h.t());
+    let c = chunk.max(1);
+    let seen0 = state.iter().any(|&x| x != 0.0);
+    let mut scratch = vec![0.0f32; dk + dv];
+    let mut i = 0;
+    while i < s_q && keys_seen(cfg.q_offset, i, t) == 0 {
+        read(cfg, state, &h.q[i * dk..(i + 1) * dk], &mut o[i * dv..(i + 1) * dv], &mut scratch);
+        lse[i] = lse_of(seen0);
+        i += 1;
+    }
+    // Per-chunk buffers, sized once. `gw`: 1 (scalar gate, Gated DeltaNet) or K (channel-wise
+    // gate, KDA); `gam[a·gw + c]` is the in-chunk cumulative log gate.
+    let gw = h.g.len() / t;
+    let ch = |c: usize| if gw > 1 { c } else { 0 };
+    let mut kn = vec![0.0f32; c * dk];
+    let mut w = vec![0.0f32; c * dk];
+    let mut u = vec![0.0f32; c * dv];
+    let mut gam = vec![0.0f32; c * gw];
+    let mut qn = vec![0.0f32; dk];
+    let mut f = vec![0.0f32; dk];
+    let mut pairs = 0u64;
+    let mut c0 = 0;
+    // Σ_c x_c y_c e^{γ_a,c − γ_b,c} (a ≥ b, every exponent ≤ 0).
+    let gdot = |gam: &[f32], x: &[f32], y: &[f32], a: usize, b: usize| -> f32 {
+        if gw == 1 {
+            dot(x, y) * (gam[a] - gam[b]).exp()
+        } else {
+            let (ga, gb) = (&gam[a * gw..(a + 1) * gw], &gam[b * gw..(b + 1) * gw]);
+            x.iter()
+                .zip(y)
+                .zip(ga.iter().zip(gb))
+                .map(|((x, y), (p, q))| x * y * (p - q).exp())
+                .sum()
+        }
+    };
+    while c0 < t {
+        let n = c.min(t - c0);
+        for a in 0..n {
+            for e in 0..gw {
+                let prev = if a == 0 { 0.0 } else { gam[(a - 1) * gw + e] };
+                gam[a * gw + e] = prev + h.g[(c0 + a) * gw + e];
+            }
+            l2n32(
+                &h.k[(c0 + a) * dk..(c0 + a + 1) * dk],
+                cfg.l2norm,
+                1.0,
+                &mut kn[a * dk..(a + 1) * dk],
+            );
+        }
+        // Forward substitution: w_a = β e^{γ_a} k_a − Σ_{b<a} A_ab w_b, u_a = β v_a − Σ A_ab u_b.
+        for a in 0..n {
+            let beta = h.beta[c0 + a];
+            let (wp, wa) = w.split_at_mut(a * dk);
+            let wa = &mut wa[..dk];
+            let (up, ua) = u.split_at_mut(a * dv);
+            let ua = &mut ua[..dv];
+            let ka = &kn[a * dk..(a + 1) * dk];
+            for (r, (x, &k)) in wa.iter_mut().zip(ka).enumerate() {
+                *x = beta * gam[a * gw + ch(r)].exp() * k;
+            }
+            for (x, &v) in ua.iter_mut().zip(&h.v[(c0 + a) * dv..(c0 + a + 1) * dv]) {
+                *x = beta * v;
+            }
+            for b in 0..a {
+                let coef = beta * gdot(&gam, ka, &kn[b * dk..(b + 1) * dk], a, b);
+                axpy(wa, -coef, &wp[b * dk..(b + 1) * dk]);
+                axpy(ua, -coef, &up[b * dv..(b + 1) * dv]);
+            }
+        }
+        // Pseudo-values ũ_a = u_a − S₀ᵀ w_a.
+        for a in 0..n {
+            let ua = &mut u[a * dv..(a + 1) * dv];
+            for (r, &x) in w[a * dk..(a + 1) * dk].iter().enumerate() {
+                axpy(ua, -x, &state[r * dv..(r + 1) * dv]);
+            }
+        }
+        // Rows whose last key lies in this chunk.
+        while i < s_q && keys_seen(cfg.q_offset, i, t) <= c0 + n {
+            let m = keys_seen(cfg.q_offset, i, t) - 1 - c0; // local index of the last key
+            l2n32(&h.q[i * dk..(i + 1) * dk], cfg.l2norm, cfg.scale, &mut qn);
+            let oi = &mut o[i * dv..(i + 1) * dv];
+            oi.fill(0.0);
+            for (r, &x) in qn.iter().enumerate() {
+                axpy(oi, gam[m * gw + ch(r)].exp() * x, &state[r * dv..(r + 1) * dv]);
+            }
+            for b in 0..=m {
+                let s = gdot(&gam, &qn, &kn[b * dk..(b + 1) * dk], m, b);
+                axpy(oi, s, &u[b * dv..(b + 1) * dv]);
+            }
+            pairs += (m + 1) as u64;
+            lse[i] = 0.0;
+            i += 1;
+        }
+        // State passing: S = diag(e^{γ_n}) S₀ + Σ_b (e^{γ_n − γ_b} ⊙ k_b) ũ_bᵀ.
+        let last = (n - 1) * gw;
+        for r in 0..dk {
+            let el = gam[last + ch(r)].exp();
+            state[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= el);
+        }
+        for b in 0..n {
+            for (r, (f, &k)) in f.iter_mut().zip(&kn[b * dk..(b + 1) * dk]).enumerate() {
+                *f = (gam[last + ch(r)] - gam[b * gw + ch(r)]).exp() * k;
+            }
+            let ub = &u[b * dv..(b + 1) * dv];
+            for (r, &x) in f.iter().enumerate() {
+                axpy(&mut state[r * dv..(r + 1) * dv], x, ub);
+            }
+        }
+        c0 += n;
+    }
+    while i < s_q {
+        read(cfg, state, &h.q[i * dk..(i + 1) * dk], &mut o[i * dv..(i + 1) * dv], &mut scratch);
+        lse[i] = 0.0;
+        i += 1;
+    }
+    pairs
+}
+
+/// Which form [`gated_delta_rule`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// f64 naive recurrence.
+    Reference,
+    /// f32 token-by-token.
+    Recurrent,
+    /// f32 chunkwise (UT), chunks of this many tokens.
+    Chunked(usize),
+}
+
+/// Inputs in the fla layout: `q, k: [B, T, H, K]`, `v: [B, T, H, V]`, `g, beta: [B, T, H]`.
+#[derive(Debug, Clone, Copy)]
+pub struct DeltaInputs<'a> {
+    /// Queries.
+    pub q: &'a [f32],
+    /// Keys.
+    pub k: &'a [f32],
+    /// Values.
+    pub v: &'a [f32],
+    /// Natural-log decay (`≤ 0`): `[B, T, H]` (Gated DeltaNet) or `[B, T, H, K]` (KDA).
+    pub g: &'a [f32],
+    /// β.
+    pub beta: &'a [f32],
+    /// `[B, T, H, K, V]`.
+    pub shape: [usize; 5],
+    /// Query scale (fla default `K^-1/2`).
+    pub scale: f32,
+    /// L2-normalise q and k inside.
+    pub l2norm: bool,
+}
+
+/// The gated delta rule over fla-layout inputs: writes `o: [B, T, H, V]` and the final state
+/// `[B, H, K, V]`, starting from `initial_state` (`[B, H, K, V]`, zeros when `None`).
+///
+/// # Errors
+/// [`Error::Empty`] for a zero dimension, [`Error::Shape`] for a slice of the wrong length,
+/// [`Error::NonFinite`] for a non-finite input.
+pub fn gated_delta_rule(
+    x: &DeltaInputs,
+    initial_state: Option<&[f32]>,
+    form: Form,
+    par: Par,
+    o: &mut [f32],
+    final_state: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "gated_delta_rule";
+    let [b, t, h, dk, dv] = x.shape;
+    for (dim, n) in [("B", b), ("T", t), ("H", h), ("K", dk), ("V", dv)] {
+        if n == 0 {
+            return Err(Error::Empty { op: OP, dim });
+        }
+    }
+    // g: [B, T, H] (scalar gate, Gated DeltaNet) or [B, T, H, K] (channel-wise gate, KDA).
+    let gw = if x.g.len() == b * t * h * dk && dk > 1 { dk } else { 1 };
+    let checks: [(&'static str, usize, usize); 7] = [
+        ("q", x.q.len(), b * t * h * dk),
+        ("k", x.k.len(), b * t * h * dk),
+        ("v", x.v.len(), b * t * h * dv),
+        ("g", x.g.len(), b * t * h * gw),
+        ("beta", x.beta.len(), b * t * h),
+        ("o", o.len(), b * t * h * dv),
+        ("final_state", final_state.len(), b * h * dk * dv),
+    ];
+    for (name, got, want) in checks {
+        if got != want {
+            return Err(Error::Shape {
+                op: OP,
+                detail: format!("{name}: {got} elements, want {want}"),
+            });
+        }
+    }
+    if let Some(s) = initial_state {
+        if s.len() != b * h * dk * dv {
+            return Err(Error::Shape {
+                op: OP,
+                detail: format!("initial_state: {} elements, want {}", s.len(), b * h * dk * dv),
+            });
+        }
+    }
+    for (name, data, w) in
+        [("q", x.q, dk), ("k", x.k, dk), ("v", x.v, dv), ("g", x.g, gw), ("beta", x.beta, 1)]
+    {
+        if let Some(p) = data.iter().position(|a| !a.is_finite()) {
+            let (row, d) = (p / w, p % w);
+            return Err(Error::NonFinite {
+                op: OP,
+                tensor: name,
+                index: [row / (t * h), row / h % t, row % h, d],
+                value: data[p],
+            });
+        }
+    }
+    let cfg = Config { scale: x.scale, l2norm: x.l2norm, q_offset: 0 };
+    let heads = b * h;
+    let jobs = par.threads().min(heads).max(1);
+    let slots: Vec<Mutex<(&mut [f32], Vec<f32>)>> =
+        final_state.chunks_mut(dk * dv).map(|s| Mutex::new((s, vec![0.0f32; t * dv]))).collect();
+    par.run(jobs, |wkr| {
+        let mut buf = vec![0.0f32; t * (2 * dk + dv + gw + 1)];
+        let mut lse = vec![0.0f32; t];
+        for hd in (wkr..heads).step_by(jobs) {
+            let (bi, hi) = (hd / h, hd % h);
+            let (qb, rest) = buf.split_at_mut(t * dk);
+            let (kb, rest) = rest.split_at_mut(t * dk);
+            let (vb, rest) = rest.split_at_mut(t * dv);
+            let (gb, bb) = rest.split_at_mut(t * gw);
+            for s in 0..t {
+                let row = (bi * t + s) * h + hi;
+                qb[s * dk..(s + 1) * dk].copy_from_slice(&x.q[row * dk..(row + 1) * dk]);
+                kb[s * dk..(s + 1) * dk].copy_from_slice(&x.k[row * dk..(row + 1) * dk]);
+                vb[s * dv..(s + 1) * dv].copy_from_slice(&x.v[row * dv..(row + 1) * dv]);
+                gb[s * gw..(s + 1) * gw].copy_from_slice(&x.g[row * gw..(row + 1) * gw]);
+                bb[s] = x.beta[row];
+            }
+            let head = Head { q: qb, k: kb, v: vb, g: gb, beta: bb, dk, dv };
+            let mut slot = slots[hd].lock().unwrap_or_else(|e| e.into_inner());
+            let (st, oh) = &mut *slot;
+            match initial_state {
+                Some(s0) => st.copy_from_slice(&s0[hd * dk * dv..(hd + 1) * dk * dv]),
+                None => st.fill(0.0),
+            }
+            match form {
+                Form::Reference => reference(&cfg, &head, st, oh, &mut lse),
+                Form::Recurrent => recurrent(&cfg, &head, st, oh, &mut lse),
+                Form::Chunked(n) => chunked(&cfg, &head, n, st, oh, &mut lse),
+            };
+        }
+    });
+    for (hd, slot) in slots.into_iter().enumerate() {
+        let (_, oh) = slot.into_inner().unwrap_or_else(|e| e.into_inner());
+        let (bi, hi) = (hd / h, hd % h);
+        for s in 0..t {
+            let row = (bi * t + s) * h + hi;
+            o[row * dv..(row + 1) * dv].copy_from_slice(&oh[s * dv..(s + 1) * dv]);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! Kernelised linear attention (Katharopoulos et al. 2020): scores `scale · φ(q_i)·φ(k_j)`,
+//! no softmax. With `norm` the output is divided by the normaliser
+//! `den_i = scale · φ(q_i) · Σ_j φ(k_j)` (sums over the keys row `i` reads).
+//!
+//! Conventions (also in `methods/linear/README.md`): with `norm`, `o_i = num_i / den_i` and
+//! `lse_i = ln |den_i|` (`o_i = 0`, `lse_i = −∞` when `den_i = 0`); without `norm`,
+//! `o_i = num_i` and `lse_i = 0`; a row that reads no key gets `o_i = 0`, `lse_i = −∞`. Never
+//! NaN for finite inputs.
+
+use super::{axpy, dot, keys_seen, FeatureMap};
+
+/// What one call computes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Config {
+    /// The feature map.
+    pub map: FeatureMap,
+    /// Causal (row `i` reads keys `j ≤ q_offset + i`) or not (every key).
+    pub causal: bool,
+    /// Divide by the normaliser.
+    pub norm: bool,
+    /// Score scale.
+    pub scale: f32,
+    /// Absolute position of query row 0 (causal only).
+    pub q_offset: i64,
+}
+
+/// One head's inputs, rows contiguous: `q: [S_q, K]`, `k: [S_kv, K]`, `v: [S_kv, V]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    /// Queries.
+    pub q: &'a [f32],
+    /// Keys.
+    pub k: &'a [f32],
+    /// Values.
+    pub v: &'a [f32],
+    /// `K`.
+    pub dk: usize,
+    /// `V`.
+    pub dv: usize,
+}
+
+impl Head<'_> {
+    fn s_q(&self) -> usize {
+        self.q.len() / self.dk
+    }
+    fn s_kv(&self) -> usize {
+        self.k.len() / self.dk
+    }
+}
+
+fn finish(cfg: &Config, num: &[f32], den: f32, seen: bool, o: &mut [f32]) -> f32 {
+    if !seen || (cfg.norm && den == 0.0) {
+        o.fill(0.0);
+        return f32::NEG_INFINITY;
+    }
+    if !cfg.norm {
+        o.copy_from_slice(num);
+        return 0.0;
+    }
+    let inv = 1.0 / den;
+    for (o, n) in o.iter_mut().zip(num) {
+        *o = n * inv;
+    }
+    den.abs().ln()
+}
+
+/// The naive quadratic form in f64: every score `scale·φ(q_i)·φ(k_j)` materialised, plain
+/// loops. Writes `o: [S_q, V]`, `lse: [S_q]`; returns the number of scores computed.
+pub fn reference(cfg: &Config, h: &Head, o: &mut [f32], lse: &mut [f32]) -> u64 {
+    let (dk, dv, s_kv) = (h.dk, h.dv, h.s_kv());
+    let phi = |x: &[f32]| -> Vec<f64> { x.iter().map(|&x| cfg.map.apply_f64(x as f64)).collect() };
+    let fk: Vec<Vec<f64>> = (0..s_kv).map(|j| phi(&h.k[j * dk..(j + 1) * dk])).collect();
+    let mut pairs = 0;
+    for i in 0..h.s_q() {
+        let fq = phi(&h.q[i * dk..(i + 1) * dk]);
+        let n = if cfg.causal { keys_seen(cfg.q_offset, i, s_kv) } else { s_kv };
+        let (mut num, mut den) = (vec![0.0f64; dv], 0.0f64);
+        for (j, fk) in fk.iter().enumerate().take(n) {
+            let s = cfg.scale as f64 * fq.iter().zip(fk).map(|(a, b)| a * b).sum::<f64>();
+            den += s;
+            for (c, x) in num.iter_mut().enumerate() {
+                *x += s * h.v[j * dv + c] as f64;
+            }
+            pairs += 1;
+        }
+        let num32: Vec<f32> = num
+            .iter()
+            .map(|&x| if cfg.norm && den != 0.0 { (x / den) as f32 } else { x as f32 })
+            .collect();
+        let dst = &mut o[i * dv..(i + 1) * dv];
+        if n == 0 || (cfg.norm && den == 0.0) {
+            dst.fill(0.0);
+            lse[i] = f32::NEG_INFINITY;
+        } else {
+            dst.copy_from_slice(&num32);
+            lse[i] = if cfg.norm { den.abs().ln() as f32 } else { 0.0 };
+        }
+    }
+    pairs
+}
+
+/// The recurrent state of one head: `s = Σ_j φ(k_j) v_jᵀ` (`[K, V]` row-major) and
+/// `z = Σ_j φ(k_j)` (`[K]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct State {
+    /// `[K, V]`.
+    pub s: Vec<f32>,
+    /// `[K]`.
+    pub z: Vec<f32>,
+}
+
+impl State {
+    /// The empty state.
+    pub fn new(dk: usize, dv: usize) -> Self {
+        Self { s: vec![0.0; dk * dv], z: vec![0.0; dk] }
+    }
+
+    /// Adds one key/value pair (raw `k`; `φ` applied here).
+    pub fn update(&mut self, map: FeatureMap, k: &[f32], v: &[f32]) {
+        let dv = v.len();
+        for (c, &x) in k.iter().enumerate() {
+            let f = map.apply(x);
+            self.z[c] += f;
+            axpy(&mut self.s[c * dv..(c + 1) * dv], f, v);
+        }
+    }
+
+    /// Reads the state with query `q` (raw): writes `o` and returns `lse` ([`Config`] rules);
+    /// `seen` says whether any key has been added.
+    pub fn read(&self, cfg: &Config, q: &[f32], seen: bool, o: &mut [f32]) -> f32 {
+        let dv = o.len();
+        let mut num = vec![0.0f32; dv];
+        let mut den = 0.0f32;
+        for (c, &x) in q.iter().enumerate() {
+            let f = cfg.scale * cfg.map.apply(x);
+            den += f * self.z[c];
+            axpy(&mut num, f, &self.s[c * dv..(c + 1) * dv]);
+        }
+        finish(cfg, &num, den, seen, o)
+    }
+}
+
+/// The recurrent form: keys are added one at a time to `state` (in: the state before key 0, out:
+/// after the last key); each causal row is read right after its last key, each non-causal row
+/// after all keys. Returns 0 scores computed.
+pub fn recurrent(cfg: &Config, h: &Head, state: &mut State, o: &mut [f32], lse: &mut [f32]) -> u64 {
+    let (dk, dv, s_q, s_kv) = (h.dk, h.dv, h.s_q(), h.s_kv());
+    let seen0 = state.z.iter().any(|&z| z != 0.0);
+    let mut i = 0;
+    let mut emit = |state: &State, upto: usize, i: &mut usize| {
+        while *i < s_q && (!cfg.causal || keys_seen(cfg.q_offset, *i, s_kv) <= upto) {
+            let seen = upto > 0 || seen0;
+            lse[*i] =
+                state.read(cfg, &h.q[*i * dk..(*i + 1) * dk], seen, &mut o[*i * dv..(*i + 1) * dv]);
+            *i += 1;
+        }
+    };
+    if cfg.causal {
+        emit(state, 0, &mut i);
+    }
+    for j in 0..s_kv {
+        state.update(cfg.map, &h.k[j * dk..(j + 1) * dk], &h.v[j * dv..(j + 1) * dv]);
+        if cfg.causal || j + 1 == s_kv {
+            emit(state, j + 1, &mut i);
+        }
+    }
+    0
+}
+
+/// The chunkwise-parallel form with chunks of `chunk` keys: rows whose last key falls in a chunk
+/// read the state before the chunk plus the chunk's keys up to their own (quadratic inside the
+/// chunk); then the chunk is added to the state. Non-causal: the state of every key, read once
+/// per row. Returns the scores computed inside chunks.
+pub fn chunked(
+    cfg: &Config,
+    h: &Head,
+    chunk: usize,
+    state: &mut State,
+    o: &mut [f32],
+    lse: &mut [f32],
+) -> u64 {
+    let (dk, dv, s_q, s_kv) = (h.dk, h.dv, h.s_q(), h.s_kv());
+    let chunk = chunk.max(1);
+    let seen0 = state.z.iter().any(|&z| z != 0.0);
+    let fk: Vec<f32> = h.k.iter().map(|&x| cfg.map.apply(x)).collect();
+    let mut fq = vec![0.0f32; dk];
+    let mut num = vec![0.0f32; dv];
+    let mut pairs = 0u64;
+    let mut i = 0;
+    let ks = |i: usize| if cfg.causal { keys_seen(cfg.q_offset, i, s_kv) } else { s_kv };
+    // Rows that read the initial state only.
+    while i < s_q && ks(i) == 0 {
+        lse[i] = state.read(cfg, &h.q[i * dk..(i + 1) * dk], seen0, &mut o[i * dv..(i + 1) * dv]);
+        i += 1;
+    }
+    let mut c0 = 0;
+    while c0 < s_kv {
+        let c1 = (c0 + chunk).min(s_kv);
+        while i < s_q && ks(i) <= c1 {
+            let n = ks(i);
+            for (f, &x) in fq.iter_mut().zip(&h.q[i * dk..(i + 1) * dk]) {
+                *f = cfg.scale * cfg.map.apply(x);
+            }
+            num.fill(0.0);
+            let mut den = 0.0f32;
+            for (c, &f) in fq.iter().enumerate() {
+                den += f * state.z[c];
+                axpy(&mut num, f, &state.s[c * dv..(c + 1) * dv]);
+            }
+            for j in c0..n {
+                let s = dot(&fq, &fk[j * dk..(j + 1) * dk]);
+                den += s;
+                axpy(&mut num, s, &h.v[j * dv..(j + 1) * dv]);
+            }
+            pairs += (n - c0) as u64;
+            lse[i] = finish(cfg, &num, den, true, &mut o[i * dv..(i + 1) * dv]);
+            i += 1;
+        }
+        for j in c0..c1 {
+            let fkj = &fk[j * dk..(j + 1) * dk];
+            let vj = &h.v[j * dv..(j + 1) * dv];
+            for (c, &f) in fkj.iter().enumerate() {
+                state.z[c] += f;
+                axpy(&mut state.s[c * dv..(c + 1) * dv], f, vj);
+            }
+        }
+        c0 = c1;
+    }
+    while i < s_q {
+        lse[i] = state.read(cfg, &h.q[i * dk..(i + 1) * dk], true, &mut o[i * dv..(i + 1) * dv]);
+        i += 1;
+    }
+    pairs
+}

@@ -1,0 +1,337 @@
+//! Linear-family mechanisms: the three forms (naive f64, recurrent, chunked) agree on outputs
+//! and final states for S ∈ {1, 63, 64, 65, 1000, 4096} and several chunk sizes; prefill state
+//! handed to decode equals one pass; registered methods run GQA and causal offsets and reject
+//! what they cannot honour with typed reasons; the fla-layout API rejects bad inputs with typed
+//! errors.
+
+use attn::linear::delta::{self, Form};
+use attn::linear::vanilla::{self, Config, Head, State};
+use attn::linear::{gated_delta_rule, DeltaInputs, FeatureMap};
+use attn::{attend, Error, Mask, Par, Params, Prefs, TensorRef};
+
+/// Deterministic inputs in [-1, 1).
+fn rand(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// max |a − b| / max(max |b|, 1e-30): the relative error of the 1e-5 target.
+fn rel(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs())).max(1e-30);
+    let err = a.iter().zip(b).fold(0.0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
+    err / scale
+}
+
+const SIZES: &[(usize, usize)] = &[(1, 32), (63, 32), (64, 32), (65, 32), (1000, 32), (4096, 16)];
+const CHUNKS: &[usize] = &[1, 16, 64, 100];
+
+#[test]
+fn vanilla_forms_agree() {
+    for &(s, d) in SIZES {
+        let (q, k, v) = (rand(s * d, 1), rand(s * d, 2), rand(s * d, 3));
+        let head = Head { q: &q, k: &k, v: &v, dk: d, dv: d };
+        for (map, norm) in
+            [(FeatureMap::Elu1, true), (FeatureMap::Relu, false), (FeatureMap::Identity, false)]
+        {
+            for causal in [true, false] {
+                let cfg = Config { map, causal, norm, scale: 1.0 / (d as f32).sqrt(), q_offset: 0 };
+                let (mut o0, mut l0) = (vec![0.0; s * d], vec![0.0; s]);
+                vanilla::reference(&cfg, &head, &mut o0, &mut l0);
+                let (mut o1, mut l1) = (vec![f32::NAN; s * d], vec![f32::NAN; s]);
+                let mut st_r = State::new(d, d);
+                vanilla::recurrent(&cfg, &head, &mut st_r, &mut o1, &mut l1);
+                assert!(
+                    rel(&o1, &o0) < 1e-5,
+                    "recurrent S={s} {map:?} causal={causal}: {}",
+                    rel(&o1, &o0)
+                );
+                assert!(rel(&l1, &l0) < 1e-5, "recurrent lse S={s} {map:?}");
+                for &c in CHUNKS {
+                    let (mut o2, mut l2) = (vec![f32::NAN; s * d], vec![f32::NAN; s]);
+                    let mut st_c = State::new(d, d);
+                    vanilla::chunked(&cfg, &head, c, &mut st_c, &mut o2, &mut l2);
+                    let e = rel(&o2, &o0);
+                    assert!(e < 1e-5, "chunked C={c} S={s} {map:?} causal={causal}: {e}");
+                    assert!(rel(&l2, &l0) < 1e-5, "chunked lse C={c} S={s} {map:?}");
+                    assert!(
+                        rel(&st_c.s, &st_r.s) < 1e-5 && rel(&st_c.z, &st_r.z) < 1e-5,
+                        "state C={c} S={s}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+struct Gdn {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    g: Vec<f32>,
+    beta: Vec<f32>,
+    s0: Vec<f32>,
+    shape: [usize; 5],
+}
+
+/// fla-layout inputs with per-token gates g = ln α, α ∈ [0.9, 1), β ∈ [0, 1).
+fn gdn_inputs(b: usize, t: usize, h: usize, dk: usize, dv: usize, seed: u64) -> Gdn {
+    let g = rand(b * t * h, seed + 3).iter().map(|x| (0.95 + 0.05 * x).ln()).collect();
+    let beta = rand(b * t * h, seed + 4).iter().map(|x| 0.5 + 0.5 * x).collect();
+    Gdn {
+        q: rand(b * t * h * dk, seed),
+        k: rand(b * t * h * dk, seed + 1),
+        v: rand(b * t * h * dv, seed + 2),
+        g,
+        beta,
+        s0: rand(b * h * dk * dv, seed + 5),
+        shape: [b, t, h, dk, dv],
+    }
+}
+
+fn gdn_run(x: &Gdn, init: bool, form: Form, par: Par) -> (Vec<f32>, Vec<f32>) {
+    let [b, t, h, dk, dv] = x.shape;
+    let inp = DeltaInputs {
+        q: &x.q,
+        k: &x.k,
+        v: &x.v,
+        g: &x.g,
+        beta: &x.beta,
+        shape: x.shape,
+        scale: 1.0 / (dk as f32).sqrt(),
+        l2norm: true,
+    };
+    let mut o = vec![f32::NAN; b * t * h * dv];
+    let mut st = vec![f32::NAN; b * h * dk * dv];
+    gated_delta_rule(&inp, init.then_some(&x.s0[..]), form, par, &mut o, &mut st).unwrap();
+    (o, st)
+}
+
+#[test]
+fn gated_delta_forms_agree() {
+    for &(s, d) in SIZES {
+        let x = gdn_inputs(1, s, 2, d, d + 8, s as u64);
+        for init in [false, true] {
+            let (o0, s0) = gdn_run(&x, init, Form::Reference, Par::Seq);
+            let (o1, s1) = gdn_run(&x, init, Form::Recurrent, Par::Seq);
+            assert!(rel(&o1, &o0) < 1e-5, "recurrent S={s}: {}", rel(&o1, &o0));
+            assert!(rel(&s1, &s0) < 1e-5, "recurrent state S={s}: {}", rel(&s1, &s0));
+            for &c in CHUNKS {
+                let (o2, s2) = gdn_run(&x, init, Form::Chunked(c), Par::Rayon(2));
+                assert!(rel(&o2, &o0) < 1e-5, "chunked C={c} S={s} init={init}: {}", rel(&o2, &o0));
+                assert!(rel(&s2, &s0) < 1e-5, "chunked state C={c} S={s}: {}", rel(&s2, &s0));
+            }
+        }
+    }
+}
+
+#[test]
+fn gated_delta_strong_decay_is_stable() {
+    // α down to e^-5 per token: e^{Σg} over a chunk of 64 underflows to 0, yet every factor
+    // the UT form uses is e^{γ_i − γ_j} ≤ 1, so nothing overflows.
+    let mut x = gdn_inputs(1, 300, 1, 16, 16, 9);
+    x.g.iter_mut().enumerate().for_each(|(i, g)| *g = -5.0 * ((i % 7) as f32) / 6.0);
+    let (o0, s0) = gdn_run(&x, true, Form::Reference, Par::Seq);
+    let (o2, s2) = gdn_run(&x, true, Form::Chunked(64), Par::Seq);
+    assert!(o2.iter().chain(&s2).all(|a| a.is_finite()));
+    assert!(rel(&o2, &o0) < 1e-5 && rel(&s2, &s0) < 1e-5, "{} {}", rel(&o2, &o0), rel(&s2, &s0));
+}
+
+#[test]
+fn prefill_state_hands_over_to_decode() {
+    let (t, d, split) = (200, 16, 130);
+    let x = gdn_inputs(1, t, 1, d, d, 21);
+    let (o_all, s_all) = gdn_run(&x, false, Form::Reference, Par::Seq);
+    let cfg = delta::Config { scale: 1.0 / (d as f32).sqrt(), l2norm: true, q_offset: 0 };
+    let head = |a: usize, b: usize| delta::Head {
+        q: &x.q[a * d..b * d],
+        k: &x.k[a * d..b * d],
+        v: &x.v[a * d..b * d],
+        g: &x.g[a..b],
+        beta: &x.beta[a..b],
+        dk: d,
+        dv: d,
+    };
+    let mut st = vec![0.0f32; d * d];
+    let (mut o, mut lse) = (vec![0.0f32; t * d], vec![0.0f32; t]);
+    delta::chunked(&cfg, &head(0, split), 64, &mut st, &mut o[..split * d], &mut lse[..split]);
+    let mut scratch = vec![0.0f32; 2 * d];
+    for i in split..t {
+        delta::step(
+            true,
+            &mut st,
+            &x.k[i * d..(i + 1) * d],
+            &x.v[i * d..(i + 1) * d],
+            &x.g[i..i + 1],
+            x.beta[i],
+            &mut scratch,
+        );
+        delta::read(&cfg, &st, &x.q[i * d..(i + 1) * d], &mut o[i * d..(i + 1) * d], &mut scratch);
+    }
+    assert!(rel(&o, &o_all) < 1e-5, "{}", rel(&o, &o_all));
+    assert!(rel(&st, &s_all) < 1e-5, "{}", rel(&st, &s_all));
+}
+
+#[test]
+fn fla_api_typed_errors() {
+    let x = gdn_inputs(1, 8, 2, 4, 4, 1);
+    let mut inp = DeltaInputs {
+        q: &x.q,
+        k: &x.k,
+        v: &x.v,
+        g: &x.g,
+        beta: &x.beta,
+        shape: x.shape,
+        scale: 0.5,
+        l2norm: true,
+    };
+    let (mut o, mut st) = (vec![0.0; 64], vec![0.0; 32]);
+    inp.shape = [1, 0, 2, 4, 4];
+    assert!(matches!(
+        gated_delta_rule(&inp, None, Form::Recurrent, Par::Seq, &mut o, &mut st),
+        Err(Error::Empty { dim: "T", .. })
+    ));
+    inp.shape = x.shape;
+    inp.g = &x.g[..3];
+    assert!(matches!(
+        gated_delta_rule(&inp, None, Form::Recurrent, Par::Seq, &mut o, &mut st),
+        Err(Error::Shape { .. })
+    ));
+    inp.g = &x.g;
+    let mut bad = x.k.clone();
+    bad[13] = f32::NAN;
+    inp.k = &bad;
+    assert!(matches!(
+        gated_delta_rule(&inp, None, Form::Chunked(4), Par::Seq, &mut o, &mut st),
+        Err(Error::NonFinite { tensor: "k", index: [0, 1, 1, 1], .. })
+    ));
+    inp.k = &x.k;
+    assert!(matches!(
+        gated_delta_rule(&inp, Some(&x.s0[..5]), Form::Reference, Par::Seq, &mut o, &mut st),
+        Err(Error::Shape { .. })
+    ));
+    assert!(gated_delta_rule(&inp, None, Form::Chunked(3), Par::Seq, &mut o, &mut st).is_ok());
+}
+
+fn call(
+    spec: &str,
+    h: usize,
+    h_kv: usize,
+    s_q: usize,
+    s_kv: usize,
+    mask: Mask,
+) -> attn::Result<attn::Output> {
+    let d = 16;
+    let q = rand(h * s_q * d, 1);
+    let k = rand(h_kv * s_kv * d, 2);
+    let v = rand(h_kv * s_kv * d, 3);
+    let q = TensorRef::new(&q[..], [1, h, s_q, d])?;
+    let k = TensorRef::new(&k[..], [1, h_kv, s_kv, d])?;
+    let v = TensorRef::new(&v[..], [1, h_kv, s_kv, d])?;
+    let prefs = Prefs { method: Some(spec.into()), ..Prefs::default() };
+    attend(q, k, v, &Params::default().with_mask(mask), &prefs)
+}
+
+#[test]
+fn registered_forms_agree_on_gqa_and_offsets() {
+    for (fam, masks) in
+        [("linear", vec![Mask::None, Mask::Causal]), ("gated-deltanet", vec![Mask::Causal])]
+    {
+        for mask in masks {
+            for (s_q, s_kv) in [(70, 70), (5, 70), (70, 40), (1, 300)] {
+                let want =
+                    call(&format!("{fam}-reference"), 4, 2, s_q, s_kv, mask.clone()).unwrap();
+                for spec in [fam.to_string(), format!("{fam}-recurrent"), format!("{fam}:chunk=7")]
+                {
+                    let got = call(&spec, 4, 2, s_q, s_kv, mask.clone()).unwrap();
+                    assert!(
+                        rel(&got.o, &want.o) < 1e-5,
+                        "{spec} {mask:?} {s_q}x{s_kv}: {}",
+                        rel(&got.o, &want.o)
+                    );
+                    assert!(
+                        got.o.iter().all(|x| x.is_finite()) && got.lse.iter().all(|x| !x.is_nan())
+                    );
+                    for (a, b) in got.lse.iter().zip(&want.lse) {
+                        assert!(
+                            (a - b).abs() <= 1e-5 * b.abs().max(1.0) || a == b,
+                            "{spec} lse {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn registered_methods_reject_what_they_cannot_honour() {
+    let win = Mask::sliding_window(8);
+    for spec in ["linear", "gated-deltanet", "linear-reference"] {
+        match call(spec, 2, 2, 32, 32, win.clone()) {
+            Err(Error::Unsupported { reasons, .. }) => {
+                assert!(reasons.iter().any(|r| matches!(r, attn::Reason::Mask(_))), "{reasons:?}")
+            }
+            other => panic!("{spec}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        call("gated-deltanet", 2, 2, 32, 32, Mask::None),
+        Err(Error::Unsupported { .. })
+    ));
+    assert!(matches!(attn::methods::build("linear:map=favor"), Err(Error::BadParam { .. })));
+    assert!(matches!(
+        attn::methods::build("gated-deltanet:decay=1.5"),
+        Err(Error::BadParam { .. })
+    ));
+    assert!(matches!(attn::methods::build("gated-deltanet:chunk=0"), Err(Error::BadParam { .. })));
+    // Never selected automatically.
+    let out = call_auto();
+    assert!(!out.method.starts_with("linear") && !out.method.starts_with("gated"));
+}
+
+fn call_auto() -> attn::Output {
+    let q = rand(2 * 16 * 16, 1);
+    let t = TensorRef::new(&q[..], [1, 2, 16, 16]).unwrap();
+    attend(t, t, t, &Params::causal(), &Prefs::default()).unwrap()
+}
+
+#[test]
+fn kda_channel_gates_forms_agree() {
+    for &(s, d) in &[(1, 16), (63, 16), (64, 16), (65, 16), (1000, 16), (4096, 8)] {
+        let mut x = gdn_inputs(1, s, 2, d, d + 4, 40 + s as u64);
+        // g: [B, T, H, K], α ∈ [0.9, 1) per channel.
+        x.g = rand(s * 2 * d, 77).iter().map(|r| (0.95 + 0.05 * r).ln()).collect();
+        for init in [false, true] {
+            let (o0, s0) = gdn_run(&x, init, Form::Reference, Par::Seq);
+            let (o1, s1) = gdn_run(&x, init, Form::Recurrent, Par::Seq);
+            assert!(
+                rel(&o1, &o0) < 1e-5 && rel(&s1, &s0) < 1e-5,
+                "recurrent S={s}: {}",
+                rel(&o1, &o0)
+            );
+            for &c in &[1, 16, 64, 100] {
+                let (o2, s2) = gdn_run(&x, init, Form::Chunked(c), Par::Rayon(2));
+                assert!(rel(&o2, &o0) < 1e-5, "chunked C={c} S={s}: {}", rel(&o2, &o0));
+                assert!(rel(&s2, &s0) < 1e-5, "chunked state C={c} S={s}: {}", rel(&s2, &s0));
+            }
+        }
+    }
+}
+
+#[test]
+fn kda_with_equal_channel_gates_is_gated_deltanet() {
+    let x = gdn_inputs(2, 130, 2, 8, 8, 5);
+    let mut xk = gdn_inputs(2, 130, 2, 8, 8, 5);
+    xk.g = x.g.iter().flat_map(|&g| std::iter::repeat_n(g, 8)).collect();
+    let (o, s) = gdn_run(&x, true, Form::Chunked(64), Par::Seq);
+    let (ok, sk) = gdn_run(&xk, true, Form::Chunked(64), Par::Seq);
+    assert!(rel(&ok, &o) < 1e-5 && rel(&sk, &s) < 1e-5, "{} {}", rel(&ok, &o), rel(&sk, &s));
+}
