@@ -143,20 +143,76 @@ pub fn attention(ctx: &mut RunCtx, a: &AttnInput, params: &Params, out: &mut [f3
             if let Some(sl) = &params.alibi_slopes {
                 pp.alibi_slopes = Some(sl[p0..p1].to_vec());
             }
-            let t = Instant::now();
-            let o = call(ctx, &choice, q, k, v, &pp)?;
-            *ctx.stats.by_layer.entry(layer).or_default() += t.elapsed();
-            // o: [B, n, S_q, D_v] → out[(b·S_q + t), h·D_v + …]
             let n = p1 - p0;
-            for b in 0..batch {
-                for (hi, h) in (p0..p1).enumerate() {
-                    for t in 0..s_q {
-                        let src = ((b * n + hi) * s_q + t) * v_dim;
-                        let dst = (b * s_q + t) * heads * v_dim + h * v_dim;
-                        out[dst..dst + v_dim].copy_from_slice(&o.o[src..src + v_dim]);
+            let t = Instant::now();
+            match &params.mask {
+                // A padded batch for a method that does not take key padding: each sequence
+                // alone, unpadded and unmasked (the same attention), padded query rows zero.
+                Mask::KeyPadding { lengths }
+                    if s_q == s_kv && !choice.is_exact() && !takes_padding(&choice) =>
+                {
+                    for (b, &len) in lengths.iter().enumerate().take(batch) {
+                        let len = len.min(s_q);
+                        for h in p0..p1 {
+                            for t in len..s_q {
+                                let dst = (b * s_q + t) * heads * v_dim + h * v_dim;
+                                out[dst..dst + v_dim].fill(0.0);
+                            }
+                        }
+                        if len == 0 {
+                            continue;
+                        }
+                        let qb = view(
+                            &a.q[b * s_q * heads * head_dim..],
+                            1,
+                            len,
+                            heads,
+                            head_dim,
+                            p0..p1,
+                        )?;
+                        let kb = view(
+                            &a.k[b * s_kv * kv_heads * head_dim..],
+                            1,
+                            len,
+                            kv_heads,
+                            head_dim,
+                            k0..k1,
+                        )?;
+                        let vb = view(
+                            &a.v[b * s_kv * kv_heads * v_dim..],
+                            1,
+                            len,
+                            kv_heads,
+                            v_dim,
+                            k0..k1,
+                        )?;
+                        let mut pb = pp.clone();
+                        pb.mask = Mask::None;
+                        let o = call(ctx, &choice, qb, kb, vb, &pb)?;
+                        for (hi, h) in (p0..p1).enumerate() {
+                            for t in 0..len {
+                                let src = (hi * len + t) * v_dim;
+                                let dst = (b * s_q + t) * heads * v_dim + h * v_dim;
+                                out[dst..dst + v_dim].copy_from_slice(&o.o[src..src + v_dim]);
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    let o = call(ctx, &choice, q, k, v, &pp)?;
+                    // o: [B, n, S_q, D_v] → out[(b·S_q + t), h·D_v + …]
+                    for b in 0..batch {
+                        for (hi, h) in (p0..p1).enumerate() {
+                            for t in 0..s_q {
+                                let src = ((b * n + hi) * s_q + t) * v_dim;
+                                let dst = (b * s_q + t) * heads * v_dim + h * v_dim;
+                                out[dst..dst + v_dim].copy_from_slice(&o.o[src..src + v_dim]);
+                            }
+                        }
                     }
                 }
             }
+            *ctx.stats.by_layer.entry(layer).or_default() += t.elapsed();
             ctx.stats.allowed_pairs += allowed_pairs(&params.mask, batch, n, s_q, s_kv);
             let wanted = ctx.capture.as_ref().is_some_and(|c| c.wants_layer(layer));
             if wanted {
@@ -165,6 +221,14 @@ pub fn attention(ctx: &mut RunCtx, a: &AttnInput, params: &Params, out: &mut [f3
         }
     }
     Ok(())
+}
+
+/// Whether the method a choice names accepts key-padding masks (unknown names: assume yes, so
+/// the call reports the error).
+fn takes_padding(choice: &Choice) -> bool {
+    attn::registry()
+        .get(&choice.method)
+        .map_or(true, |m| m.capabilities().masks.contains(&attn::MaskKind::KeyPadding))
 }
 
 fn call(

@@ -227,3 +227,24 @@ fn bad_inputs_give_typed_errors() {
     assert!(Bert::load(&dir).is_err(), "a folder without config.json");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A method without key-padding support runs a padded batch one sequence at a time, unmasked:
+/// at a budget that covers every key it equals exact attention on the padded batch.
+#[test]
+fn padded_batches_run_methods_without_key_padding_per_sequence() {
+    let m = minilm();
+    let texts = [
+        "A short one.",
+        "A much longer sentence that forces the others in its batch to be padded by several tokens.",
+        "Middle length, with some padding.",
+    ];
+    let exact = m.embed(&texts, 3, &mut RunCtx::exact()).unwrap();
+    let full = AttentionPlan::uniform(Choice::parse("block-sparse:top_k=1000").unwrap());
+    let mut ctx = RunCtx::new(full);
+    let got = m.embed(&texts, 3, &mut ctx).unwrap();
+    for (a, b) in exact.iter().zip(&got) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+    // One call per sequence and layer-run, not one per batch.
+    assert_eq!(ctx.stats.calls, 3 * 6);
+}
