@@ -12,7 +12,7 @@ use super::axis::Axis;
 use super::pareto::darker;
 use super::{
     anchored, bold, draw_err, fit_text, header, marker, style_of, text, DrawResult, PlotError,
-    Shape, FAIL, GREY,
+    Shape, GREY,
 };
 use crate::report::groups;
 use crate::schema::Row;
@@ -206,10 +206,8 @@ where
 {
     let (w, h) = area.dim_in_pixel();
     let (w, h) = (w as i32, h as i32);
-    let x0 = 14;
-    let mut y = 12;
-    area.draw(&Text::new("methods", (x0, y), anchored(bold(16, BLACK), HPos::Left, VPos::Top)))?;
-    y += 30;
+    let x0 = super::LEGEND_X;
+    let mut y = super::legend_title(area)?;
     let style = text(14, BLACK);
     let total = lines.len() + failed.len();
     for (k, l) in lines.iter().enumerate() {
@@ -235,14 +233,5 @@ where
         y += 24;
     }
     y += 6;
-    for m in failed {
-        if y > h - 20 {
-            break;
-        }
-        let st = anchored(text(13, FAIL), HPos::Left, VPos::Top);
-        let line = fit_text(area, &format!("{m}: failed"), &st, (w - x0 - 10) as u32);
-        area.draw(&Text::new(line, (x0, y), st))?;
-        y += 20;
-    }
-    Ok(())
+    super::legend_failed(area, failed, y)
 }

@@ -434,3 +434,44 @@ where
     let (_, rest) = root.split_vertically(76);
     Ok(rest)
 }
+
+/// The legend's left margin and its "methods" title; returns the first free row below it.
+fn legend_title<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+) -> DrawResult<i32>
+where
+    DB::ErrorType: 'static,
+{
+    area.draw(&Text::new(
+        "methods",
+        (LEGEND_X, 12),
+        anchored(bold(16, BLACK), HPos::Left, VPos::Top),
+    ))?;
+    Ok(42)
+}
+
+/// Left margin of the legends.
+const LEGEND_X: i32 = 14;
+
+/// One red "NAME: failed" line per failed method from row `y` on, while they fit.
+fn legend_failed<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    failed: &[String],
+    mut y: i32,
+) -> DrawResult<()>
+where
+    DB::ErrorType: 'static,
+{
+    let (w, h) = area.dim_in_pixel();
+    let (w, h) = (w as i32, h as i32);
+    for m in failed {
+        if y > h - 20 {
+            break;
+        }
+        let st = anchored(text(13, FAIL), HPos::Left, VPos::Top);
+        let line = fit_text(area, &format!("{m}: failed"), &st, (w - LEGEND_X - 10) as u32);
+        area.draw(&Text::new(line, (LEGEND_X, y), st))?;
+        y += 20;
+    }
+    Ok(())
+}

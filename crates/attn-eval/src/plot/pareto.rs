@@ -10,7 +10,7 @@ use plotters::style::text_anchor::{HPos, VPos};
 use super::axis::Axis;
 use super::{
     anchored, bold, draw_err, ellipsize, fit_text, header, marker, style_of, text, DrawResult,
-    PlotError, Shape, FAIL, GREY, LIGHT,
+    PlotError, Shape, GREY, LIGHT,
 };
 use crate::report::{delta_ppl_pct, grid_mean, groups, speedup, Group};
 use crate::schema::Row;
@@ -338,10 +338,8 @@ where
 {
     let (w, h) = area.dim_in_pixel();
     let (w, h) = (w as i32, h as i32);
-    let x0 = 14;
-    let mut y = 12;
-    area.draw(&Text::new("methods", (x0, y), anchored(bold(16, BLACK), HPos::Left, VPos::Top)))?;
-    y += 30;
+    let x0 = super::LEGEND_X;
+    let mut y = super::legend_title(area)?;
     let extra =
         missing.len() + failed.len() + usize::from(!missing.is_empty() || !failed.is_empty());
     let lines = points.len() * 2 + extra;
@@ -407,15 +405,7 @@ where
             ))?;
             y += 38;
         }
-        for m in failed {
-            if y > h - 20 {
-                break;
-            }
-            let st = anchored(text(13, FAIL), HPos::Left, VPos::Top);
-            let line = fit_text(area, &format!("{m}: failed"), &st, (w - x0 - 10) as u32);
-            area.draw(&Text::new(line, (x0, y), st))?;
-            y += 20;
-        }
+        super::legend_failed(area, failed, y)?;
     }
     Ok(())
 }
