@@ -194,8 +194,9 @@ mod tests {
     use safetensors::tensor::TensorView;
 
     /// A capture-format file with two records of `s` rows: L0.H0.B0 (D = 2) and L1.H1.B0 (D = 3).
-    fn file(s: usize) -> (PathBuf, Vec<Vec<f32>>) {
-        let dir = std::env::temp_dir().join(format!("attn-real-{}", std::process::id()));
+    /// `name` keeps the tests, which run in parallel threads of one process, on separate files.
+    fn file(s: usize, name: &str) -> (PathBuf, Vec<Vec<f32>>) {
+        let dir = std::env::temp_dir().join(format!("attn-real-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("qkv.safetensors");
         let mut data = Vec::new();
@@ -230,7 +231,7 @@ mod tests {
 
     #[test]
     fn records_are_tiled_along_the_sequence() {
-        let (path, data) = file(3);
+        let (path, data) = file(3, "tiled");
         let r = RealInputs::load(&path, &[]).unwrap();
         assert_eq!(r.heads.len(), 2);
         assert_eq!(r.heads[0].label, "L0.H0.B0");
@@ -251,7 +252,7 @@ mod tests {
 
     #[test]
     fn joined_heads_add_their_scaled_logits() {
-        let (path, data) = file(2);
+        let (path, data) = file(2, "joined");
         let r = RealInputs::load(&path, &["L0.H0.B0+L1.H1.B0".into()]).unwrap();
         let h = &r.heads[0];
         assert_eq!((h.d, h.dv), (5, 5));
