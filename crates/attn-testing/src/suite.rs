@@ -151,14 +151,17 @@ pub fn run_suite_with(method: &dyn Method, cfg: &SuiteConfig) -> Coverage {
                 Stats::exact(&resolved),
             ),
             Some(r) => {
-                let prefs =
-                    Prefs { method: Some(r.name().into()), par: Par::Seq, ..Prefs::default() };
-                match run_poisoned_in(cfg.registry, &inputs, params, &prefs) {
-                    Ok(run) => (
-                        Arc::new(Oracle::from_reference(&p, &run.o, &run.lse)),
-                        Tolerance::VS_REFERENCE,
-                        run.stats,
-                    ),
+                let run = cached_reference(case, r, || {
+                    let prefs =
+                        Prefs { method: Some(r.name().into()), par: Par::Seq, ..Prefs::default() };
+                    run_poisoned_in(cfg.registry, &inputs, params, &prefs)
+                        .map(|run| {
+                            (Arc::new(Oracle::from_reference(&p, &run.o, &run.lse)), run.stats)
+                        })
+                        .map_err(|e| e.to_string())
+                });
+                match run {
+                    Ok((oracle, stats)) => (oracle, Tolerance::VS_REFERENCE, stats),
                     Err(e) => {
                         failures.push(format!(
                             "{name} {}: reference {} failed: {e}",
@@ -284,6 +287,30 @@ fn cached_oracle(case: &Case, make: impl FnOnce() -> Oracle) -> Arc<Oracle> {
     let o = Arc::new(make());
     cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, o.clone());
     o
+}
+
+/// What a family reference gave on one case: its output as an oracle and its stats.
+type ReferenceRun = Result<(Arc<Oracle>, Stats), String>;
+
+/// The run of the family reference `r` on `case`, computed once per process: the method's own
+/// test and its reference's test (which holds the reference to a first run of itself) share it,
+/// and a second caller waits for the first. Keyed by the case, the reference's name and the
+/// reference object itself (registries built for one test may configure a method differently
+/// under the same name).
+fn cached_reference(
+    case: &Case,
+    r: &'static dyn Method,
+    make: impl FnOnce() -> ReferenceRun,
+) -> ReferenceRun {
+    type Slot = Arc<OnceLock<ReferenceRun>>;
+    type Key = (String, String, usize);
+    static CACHE: OnceLock<Mutex<HashMap<Key, Slot>>> = OnceLock::new();
+    let key = (case.name(), r.name().to_string(), r as *const dyn Method as *const () as usize);
+    let slot = {
+        let mut c = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        c.entry(key).or_default().clone()
+    };
+    slot.get_or_init(make).clone()
 }
 
 #[cfg(test)]

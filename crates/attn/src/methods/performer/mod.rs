@@ -17,7 +17,9 @@ use crate::methods::pattern::{dot_fixed, unknown, Exec, SparseConfig};
 use crate::par::Par;
 use crate::params::Resolved;
 use crate::primitives::rng::{purpose, Key, Stream};
+use crate::primitives::simd::{dispatch, exp2_scalar, Kernel, Level, Simd};
 use crate::problem::Problem;
+use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -165,8 +167,22 @@ impl FeatureMap {
         let rs = scale.sqrt();
         let half_sq = 0.5 * scale * x.iter().map(|v| v * v).sum::<f64>();
         for (r, o) in out.iter_mut().enumerate() {
+            *o = rs * dot_f64(&self.omega[r * self.d..(r + 1) * self.d], x) - half_sq;
+        }
+    }
+
+    /// [`FeatureMap::log_features_f64`] of several rows at once into `out` (`rows.len() × m`),
+    /// projection row by projection row (the same products and sums as one row at a time).
+    pub fn log_features_f64_rows(&self, rows: &[Vec<f64>], scale: f64, out: &mut [f64]) {
+        let rs = scale.sqrt();
+        let m = self.m;
+        let half: Vec<f64> =
+            rows.iter().map(|x| 0.5 * scale * x.iter().map(|v| v * v).sum::<f64>()).collect();
+        for r in 0..m {
             let w = &self.omega[r * self.d..(r + 1) * self.d];
-            *o = rs * w.iter().zip(x).map(|(a, b)| a * b).sum::<f64>() - half_sq;
+            for (t, x) in rows.iter().enumerate() {
+                out[t * m + r] = rs * dot_f64(w, x) - half[t];
+            }
         }
     }
 
@@ -193,17 +209,161 @@ impl FeatureMap {
     }
 }
 
-/// The per-head working memory of the fast path.
-struct Head {
+/// `a·b` in f64 with eight interleaved partial sums (a plain loop the compiler can keep in
+/// registers: the references featurise `S·m` rows of length `D`).
+pub(crate) fn dot_f64(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
+/// Keys per chunk, and query rows per block, of the fast path.
+const CHUNK: usize = 64;
+
+/// The per-head working memory of the fast path (row-major blocks).
+struct Work {
+    /// `CHUNK × D`: scaled key or query rows.
     x: Vec<f32>,
+    /// `CHUNK × D_v`: values of the chunk.
     v: Vec<f32>,
-    feat: Vec<f32>,
+    /// `CHUNK × m`: stabilised key features `exp(e_jr − max_r e_jr)`.
+    kf: Vec<f32>,
+    /// `CHUNK`: the log-scale of each key row (`max_r e_jr − |k'_j|²/2`).
+    kc: Vec<f32>,
+    /// `CHUNK × m`: stabilised query features.
+    qf: Vec<f32>,
+    /// `CHUNK`: the log-scale of each query row.
+    qc: Vec<f32>,
+    /// `CHUNK × CHUNK`: intra-chunk weights.
+    l: Vec<f32>,
+    /// `CHUNK × D_v`: numerators.
+    num: Vec<f32>,
+    /// `m × D_v`: `Σ_j exp(kc_j − ck)·φ̂_j v_jᵀ` over the keys added so far.
     state: Vec<f32>,
+    /// `m`: `Σ_j exp(kc_j − ck)·φ̂_j`.
     z: Vec<f32>,
+}
+
+impl Work {
+    fn new(m: usize, d: usize, dv: usize) -> Self {
+        Self {
+            x: vec![0.0; CHUNK * d],
+            v: vec![0.0; CHUNK * dv],
+            kf: vec![0.0; CHUNK * m],
+            kc: vec![0.0; CHUNK],
+            qf: vec![0.0; CHUNK * m],
+            qc: vec![0.0; CHUNK],
+            l: vec![0.0; CHUNK * CHUNK],
+            num: vec![0.0; CHUNK * dv],
+            state: vec![0.0; m * dv],
+            z: vec![0.0; m],
+        }
+    }
+
+    /// The scratch bytes of [`Work::new`].
+    fn bytes(m: usize, d: usize, dv: usize) -> usize {
+        4 * (CHUNK * (d + 2 * dv + 2 * m + 2 + CHUNK) + m * (dv + 1))
+    }
+}
+
+/// `dst (n×k) = a (n×d) · bᵀ` with `b` row-major `k × d`, or accumulated (`add`), in one thread.
+fn gemm_bt(dst: &mut [f32], a: &[f32], b: &[f32], [n, d, k]: [usize; 3], add: bool) {
+    let dst = MatMut::from_row_major_slice_mut(&mut dst[..n * k], n, k);
+    let lhs = MatRef::from_row_major_slice(&a[..n * d], n, d);
+    let rhs = MatRef::from_row_major_slice(&b[..k * d], k, d).transpose();
+    let acc = if add { Accum::Add } else { Accum::Replace };
+    matmul(dst, acc, lhs, rhs, 1.0f32, faer::Par::Seq);
+}
+
+/// `dst (n×k) (+)= a (n×d) · b (d×k)`, both row-major, in one thread.
+fn gemm(dst: &mut [f32], a: &[f32], b: &[f32], [n, d, k]: [usize; 3], add: bool) {
+    let dst = MatMut::from_row_major_slice_mut(&mut dst[..n * k], n, k);
+    let lhs = MatRef::from_row_major_slice(&a[..n * d], n, d);
+    let rhs = MatRef::from_row_major_slice(&b[..d * k], d, k);
+    let acc = if add { Accum::Add } else { Accum::Replace };
+    matmul(dst, acc, lhs, rhs, 1.0f32, faer::Par::Seq);
+}
+
+/// `dst (d×k) += aᵀ · b` with `a` row-major `n × d` and `b` row-major `n × k`, in one thread.
+fn gemm_at_add(dst: &mut [f32], a: &[f32], b: &[f32], [n, d, k]: [usize; 3]) {
+    let dst = MatMut::from_row_major_slice_mut(&mut dst[..d * k], d, k);
+    let lhs = MatRef::from_row_major_slice(&a[..n * d], n, d).transpose();
+    let rhs = MatRef::from_row_major_slice(&b[..n * k], n, k);
+    matmul(dst, Accum::Add, lhs, rhs, 1.0f32, faer::Par::Seq);
+}
+
+/// Stabilises `n` rows of exponents in place: each row `a` becomes `exp(a − max a)` (entries in
+/// `(0, 1]`, the largest exactly 1), and `c[i] = max a − |x_i|²/2` is its log-scale, so that
+/// `φ(x_i) = exp(c[i] − ½ ln m)·row_i`. Vectorised at the caller's [`Level`].
+struct Stabilise<'a> {
+    e: &'a mut [f32],
+    x: &'a [f32],
+    c: &'a mut [f32],
+    m: usize,
+    d: usize,
+}
+
+impl Kernel for Stabilise<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self) {
+        const LOG2E: f32 = std::f32::consts::LOG2_E;
+        let (m, d) = (self.m, self.d);
+        for ((row, x), c) in
+            self.e.chunks_exact_mut(m).zip(self.x.chunks_exact(d)).zip(self.c.iter_mut())
+        {
+            let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let split = m - m % S::LANES;
+            // SAFETY: `dispatch` runs this at a level the CPU has; every pointer is in `row`.
+            unsafe {
+                let (sub, l2e) = (S::splat(mx), S::splat(LOG2E));
+                for t in (0..split).step_by(S::LANES) {
+                    let p = row.as_mut_ptr().add(t);
+                    S::store(p, S::exp2(S::mul(S::sub(S::load(p), sub), l2e)));
+                }
+            }
+            for a in &mut row[split..] {
+                *a = exp2_scalar((*a - mx) * LOG2E);
+            }
+            *c = mx - 0.5 * dot_fixed(x, x);
+        }
+    }
+}
+
+impl FeatureMap {
+    /// Stabilised features of `n` scaled rows `x` (`n × D`) into `out` (`n × m`) and their
+    /// log-scales into `c` (see [`Stabilise`]): one GEMM `x·ωᵀ`, then the row-wise exponentials.
+    fn stabilised_rows(&self, level: Level, x: &[f32], n: usize, out: &mut [f32], c: &mut [f32]) {
+        gemm_bt(out, x, &self.omega32, [n, self.d, self.m], false);
+        dispatch(
+            level,
+            Stabilise {
+                e: &mut out[..n * self.m],
+                x: &x[..n * self.d],
+                c: &mut c[..n],
+                m: self.m,
+                d: self.d,
+            },
+        );
+    }
 }
 
 impl Performer {
     /// The fast path for one `(b, h)`, writing `o` (`S_q × D_v`) and `lse` (`S_q`).
+    ///
+    /// Keys go through in chunks of [`CHUNK`]: their features by one GEMM, then added to the
+    /// state `Σ_j w_j φ̂_j v_jᵀ` by another, under a running log-scale `ck` (the largest key
+    /// log-scale so far; the state is rescaled when it grows). Causal rows whose last key falls
+    /// in a chunk are answered before that chunk is added: the state (earlier chunks) plus the
+    /// intra-chunk weights `φ̂_q·φ̂_j·exp(kc_j − c_i)` of the keys they see, `c_i` the largest
+    /// log-scale among those keys — so a row depends only on the keys it may see, bitwise (the
+    /// weights of later keys are exact zeros). Non-causal rows are answered from the full state.
     #[allow(clippy::too_many_arguments)]
     fn head(
         &self,
@@ -213,92 +373,120 @@ impl Performer {
         params: &Resolved,
         b: usize,
         h: usize,
+        level: Level,
         o: &mut [f32],
         lse: &mut [f32],
     ) {
-        let (m, dv) = (fm.m, p.d_v);
+        let (m, d, dv) = (fm.m, p.d, p.d_v);
         let hk = h / p.group();
         let rs = params.scale.sqrt();
         let ln_m = (m as f32).ln();
-        let mut w = Head {
-            x: vec![0.0; p.d],
-            v: vec![0.0; dv],
-            feat: vec![0.0; m],
-            state: vec![0.0; m * dv],
-            z: vec![0.0; m],
-        };
         let causal = matches!(params.mask, Mask::Causal);
-        // Keys are added in order under a running log-scale `ck` (the max exponent so far):
-        // the state holds Σ exp(e_jr − ck) v_j, rescaled when `ck` grows (exact, and each row
-        // depends only on the keys it may see, bitwise).
-        let mut ck = f32::NEG_INFINITY;
-        let mut next_q = 0usize;
-        let add_key = |w: &mut Head, ck: &mut f32, j: usize| {
-            inputs.k.read_row(b, hk, j, rs, &mut w.x);
-            inputs.v.read_row(b, hk, j, 1.0, &mut w.v);
-            fm.log_features(&w.x, &mut w.feat);
-            let c = w.feat.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            if c > *ck {
-                let f = if *ck == f32::NEG_INFINITY { 0.0 } else { (*ck - c).exp() };
-                w.state.iter_mut().for_each(|s| *s *= f);
-                w.z.iter_mut().for_each(|s| *s *= f);
-                *ck = c;
-            }
-            for r in 0..m {
-                let f = (w.feat[r] - *ck).exp();
-                w.z[r] += f;
-                let row = &mut w.state[r * dv..(r + 1) * dv];
-                row.iter_mut().zip(&w.v).for_each(|(s, v)| *s += f * v);
-            }
-        };
-        let answer = |w: &mut Head, ck: f32, i: usize, o: &mut [f32], lse: &mut [f32]| {
-            let orow = &mut o[i * dv..(i + 1) * dv];
-            inputs.q.read_row(b, h, i, rs, &mut w.x);
-            let cq = fm.positive(&w.x, &mut w.feat);
-            orow.fill(0.0);
-            let mut den = 0.0f32;
-            for r in 0..m {
-                let f = w.feat[r];
-                den += f * w.z[r];
-                orow.iter_mut().zip(&w.state[r * dv..(r + 1) * dv]).for_each(|(a, s)| *a += f * s);
-            }
-            if den > 0.0 && den.is_finite() {
-                let inv = 1.0 / den;
-                orow.iter_mut().for_each(|a| *a *= inv);
-                lse[i] = den.ln() + cq + ck - ln_m;
+        let mut w = Work::new(m, d, dv);
+        // The last key row i sees (−1: none).
+        let last = |i: usize| {
+            if causal {
+                params.position(i).min(p.s_kv as i64 - 1)
             } else {
-                // No key, or every estimate underflowed: the empty-row contract.
-                orow.fill(0.0);
-                lse[i] = f32::NEG_INFINITY;
+                p.s_kv as i64 - 1
             }
         };
-        if !causal {
-            for j in 0..p.s_kv {
-                add_key(&mut w, &mut ck, j);
-            }
-            for i in 0..p.s_q {
-                answer(&mut w, ck, i, o, lse);
-            }
-            return;
+        let empty = |o: &mut [f32], lse: &mut [f32], i: usize| {
+            o[i * dv..(i + 1) * dv].fill(0.0);
+            lse[i] = f32::NEG_INFINITY;
+        };
+        let mut next = 0usize;
+        while next < p.s_q && last(next) < 0 {
+            empty(o, lse, next);
+            next += 1;
         }
-        // Causal: row i sees keys 0..=p_i; rows are in increasing position order.
-        let last = |i: usize| params.position(i).min(p.s_kv as i64 - 1);
-        while next_q < p.s_q && last(next_q) < 0 {
-            answer(&mut w, ck, next_q, o, lse);
-            next_q += 1;
-        }
-        for j in 0..p.s_kv {
-            if next_q == p.s_q {
+        let mut ck = f32::NEG_INFINITY;
+        let mut pm = [0.0f32; CHUNK];
+        for j0 in (0..p.s_kv).step_by(CHUNK) {
+            if next == p.s_q {
                 break;
             }
-            add_key(&mut w, &mut ck, j);
-            while next_q < p.s_q && last(next_q) == j as i64 {
-                answer(&mut w, ck, next_q, o, lse);
-                next_q += 1;
+            let n = CHUNK.min(p.s_kv - j0);
+            for t in 0..n {
+                inputs.k.read_row(b, hk, j0 + t, rs, &mut w.x[t * d..(t + 1) * d]);
+                inputs.v.read_row(b, hk, j0 + t, 1.0, &mut w.v[t * dv..(t + 1) * dv]);
+            }
+            fm.stabilised_rows(level, &w.x, n, &mut w.kf, &mut w.kc);
+            // Causal rows whose last key is in this chunk, in blocks of CHUNK rows.
+            let end = (j0 + n) as i64;
+            let mut stop = next;
+            while causal && stop < p.s_q && last(stop) < end {
+                stop += 1;
+            }
+            let mut run = ck;
+            for (t, x) in pm.iter_mut().enumerate().take(n) {
+                run = run.max(w.kc[t]);
+                *x = run;
+            }
+            for r0 in (next..stop).step_by(CHUNK) {
+                let nr = CHUNK.min(stop - r0);
+                for r in 0..nr {
+                    inputs.q.read_row(b, h, r0 + r, rs, &mut w.x[r * d..(r + 1) * d]);
+                }
+                fm.stabilised_rows(level, &w.x, nr, &mut w.qf, &mut w.qc);
+                gemm_bt(&mut w.l, &w.qf, &w.kf, [nr, m, n], false);
+                let mut den = [0.0f32; CHUNK];
+                let mut cs = [0.0f32; CHUNK];
+                for r in 0..nr {
+                    let tl = (last(r0 + r) - j0 as i64) as usize;
+                    let c = pm[tl];
+                    let row = &mut w.l[r * n..(r + 1) * n];
+                    for (t, x) in row.iter_mut().enumerate() {
+                        *x = if t <= tl { *x * (w.kc[t] - c).exp() } else { 0.0 };
+                    }
+                    den[r] = row.iter().sum();
+                    // The earlier chunks' state, brought to this row's scale.
+                    let f = if ck == f32::NEG_INFINITY { 0.0 } else { (ck - c).exp() };
+                    w.qf[r * m..(r + 1) * m].iter_mut().for_each(|x| *x *= f);
+                    den[r] += dot_fixed(&w.qf[r * m..(r + 1) * m], &w.z);
+                    cs[r] = c;
+                }
+                gemm(&mut w.num, &w.l, &w.v, [nr, n, dv], false);
+                gemm(&mut w.num, &w.qf, &w.state, [nr, m, dv], true);
+                for r in 0..nr {
+                    let i = r0 + r;
+                    finish(&w.num[r * dv..(r + 1) * dv], den[r], w.qc[r] + cs[r] - ln_m, i, o, lse);
+                }
+            }
+            next = stop;
+            if next == p.s_q {
+                break;
+            }
+            // Add the chunk to the state under the new log-scale.
+            let cn = pm[n - 1];
+            if cn > ck {
+                let f = if ck == f32::NEG_INFINITY { 0.0 } else { (ck - cn).exp() };
+                w.state.iter_mut().for_each(|s| *s *= f);
+                w.z.iter_mut().for_each(|s| *s *= f);
+                ck = cn;
+            }
+            for t in 0..n {
+                let f = (w.kc[t] - ck).exp();
+                let row = &mut w.kf[t * m..(t + 1) * m];
+                row.iter_mut().for_each(|x| *x *= f);
+                w.z.iter_mut().zip(row.iter()).for_each(|(z, x)| *z += x);
+            }
+            gemm_at_add(&mut w.state, &w.kf, &w.v, [n, m, dv]);
+        }
+        // Non-causal rows (and none are left over when causal): the full state.
+        for r0 in (next..p.s_q).step_by(CHUNK) {
+            let nr = CHUNK.min(p.s_q - r0);
+            for r in 0..nr {
+                inputs.q.read_row(b, h, r0 + r, rs, &mut w.x[r * d..(r + 1) * d]);
+            }
+            fm.stabilised_rows(level, &w.x, nr, &mut w.qf, &mut w.qc);
+            gemm(&mut w.num, &w.qf, &w.state, [nr, m, dv], false);
+            for r in 0..nr {
+                let den = dot_fixed(&w.qf[r * m..(r + 1) * m], &w.z);
+                finish(&w.num[r * dv..(r + 1) * dv], den, w.qc[r] + ck - ln_m, r0 + r, o, lse);
             }
         }
     }
-
     fn fast(
         &self,
         p: &Problem,
@@ -319,15 +507,32 @@ impl Performer {
             .map(Mutex::new)
             .collect();
         let jobs = par.threads().min(heads);
+        // The caller's level (a thread-local choice) for every worker.
+        let level = Level::current();
         par.run(jobs, |w| {
             for bh in (w..heads).step_by(jobs) {
                 let mut g = slots[bh].lock().unwrap_or_else(|e| e.into_inner());
                 let (o, lse) = &mut *g;
                 let (b, h) = (bh / p.h, bh % p.h);
-                self.head(&maps[h], p, inputs, params, b, h, o, lse);
+                self.head(&maps[h], p, inputs, params, b, h, level, o, lse);
             }
         });
         Ok(())
+    }
+}
+
+/// Row `i`: `o = num / den`, `lse = ln den + log_scale`; no key or an underflowed estimate gives
+/// the empty-row contract (`o = 0`, `lse = −∞`).
+fn finish(num: &[f32], den: f32, log_scale: f32, i: usize, o: &mut [f32], lse: &mut [f32]) {
+    let dv = num.len();
+    let orow = &mut o[i * dv..(i + 1) * dv];
+    if den > 0.0 && den.is_finite() {
+        let inv = 1.0 / den;
+        orow.iter_mut().zip(num).for_each(|(a, n)| *a = n * inv);
+        lse[i] = den.ln() + log_scale;
+    } else {
+        orow.fill(0.0);
+        lse[i] = f32::NEG_INFINITY;
     }
 }
 
@@ -398,7 +603,7 @@ impl SparseConfig for Performer {
         match exec {
             Exec::Reference => 8 * (p.s_kv * m + m + p.s_kv + p.d_v + p.d),
             Exec::Fast => {
-                par.threads().min(p.b * p.h).max(1) * 4 * (m * (p.d_v + 2) + p.d + p.d_v)
+                par.threads().min(p.b * p.h).max(1) * Work::bytes(m, p.d, p.d_v)
                     + p.h * 12 * m * p.d
             }
         }

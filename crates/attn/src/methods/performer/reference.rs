@@ -34,8 +34,11 @@ pub fn forward(c: &Performer, p: &Problem, inputs: &Inputs, params: &Resolved, o
                 (0..p.d).map(|d| t.get(b, hh, s, d) as f64).collect()
             };
             let mut e = vec![0.0f64; p.s_kv * m];
-            for j in 0..p.s_kv {
-                fm.log_features_f64(&row(&inputs.k, hk, j), scale, &mut e[j * m..(j + 1) * m]);
+            // Keys in groups of 16, so each projection row is read once per group.
+            for j0 in (0..p.s_kv).step_by(16) {
+                let keys: Vec<Vec<f64>> =
+                    (j0..p.s_kv.min(j0 + 16)).map(|j| row(&inputs.k, hk, j)).collect();
+                fm.log_features_f64_rows(&keys, scale, &mut e[j0 * m..(j0 + keys.len()) * m]);
             }
             let ck = e.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             e.iter_mut().for_each(|x| *x = (*x - ck).exp());
@@ -53,9 +56,7 @@ pub fn forward(c: &Performer, p: &Problem, inputs: &Inputs, params: &Resolved, o
                     p.s_kv
                 };
                 l.clear();
-                l.extend((0..n).map(|j| {
-                    a.iter().zip(&e[j * m..(j + 1) * m]).map(|(x, y)| x * y).sum::<f64>()
-                }));
+                l.extend((0..n).map(|j| super::dot_f64(&a, &e[j * m..(j + 1) * m])));
                 let den: f64 = l.iter().sum();
                 let o = &mut out.o[r * p.d_v..(r + 1) * p.d_v];
                 if !(den > 0.0 && den.is_finite()) {
