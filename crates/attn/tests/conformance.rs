@@ -33,6 +33,8 @@ conformance! {
     block_sparse_reference => "block-sparse-reference",
     performer => "performer",
     performer_reference => "performer-reference",
+    hyper => "hyper",
+    hyper_reference => "hyper-reference",
     linear => "linear",
     linear_recurrent => "linear-recurrent",
     linear_reference => "linear-reference",
@@ -46,6 +48,7 @@ conformance! {
 mod small_budgets {
     use attn::methods::a_shape::AShape;
     use attn::methods::block_sparse::BlockSparse;
+    use attn::methods::hyper::Hyper;
     use attn::methods::pattern::{Fast, Reference};
     use attn::methods::streaming::Streaming;
     use attn::methods::vertical_slash::VerticalSlash;
@@ -57,6 +60,7 @@ mod small_budgets {
     const VS: VerticalSlash =
         VerticalSlash { last_q: 24, vertical: 7, slash: 9, sink: 2, local: 3, block: 16 };
     const BS: BlockSparse = BlockSparse { top_k: 3, block: 16 };
+    const HYPER: Hyper = Hyper { projections: 3, block: 16, samples: 8, min_seq_len: 24, seed: 5 };
 
     static SMALL: &[&dyn Method] = &[
         &Fast(STREAMING),
@@ -67,6 +71,8 @@ mod small_budgets {
         &Reference(VS),
         &Fast(BS),
         &Reference(BS),
+        &Fast(HYPER),
+        &Reference(HYPER),
     ];
 
     #[test]

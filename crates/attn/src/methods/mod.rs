@@ -7,6 +7,7 @@
 pub mod a_shape;
 pub mod block_sparse;
 pub mod gated_deltanet;
+pub mod hyper;
 pub mod linear;
 pub mod pattern;
 pub mod performer;
@@ -32,6 +33,8 @@ static METHODS: &[&dyn Method] = &[
     &Reference(block_sparse::BlockSparse::DEFAULT),
     &Fast(performer::Performer::DEFAULT),
     &Reference(performer::Performer::DEFAULT),
+    &Fast(hyper::Hyper::DEFAULT),
+    &Reference(hyper::Hyper::DEFAULT),
     // Not softmax attention (linear / recurrent): run only when named, held to their own reference.
     &linear::Linear::new(linear::Form::Chunked),
     &linear::Linear::new(linear::Form::Recurrent),
