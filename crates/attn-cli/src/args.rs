@@ -167,8 +167,9 @@ pub struct BenchArgs {
 
     /// For approximate methods, also report the attention mass they keep: per row
     /// exp(lse_method − lse_exact) (the exact probability mass on the keys the method attends
-    /// to), mean and minimum over rows; the exact lse comes from one untimed sdpa-flash call on
-    /// the same inputs
+    /// to; for estimators such as performer or hyper, the ratio of estimated to exact mass),
+    /// mean and minimum over rows, and the output's relative Frobenius error to exact; the exact
+    /// output comes from one untimed sdpa-flash call on the same inputs
     #[arg(long)]
     pub recall: bool,
 

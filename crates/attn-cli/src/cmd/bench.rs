@@ -57,6 +57,9 @@ struct Record {
     mass_recall_mean: Option<f64>,
     /// With `--recall`: the smallest row's mass.
     mass_recall_min: Option<f64>,
+    /// With `--recall`, for approximate methods: relative Frobenius error of the output to the
+    /// exact one, `‖o − o_exact‖ / ‖o_exact‖`.
+    rel_error: Option<f64>,
     /// `computed_pairs` over the pairs the mask allows (1 for exact methods; below 1 for sparse
     /// methods, possibly above where block expansion and estimation outweigh the sparsity).
     density: f64,
@@ -98,7 +101,7 @@ pub fn run(cfg: &BenchConfig, rt: &Runtime) -> Result<()> {
         }
         writeln!(
             out,
-            "{:<14} {:<30} {:<6} {:>4} {:>11} {:>11} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
+            "{:<14} {:<30} {:<6} {:>4} {:>11} {:>11} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>8}",
             "method",
             "shape",
             "mask",
@@ -110,7 +113,8 @@ pub fn run(cfg: &BenchConfig, rt: &Runtime) -> Result<()> {
             "RSS+ MiB",
             "heap MiB",
             "density",
-            "recall"
+            "recall",
+            "error"
         )?;
     }
 
@@ -153,7 +157,7 @@ fn print_row(r: &Record) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<14} {:<30} {:<6} {:>4} {:>11.3} {:>11.3} {:>9.1} {:>9.1} {:>9} {:>9.1} {:>8.4} {:>7}",
+        "{:<14} {:<30} {:<6} {:>4} {:>11.3} {:>11.3} {:>9.1} {:>9.1} {:>9} {:>9.1} {:>8.4} {:>7} {:>8}",
         r.method,
         r.shape,
         if r.causal { "causal" } else { "none" },
@@ -165,7 +169,8 @@ fn print_row(r: &Record) -> Result<()> {
         rss,
         mib(r.peak_alloc_bytes),
         r.density,
-        r.mass_recall_mean.map_or("-".to_string(), |x| format!("{x:.4}"))
+        r.mass_recall_mean.map_or("-".to_string(), |x| format!("{x:.4}")),
+        r.rel_error.map_or("-".to_string(), |x| format!("{x:.4}"))
     )?;
     Ok(())
 }
@@ -255,8 +260,9 @@ fn measure(case: &BenchCase, cfg: &BenchConfig, rt: &Runtime) -> Result<Record> 
         let exact = Prefs { method: Some("sdpa-flash".into()), par, ..Prefs::default() };
         let want = attn::prepare(&inputs, &params, &exact)?;
         let mut lse_exact = vec![0f32; p.lse_len()];
-        want.run(&inputs, par, OutputMut { o: &mut o, lse: &mut lse_exact })?;
-        Some(mass_recall(&lse, &lse_exact))
+        let mut o_exact = vec![0f32; o.len()];
+        want.run(&inputs, par, OutputMut { o: &mut o_exact, lse: &mut lse_exact })?;
+        Some((mass_recall(&lse, &lse_exact), rel_error(&o, &o_exact)))
     } else {
         None
     };
@@ -284,8 +290,9 @@ fn measure(case: &BenchCase, cfg: &BenchConfig, rt: &Runtime) -> Result<Record> 
         peak_alloc_bytes,
         scratch_bytes: prepared.scratch_bytes,
         computed_pairs: stats.computed_pairs,
-        mass_recall_mean: recall.map(|r| r.0),
-        mass_recall_min: recall.map(|r| r.1),
+        mass_recall_mean: recall.map(|r| r.0 .0),
+        mass_recall_min: recall.map(|r| r.0 .1),
+        rel_error: recall.map(|r| r.1),
         density: stats.computed_pairs as f64 / allowed.max(1) as f64,
         inputs: cfg
             .real
@@ -306,6 +313,13 @@ fn mass_recall(lse: &[f32], lse_exact: &[f32]) -> (f64, f64) {
         }
     }
     (sum / n.max(1) as f64, if n == 0 { f64::NAN } else { min })
+}
+
+/// `‖a − b‖ / ‖b‖` (Frobenius), accumulated in f64.
+fn rel_error(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
 }
 
 /// Median of sorted durations, in seconds.
