@@ -33,6 +33,8 @@ conformance! {
     block_sparse_reference => "block-sparse-reference",
     performer => "performer",
     performer_reference => "performer-reference",
+    reformer => "reformer",
+    reformer_reference => "reformer-reference",
     linear => "linear",
     linear_recurrent => "linear-recurrent",
     linear_reference => "linear-reference",

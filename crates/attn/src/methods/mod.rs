@@ -10,6 +10,7 @@ pub mod gated_deltanet;
 pub mod linear;
 pub mod pattern;
 pub mod performer;
+pub mod reformer;
 pub mod sdpa;
 pub mod streaming;
 pub mod vertical_slash;
@@ -32,6 +33,8 @@ static METHODS: &[&dyn Method] = &[
     &Reference(block_sparse::BlockSparse::DEFAULT),
     &Fast(performer::Performer::DEFAULT),
     &Reference(performer::Performer::DEFAULT),
+    &Fast(reformer::Reformer::DEFAULT),
+    &Reference(reformer::Reformer::DEFAULT),
     // Not softmax attention (linear / recurrent): run only when named, held to their own reference.
     &linear::Linear::new(linear::Form::Chunked),
     &linear::Linear::new(linear::Form::Recurrent),
