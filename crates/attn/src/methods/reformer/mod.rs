@@ -20,7 +20,9 @@ use crate::methods::pattern::{dot_fixed, positive, unknown, Exec, SparseConfig};
 use crate::par::Par;
 use crate::params::{Params, Resolved};
 use crate::primitives::merge::merge_weights;
+use crate::primitives::online_softmax::{RowState, LOG2_E};
 use crate::primitives::rng::{purpose, Key, Stream};
+use crate::primitives::simd::{dispatch, Kernel, Level, Simd};
 use crate::problem::Problem;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -109,9 +111,10 @@ impl Reformer {
         }
     }
 
-    /// The random rotations of query head `h` for `b` buckets: `R × (b/2) × D` f32, element
-    /// `(r, u, d)` being normal `(r·(b/2) + u)·D + d` of the [`purpose::LSH_PROJECTION`] stream
-    /// of `(seed, layer 0, head h)`. Empty for one bucket.
+    /// The random rotations of query head `h` for `b` buckets: `R × D × (b/2)` f32 (stored
+    /// transposed, so one token's `b/2` projections are one pass over `D` contiguous rows), the
+    /// entry `A_r[d, u]` being normal `(r·(b/2) + u)·D + d` of the [`purpose::LSH_PROJECTION`]
+    /// stream of `(seed, layer 0, head h)`. Empty for one bucket.
     pub fn rotations(&self, d: usize, h: usize, b: usize) -> Vec<f32> {
         let half = if b >= 2 { b / 2 } else { 0 };
         let s = Stream::new(Key {
@@ -120,13 +123,37 @@ impl Reformer {
             head: h as u64,
             purpose: purpose::LSH_PROJECTION,
         });
-        (0..(self.n_hashes * half * d) as u64).map(|i| s.gaussian_at(i) as f32).collect()
+        let mut a = vec![0.0f32; self.n_hashes * half * d];
+        for r in 0..self.n_hashes {
+            for u in 0..half {
+                for e in 0..d {
+                    let i = ((r * half + u) * d + e) as u64;
+                    a[(r * d + e) * half + u] = s.gaussian_at(i) as f32;
+                }
+            }
+        }
+        a
     }
 
     /// Hashes and sorts the tokens of `(b, h)`: token `t` goes to
-    /// `argmax([q_t A_r ; −q_t A_r])` (first maximum on ties; projections by [`dot_fixed`] of
-    /// the unscaled f32 query), then round `r`'s tokens are stably sorted by bucket.
+    /// `argmax([q_t A_r ; −q_t A_r])` (first maximum on ties; each projection of the unscaled
+    /// f32 query is an f32 sum over `d = 0..D` in order, without fused multiply-add, so it is
+    /// bitwise the same at every SIMD level), then round `r`'s tokens are stably sorted by
+    /// bucket.
     pub fn rounds(&self, p: &Problem, inputs: &Inputs, rot: &[f32], b: usize, h: usize) -> Rounds {
+        self.rounds_inline(p, inputs, rot, b, h)
+    }
+
+    /// [`Reformer::rounds`], inlined into the SIMD kernel (same operations, so the same bits).
+    #[inline(always)]
+    fn rounds_inline(
+        &self,
+        p: &Problem,
+        inputs: &Inputs,
+        rot: &[f32],
+        b: usize,
+        h: usize,
+    ) -> Rounds {
         let n = p.s_q;
         let nb = self.buckets_for(n);
         let half = if nb >= 2 { nb / 2 } else { 0 };
@@ -141,8 +168,10 @@ impl Reformer {
             inputs.q.read_row(b, h, t, 1.0, &mut x);
             for r in 0..rounds {
                 let a = &rot[r * half * p.d..(r + 1) * half * p.d];
-                for (u, yu) in y.iter_mut().enumerate() {
-                    *yu = dot_fixed(&a[u * p.d..(u + 1) * p.d], &x);
+                y.fill(0.0);
+                for (e, &xe) in x.iter().enumerate() {
+                    let row = &a[e * half..(e + 1) * half];
+                    y.iter_mut().zip(row).for_each(|(yu, w)| *yu += xe * w);
                 }
                 let (mut best, mut arg) = (f32::NEG_INFINITY, 0usize);
                 for (u, &v) in y.iter().enumerate() {
@@ -195,105 +224,131 @@ pub fn allowed(params: &Resolved, i: usize, j: usize) -> bool {
     !matches!(params.mask, Mask::Causal) || (j as i64) <= params.position(i)
 }
 
-/// The per-head inputs of the fast path, in original token order.
-struct Head {
-    /// `N × D`: `q_i · scale`.
-    q: Vec<f32>,
-    /// `N × D`: `k_j / |k_j|` (0 for a zero key).
-    k: Vec<f32>,
-    /// `N × D_v`.
-    v: Vec<f32>,
-    /// One row's scores over its two chunks (natural-log units).
-    s: Vec<f32>,
-    /// One row's output of the current round.
-    acc: Vec<f32>,
+/// The fast path of one `(b, h)` as a SIMD kernel (the body is compiled per level).
+struct HeadKernel<'a> {
+    cfg: &'a Reformer,
+    rot: &'a [f32],
+    p: &'a Problem,
+    inputs: &'a Inputs<'a>,
+    params: &'a Resolved,
+    b: usize,
+    h: usize,
+    o: &'a mut [f32],
+    lse: &'a mut [f32],
 }
 
-impl Reformer {
-    /// The fast path for one `(b, h)`, writing `o` (`N × D_v`) and `lse` (`N`); returns the
-    /// pairs scored.
-    #[allow(clippy::too_many_arguments)]
-    fn head(
-        &self,
-        rot: &[f32],
-        p: &Problem,
-        inputs: &Inputs,
-        params: &Resolved,
-        b: usize,
-        h: usize,
-        o: &mut [f32],
-        lse: &mut [f32],
-    ) -> u64 {
+impl Kernel for HeadKernel<'_> {
+    /// Pairs scored.
+    type Output = u64;
+
+    #[inline(always)]
+    fn run<S: Simd>(self) -> u64 {
+        let HeadKernel { cfg, rot, p, inputs, params, b, h, o, lse } = self;
         let (n, d, dv) = (p.s_q, p.d, p.d_v);
         let hk = h / p.group();
-        let rounds = self.rounds(p, inputs, rot, b, h);
-        let mut w = Head {
-            q: vec![0.0; n * d],
-            k: vec![0.0; n * d],
-            v: vec![0.0; n * dv],
-            s: vec![0.0; 2 * rounds.chunk],
-            acc: vec![0.0; dv],
-        };
+        let rounds = cfg.rounds_inline(p, inputs, rot, b, h);
+        let nr = rounds.rounds();
+        let cs = rounds.chunk;
+        // Key tile width: both chunks, padded to whole registers.
+        let wmax = (2 * cs).div_ceil(S::LANES) * S::LANES;
+        // Original order: q·scale (N × D), unit keys (N × D), values (N × D_v).
+        let mut q = vec![0.0f32; n * d];
+        let mut k = vec![0.0f32; n * d];
+        let mut v = vec![0.0f32; n * dv];
+        // N × R: the chunk of each token in every round (token-major, for c_ij).
+        let mut cid = vec![0u32; n * nr];
         for t in 0..n {
-            inputs.q.read_row(b, h, t, params.scale, &mut w.q[t * d..(t + 1) * d]);
-            let kt = &mut w.k[t * d..(t + 1) * d];
+            inputs.q.read_row(b, h, t, params.scale, &mut q[t * d..(t + 1) * d]);
+            let kt = &mut k[t * d..(t + 1) * d];
             inputs.k.read_row(b, hk, t, 1.0, kt);
             let norm = dot_fixed(kt, kt).sqrt();
             let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
             kt.iter_mut().for_each(|x| *x *= inv);
-            inputs.v.read_row(b, hk, t, 1.0, &mut w.v[t * dv..(t + 1) * dv]);
+            inputs.v.read_row(b, hk, t, 1.0, &mut v[t * dv..(t + 1) * dv]);
+            for r in 0..nr {
+                cid[t * nr + r] = rounds.chunk_of[r * n + t];
+            }
         }
+        // ln c for the duplicate correction, c = 1..=R.
+        let ln_count: Vec<f32> = (0..=nr).map(|c| (c.max(1) as f32).ln()).collect();
+        let mut tile = vec![0.0f32; d * wmax]; // D × W: the two chunks' unit keys, transposed
+        let mut vt = vec![0.0f32; wmax * dv]; // W × D_v: their values
+        let mut cols = vec![0usize; wmax]; // token of each tile column
+        let mut sc = vec![0.0f32; wmax];
+        let mut acc = vec![0.0f32; dv];
         o.fill(0.0);
         lse.fill(f32::NEG_INFINITY);
         let mut pairs = 0u64;
-        let multi = rounds.rounds() > 1;
-        for r in 0..rounds.rounds() {
+        for r in 0..nr {
+            let order = &rounds.order[r * n..(r + 1) * n];
             for c in 0..rounds.chunks {
-                let own = rounds.chunk_tokens(r, c);
-                let prev =
-                    if rounds.chunks > 1 { rounds.chunk_tokens(r, rounds.prev(c)) } else { &[] };
-                for &i in own {
+                let own = c * cs..((c + 1) * cs).min(n);
+                let pc = rounds.prev(c);
+                let prev = if rounds.chunks > 1 { pc * cs..((pc + 1) * cs).min(n) } else { 0..0 };
+                let width = prev.len() + own.len();
+                let w = width.div_ceil(S::LANES) * S::LANES;
+                for (col, rank) in prev.clone().chain(own.clone()).enumerate() {
+                    let t = order[rank] as usize;
+                    cols[col] = t;
+                    for e in 0..d {
+                        tile[e * w + col] = k[t * d + e];
+                    }
+                    vt[col * dv..(col + 1) * dv].copy_from_slice(&v[t * dv..(t + 1) * dv]);
+                }
+                for e in 0..d {
+                    tile[e * w + width..(e + 1) * w].fill(0.0);
+                }
+                for &i in &order[own.clone()] {
                     let i = i as usize;
-                    let qi = &w.q[i * d..(i + 1) * d];
-                    // Scores of the row over prev ++ own (−∞ where masked or self).
-                    let mut mx = f32::NEG_INFINITY;
-                    for (slot, &j) in w.s.iter_mut().zip(prev.iter().chain(own)) {
-                        let j = j as usize;
-                        *slot = if j == i || !allowed(params, i, j) {
-                            f32::NEG_INFINITY
-                        } else {
-                            pairs += 1;
-                            let z = dot_fixed(qi, &w.k[j * d..(j + 1) * d]);
-                            if multi {
-                                z - (rounds.count(i, j) as f32).ln()
-                            } else {
-                                z
-                            }
-                        };
-                        mx = mx.max(*slot);
+                    // Scores over the tile: one pass over its D rows.
+                    let s = &mut sc[..w];
+                    s.fill(0.0);
+                    for (e, &qe) in q[i * d..(i + 1) * d].iter().enumerate() {
+                        let row = &tile[e * w..(e + 1) * w];
+                        s.iter_mut().zip(row).for_each(|(x, kk)| *x += qe * kk);
                     }
-                    if mx == f32::NEG_INFINITY {
-                        continue;
-                    }
-                    let width = prev.len() + own.len();
-                    let mut l = 0.0f32;
-                    w.acc.fill(0.0);
-                    for (&z, &j) in w.s[..width].iter().zip(prev.iter().chain(own)) {
-                        if z == f32::NEG_INFINITY {
+                    let ci = &cid[i * nr..(i + 1) * nr];
+                    let mut any = false;
+                    for (x, &j) in s.iter_mut().zip(&cols[..width]) {
+                        if j == i || !allowed(params, i, j) {
+                            *x = f32::NEG_INFINITY;
                             continue;
                         }
-                        let e = (z - mx).exp();
-                        l += e;
-                        let vj = &w.v[j as usize * dv..(j as usize + 1) * dv];
-                        w.acc.iter_mut().zip(vj).for_each(|(a, v)| *a += e * v);
+                        any = true;
+                        pairs += 1;
+                        if nr > 1 {
+                            let cj = &cid[j * nr..(j + 1) * nr];
+                            let count: usize = ci
+                                .iter()
+                                .zip(cj)
+                                .map(|(&a, &b)| {
+                                    (b == a || b as usize == rounds.prev(a as usize)) as usize
+                                })
+                                .sum();
+                            *x -= ln_count[count];
+                        }
                     }
-                    let lse_r = mx + l.ln();
+                    if !any {
+                        continue;
+                    }
+                    s[width..].fill(f32::NEG_INFINITY);
+                    let mut st = RowState::EMPTY;
+                    // SAFETY: dispatched at level S; w is a multiple of S::LANES.
+                    unsafe { st.update::<S>(s, LOG2_E) };
+                    acc.fill(0.0);
+                    for (col, &pj) in s[..width].iter().enumerate() {
+                        if pj != 0.0 {
+                            let vj = &vt[col * dv..(col + 1) * dv];
+                            acc.iter_mut().zip(vj).for_each(|(a, x)| *a += pj * x);
+                        }
+                    }
+                    let (inv_l, lse_r) = st.finish();
                     let (wa, wb, merged) = merge_weights(lse[i], lse_r);
-                    let inv = 1.0 / l;
+                    let wb = wb * inv_l;
                     o[i * dv..(i + 1) * dv]
                         .iter_mut()
-                        .zip(&w.acc)
-                        .for_each(|(x, a)| *x = wa * *x + wb * (a * inv));
+                        .zip(&acc)
+                        .for_each(|(x, a)| *x = wa * *x + wb * a);
                     lse[i] = merged;
                 }
             }
@@ -302,13 +357,15 @@ impl Reformer {
         for i in 0..n {
             if lse[i] == f32::NEG_INFINITY && allowed(params, i, i) {
                 pairs += 1;
-                lse[i] = dot_fixed(&w.q[i * d..(i + 1) * d], &w.k[i * d..(i + 1) * d]);
-                o[i * dv..(i + 1) * dv].copy_from_slice(&w.v[i * dv..(i + 1) * dv]);
+                lse[i] = dot_fixed(&q[i * d..(i + 1) * d], &k[i * d..(i + 1) * d]);
+                o[i * dv..(i + 1) * dv].copy_from_slice(&v[i * dv..(i + 1) * dv]);
             }
         }
         pairs
     }
+}
 
+impl Reformer {
     fn fast(
         &self,
         p: &Problem,
@@ -330,13 +387,16 @@ impl Reformer {
             .map(Mutex::new)
             .collect();
         let pairs = AtomicU64::new(0);
+        // Workers run at the caller's level (a thread-local setting).
+        let level = Level::current();
         let jobs = par.threads().min(heads);
         par.run(jobs, |wk| {
             for bh in (wk..heads).step_by(jobs) {
                 let mut g = slots[bh].lock().unwrap_or_else(|e| e.into_inner());
                 let (o, lse) = &mut *g;
                 let (b, h) = (bh / p.h, bh % p.h);
-                let n = self.head(&rots[h], p, inputs, params, b, h, o, lse);
+                let k = HeadKernel { cfg: self, rot: &rots[h], p, inputs, params, b, h, o, lse };
+                let n = dispatch(level, k);
                 pairs.fetch_add(n, Ordering::Relaxed);
             }
         });
@@ -444,7 +504,8 @@ impl SparseConfig for Reformer {
             Exec::Reference => rot + rounds + 8 * (2 * n + p.d + p.d_v),
             Exec::Fast => {
                 rot + par.threads().min(p.b * p.h).max(1)
-                    * (rounds + 4 * (n * (2 * p.d + p.d_v) + 2 * self.chunk + p.d_v))
+                    * (rounds
+                        + 4 * (n * (3 * p.d + 2 * p.d_v + self.n_hashes) + 2 * self.chunk + p.d_v))
             }
         }
     }
