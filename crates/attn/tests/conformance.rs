@@ -35,6 +35,8 @@ conformance! {
     performer_reference => "performer-reference",
     reformer => "reformer",
     reformer_reference => "reformer-reference",
+    scatterbrain => "scatterbrain",
+    scatterbrain_reference => "scatterbrain-reference",
     linear => "linear",
     linear_recurrent => "linear-recurrent",
     linear_reference => "linear-reference",
