@@ -499,13 +499,19 @@ impl SparseConfig for Reformer {
     fn scratch_bytes(&self, exec: Exec, p: &Problem, par: Par) -> usize {
         let n = p.s_q;
         let rot = p.h * 4 * self.n_hashes * (self.buckets_for(n) / 2) * p.d;
-        let rounds = 8 * self.n_hashes * n + 4 * (self.buckets_for(n) + 1);
+        // Buckets, sorted order and chunk of every token per round, bucket starts.
+        let rounds = 12 * self.n_hashes * n + 8 * (self.buckets_for(n) + 1);
+        // Two chunks of keys at most.
+        let w = 2 * self.chunk.min(n.max(1));
         match exec {
             Exec::Reference => rot + rounds + 8 * (2 * n + p.d + p.d_v),
             Exec::Fast => {
+                // q, unit keys, values, chunk ids; key tile, value tile, columns, scores, row.
                 rot + par.threads().min(p.b * p.h).max(1)
                     * (rounds
-                        + 4 * (n * (3 * p.d + 2 * p.d_v + self.n_hashes) + 2 * self.chunk + p.d_v))
+                        + 4 * (n * (2 * p.d + p.d_v + self.n_hashes)
+                            + w * (p.d + p.d_v + 3)
+                            + p.d_v))
             }
         }
     }

@@ -455,15 +455,16 @@ impl SparseConfig for Scatterbrain {
     fn scratch_bytes(&self, exec: Exec, p: &Problem, par: Par) -> usize {
         let m = self.performer().features_for(p.d);
         match exec {
-            Exec::Reference => 8 * (p.s_kv * (m + 1) + 2 * m + p.s_kv + p.d_v + p.d),
+            Exec::Reference => 8 * (p.s_kv * (p.d + m + 1) + m + p.d_v + p.d),
             Exec::Fast => {
+                // Per worker: keys, values, key features and scales, ωᵀ; queries, their
+                // features, scales, supports and suffix partials; two low-rank states; rows.
+                let (nq, nk, d, dv) = (p.s_q, p.s_kv, p.d, p.d_v);
                 par.threads().min(p.b * p.h).max(1)
-                    * 4
-                    * (p.s_kv * (p.d + p.d_v + m + 1)
-                        + m * (p.d_v + 2)
-                        + p.d
-                        + p.d_v
-                        + self.window.min(p.s_kv))
+                    * (4 * (nk * (d + dv + m + 1) + d * m)
+                        + 4 * nq * (d + m + dv + 3)
+                        + 24 * nq
+                        + 4 * (2 * m * (dv + 1) + self.window.min(nk) + 2 * dv))
                     + p.h * 12 * m * p.d
             }
         }
