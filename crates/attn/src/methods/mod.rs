@@ -11,6 +11,8 @@ pub mod hyper;
 pub mod linear;
 pub mod pattern;
 pub mod performer;
+pub mod reformer;
+pub mod scatterbrain;
 pub mod sdpa;
 pub mod streaming;
 pub mod vertical_slash;
@@ -35,6 +37,10 @@ static METHODS: &[&dyn Method] = &[
     &Reference(performer::Performer::DEFAULT),
     &Fast(hyper::Hyper::DEFAULT),
     &Reference(hyper::Hyper::DEFAULT),
+    &Fast(reformer::Reformer::DEFAULT),
+    &Reference(reformer::Reformer::DEFAULT),
+    &Fast(scatterbrain::Scatterbrain::DEFAULT),
+    &Reference(scatterbrain::Scatterbrain::DEFAULT),
     // Not softmax attention (linear / recurrent): run only when named, held to their own reference.
     &linear::Linear::new(linear::Form::Chunked),
     &linear::Linear::new(linear::Form::Recurrent),

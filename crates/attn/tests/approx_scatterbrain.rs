@@ -1,0 +1,263 @@
+//! Scatterbrain (spec §4.6): a window covering every key gives exact attention; an empty window
+//! gives Performer with the same features; the unnormalised estimate is unbiased over seeds
+//! (`E[e^{lse}] = Σ_j e^{z_ij}`, `E[e^{lse} o] = Σ_j e^{z_ij} v_j`, Monte Carlo, 5 standard
+//! errors); rows sum to 1; causality is bitwise; the seed decides the output; the fast path
+//! equals the f64 reference at small windows; pair counts; typed errors.
+
+use attn::methods::pattern::{Fast, Reference};
+use attn::methods::scatterbrain::Scatterbrain;
+use attn::methods::sdpa::reference as sdpa_ref;
+use attn::{attend, Error, Mask, Method, Params, Prefs, Problem, Registry, TensorRef};
+use attn_testing::cases::{case, MaskSpec};
+use attn_testing::rand::Rng;
+use attn_testing::{run_suite_with, SuiteConfig};
+
+struct Qkv {
+    shape_q: [usize; 4],
+    shape_kv: [usize; 4],
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+fn qkv(seed: u64, [b, h, hkv]: [usize; 3], [sq, skv]: [usize; 2], d: usize, sigma: f64) -> Qkv {
+    let mut rng = Rng::new(seed);
+    let mut gen = |n: usize| (0..n).map(|_| (sigma * rng.normal()) as f32).collect::<Vec<_>>();
+    Qkv {
+        shape_q: [b, h, sq, d],
+        shape_kv: [b, hkv, skv, d],
+        q: gen(b * h * sq * d),
+        k: gen(b * hkv * skv * d),
+        v: gen(b * hkv * skv * d),
+    }
+}
+
+impl Qkv {
+    fn run(&self, spec: &str, params: &Params) -> attn::Result<attn::Output> {
+        let q = TensorRef::new(&self.q[..], self.shape_q)?;
+        let k = TensorRef::new(&self.k[..], self.shape_kv)?;
+        let v = TensorRef::new(&self.v[..], self.shape_kv)?;
+        let prefs = Prefs { method: Some(spec.into()), ..Prefs::default() };
+        attend(q, k, v, params, &prefs)
+    }
+
+    fn exact(&self, params: &Params) -> (Vec<f64>, Vec<f64>) {
+        let q = TensorRef::new(&self.q[..], self.shape_q).unwrap();
+        let k = TensorRef::new(&self.k[..], self.shape_kv).unwrap();
+        let v = TensorRef::new(&self.v[..], self.shape_kv).unwrap();
+        let p = Problem::from_tensors(&q, &k, &v).unwrap();
+        let r = params.resolve(&p).unwrap();
+        sdpa_ref::forward_f64(&p, &attn::Inputs { q, k, v }, &r)
+    }
+}
+
+/// Spec §0.5: rtol 1e-4 / atol 1e-5 against the f64 exact result (`−∞` must match exactly).
+fn assert_close(what: &str, got: &[f32], want: &[f64]) {
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        if *w == f64::NEG_INFINITY {
+            assert_eq!(*g, f32::NEG_INFINITY, "{what}[{i}]");
+            continue;
+        }
+        let err = (*g as f64 - w).abs();
+        assert!(err <= 1e-5 + 1e-4 * w.abs(), "{what}[{i}]: {g} vs exact {w}");
+    }
+}
+
+/// Full support: a window of `2·(S_q + S_kv)` holds every allowed key of every row, so the
+/// implied matrix is `exp(s·QKᵀ)` everywhere: exact attention (GQA, S_q ≠ S_kv, causal offsets).
+#[test]
+fn a_window_covering_every_key_is_exact() {
+    let x = qkv(1, [2, 4, 2], [29, 41], 16, 1.0);
+    for params in
+        [Params::default(), Params::causal(), Params { q_offset: Some(-3), ..Params::causal() }]
+    {
+        let (eo, el) = x.exact(&params);
+        for spec in ["scatterbrain:window=140", "scatterbrain-reference:window=140,features=8"] {
+            let out = x.run(spec, &params).unwrap();
+            let what = format!("{spec} {:?} offset {:?}", params.mask, params.q_offset);
+            assert_close(&format!("{what} o"), &out.o, &eo);
+            assert_close(&format!("{what} lse"), &out.lse, &el);
+            // Only the exact scores are counted: no featurisation is needed.
+            let allowed = attn::Stats::exact(&{
+                let q = TensorRef::new(&x.q[..], x.shape_q).unwrap();
+                let k = TensorRef::new(&x.k[..], x.shape_kv).unwrap();
+                let v = TensorRef::new(&x.v[..], x.shape_kv).unwrap();
+                params.resolve(&Problem::from_tensors(&q, &k, &v).unwrap()).unwrap()
+            });
+            assert_eq!(out.stats.computed_pairs, allowed.computed_pairs, "{what}");
+        }
+    }
+}
+
+/// Empty support (`window=0`): the low-rank part alone, which is Performer with the same seed
+/// and features (its f64 reference).
+#[test]
+fn an_empty_window_is_performer() {
+    let x = qkv(2, [1, 4, 2], [33, 47], 16, 1.0);
+    for params in [Params::default(), Params::causal()] {
+        let want = x.run("performer-reference:features=40,seed=5", &params).unwrap();
+        for spec in [
+            "scatterbrain:window=0,features=40,seed=5",
+            "scatterbrain-reference:window=0,features=40,seed=5",
+        ] {
+            let got = x.run(spec, &params).unwrap();
+            let worst = got.o.iter().zip(&want.o).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(worst < 2e-5, "{spec} {:?}: max |Δo| {worst}", params.mask);
+            for (a, b) in got.lse.iter().zip(&want.lse) {
+                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{spec}: lse {a} vs {b}");
+            }
+            assert_eq!(got.stats, want.stats, "{spec}: both count (S_q + S_kv)·m per head");
+        }
+    }
+}
+
+/// Unbiasedness (spec §4.6 oracle 3): over feature seeds, the unnormalised row sums
+/// `e^{lse_i} = Σ_j Ã_ij` and `e^{lse_i}·o_i = Σ_j Ã_ij v_j` have the exact values as their mean,
+/// within 5 standard errors (sample sd / √n), for every row, with and without the causal mask,
+/// at a window that leaves most pairs to the estimate. Small norms (heavy tails).
+#[test]
+fn the_estimate_is_unbiased_over_seeds() {
+    let (n, d, seeds) = (10usize, 8usize, 20_000u64);
+    let x = qkv(3, [1, 1, 1], [n, n], d, 0.5);
+    for params in [Params::default(), Params::causal()] {
+        let (eo, el) = x.exact(&params);
+        // Per row: Σ X, Σ X², Σ Y, Σ Y² with X = e^{lse}, Y = e^{lse}·o[0].
+        let mut acc = vec![[0.0f64; 4]; n];
+        for seed in 0..seeds {
+            let out =
+                x.run(&format!("scatterbrain:window=3,features=16,seed={seed}"), &params).unwrap();
+            for (i, a) in acc.iter_mut().enumerate() {
+                let den = (out.lse[i] as f64).exp();
+                let num = den * out.o[i * d] as f64;
+                a[0] += den;
+                a[1] += den * den;
+                a[2] += num;
+                a[3] += num * num;
+            }
+        }
+        let nf = seeds as f64;
+        for (i, a) in acc.iter().enumerate() {
+            let den_true = el[i].exp();
+            let num_true = den_true * eo[i * d];
+            for (s1, s2, truth, what) in
+                [(a[0], a[1], den_true, "den"), (a[2], a[3], num_true, "num")]
+            {
+                let mean = s1 / nf;
+                let se = ((s2 / nf - mean * mean).max(0.0) / nf).sqrt();
+                assert!(
+                    // Rows whose window holds every key are exact (se = 0): f32 rounding only.
+                    (mean - truth).abs() < 5.0 * se + 1e-6 * truth.abs(),
+                    "{:?} row {i} {what}: mean {mean} vs exact {truth} (se {se})",
+                    params.mask
+                );
+            }
+        }
+    }
+}
+
+/// Rows of the implied matrix are positive and sum to 1 (`V = 1` ⇒ `o = 1`).
+#[test]
+fn rows_sum_to_one() {
+    let mut x = qkv(4, [2, 4, 2], [40, 56], 32, 1.0);
+    x.v.iter_mut().for_each(|v| *v = 1.0);
+    for params in [Params::default(), Params::causal()] {
+        for spec in ["scatterbrain:window=6", "scatterbrain-reference:window=6"] {
+            let out = x.run(spec, &params).unwrap();
+            for (i, o) in out.o.iter().enumerate() {
+                assert!((o - 1.0).abs() < 1e-5, "{spec} {:?}: o[{i}] = {o}", params.mask);
+            }
+        }
+    }
+}
+
+/// Causality: changing keys and values after a row's position leaves the row bitwise
+/// unchanged (the key log-scale is a running maximum); rows after the change do change.
+#[test]
+fn causal_rows_ignore_the_future_bitwise() {
+    let (n, d) = (40, 16);
+    let x = qkv(5, [1, 2, 1], [n, n], d, 1.0);
+    let spec = "scatterbrain:window=6,features=24";
+    let base = x.run(spec, &Params::causal()).unwrap();
+    let cut = 23;
+    let mut y = qkv(5, [1, 2, 1], [n, n], d, 1.0);
+    for j in cut..n {
+        for e in 0..d {
+            y.k[j * d + e] = 3.0 * y.k[j * d + e] + 0.5;
+            y.v[j * d + e] -= 1.0;
+        }
+    }
+    let moved = y.run(spec, &Params::causal()).unwrap();
+    for h in 0..2 {
+        for i in 0..n {
+            let r = h * n + i;
+            let same = base.o[r * d..(r + 1) * d] == moved.o[r * d..(r + 1) * d];
+            assert_eq!(same, i < cut, "head {h} row {i}");
+        }
+    }
+}
+
+#[test]
+fn the_seed_decides_the_output() {
+    let x = qkv(6, [2, 2, 1], [50, 50], 16, 1.0);
+    for params in [Params::default(), Params::causal()] {
+        let a = x.run("scatterbrain:window=4,seed=3", &params).unwrap();
+        let b = x.run("scatterbrain:window=4,seed=3", &params).unwrap();
+        let c = x.run("scatterbrain:window=4,seed=4", &params).unwrap();
+        assert_eq!(a.o, b.o);
+        assert_eq!(a.lse, b.lse);
+        assert_ne!(a.o, c.o);
+    }
+}
+
+/// Small windows with every kind of row (window clipped at both ends, S_q ≠ S_kv, rows before
+/// every key, empty windows, i.i.d. features): the fast path equals the f64 reference at every
+/// SIMD level and thread count, bitwise across thread counts, through the conformance suite.
+#[test]
+fn fast_equals_reference_at_small_windows() {
+    const W5: Scatterbrain = Scatterbrain { window: 5, features: 8, orthogonal: true, seed: 1 };
+    const W0: Scatterbrain = Scatterbrain { window: 0, features: 16, orthogonal: true, seed: 2 };
+    const IID: Scatterbrain = Scatterbrain { window: 3, features: 24, orthogonal: false, seed: 3 };
+    static A: &[&dyn Method] = &[&Fast(W5), &Reference(W5)];
+    static B: &[&dyn Method] = &[&Fast(W0), &Reference(W0)];
+    static C: &[&dyn Method] = &[&Fast(IID), &Reference(IID)];
+    let cases = vec![
+        case(1, [2, 1], [23, 31], 16),
+        case(2, [4, 2], [41, 41], 32).mask(MaskSpec::Causal),
+        case(1, [1, 1], [40, 30], 8).mask(MaskSpec::Causal).offset(3),
+        case(1, [1, 1], [30, 30], 8).mask(MaskSpec::Causal).offset(-4),
+        case(1, [2, 2], [37, 12], 8),
+        case(1, [1, 1], [1, 50], 16).mask(MaskSpec::Causal),
+    ];
+    for reg in [A, B, C] {
+        let reg = Registry::new(reg);
+        let m = reg.get("scatterbrain").unwrap();
+        let cfg = SuiteConfig { registry: reg, cases: cases.clone(), ..SuiteConfig::for_method(m) };
+        let cov = run_suite_with(m, &cfg);
+        assert_eq!(cov.cases, cases.len());
+    }
+}
+
+/// `computed_pairs`: the window's exact scores plus `(S_q + S_kv)·m` featurisation per head.
+#[test]
+fn pair_count() {
+    let x = qkv(7, [1, 2, 2], [20, 20], 8, 1.0);
+    let out = x.run("scatterbrain:window=4,features=8", &Params::default()).unwrap();
+    // Windows [i−2, i+2) clipped to [0, 20): 2 + 3 + 16·4 + 4 + 3 = 76 scores per head.
+    assert_eq!(out.stats.computed_pairs, 2 * (76 + 40 * 8));
+    let out = x.run("scatterbrain:window=4,features=8", &Params::causal()).unwrap();
+    // Causal: [i−2, i] → 1 + 2 + 18·3 = 57.
+    assert_eq!(out.stats.computed_pairs, 2 * (57 + 40 * 8));
+}
+
+#[test]
+fn parameters_and_rejections_are_typed() {
+    let x = qkv(8, [1, 1, 1], [8, 8], 8, 1.0);
+    let p = Params::default();
+    assert!(matches!(x.run("scatterbrain:window=-1", &p), Err(Error::BadParam { .. })));
+    assert!(matches!(x.run("scatterbrain:features=x", &p), Err(Error::BadParam { .. })));
+    assert!(matches!(x.run("scatterbrain:orthogonal=2", &p), Err(Error::BadParam { .. })));
+    assert!(matches!(x.run("scatterbrain:buckets=2", &p), Err(Error::UnknownParam { .. })));
+    let window = Params::default().with_mask(Mask::sliding_window(4));
+    assert!(matches!(x.run("scatterbrain", &window), Err(Error::Unsupported { .. })));
+    assert!(x.run("scatterbrain:window=3,features=7,orthogonal=false,seed=9", &p).is_ok());
+}
