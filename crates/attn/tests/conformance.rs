@@ -39,6 +39,9 @@ conformance! {
     gated_deltanet => "gated-deltanet",
     gated_deltanet_recurrent => "gated-deltanet-recurrent",
     gated_deltanet_reference => "gated-deltanet-reference",
+    kda => "kda",
+    kda_recurrent => "kda-recurrent",
+    kda_reference => "kda-reference",
 }
 
 /// The sparse methods at budgets far below the grid's lengths, so that the fast paths meet real

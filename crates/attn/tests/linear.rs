@@ -241,9 +241,11 @@ fn call(
 
 #[test]
 fn registered_forms_agree_on_gqa_and_offsets() {
-    for (fam, masks) in
-        [("linear", vec![Mask::None, Mask::Causal]), ("gated-deltanet", vec![Mask::Causal])]
-    {
+    for (fam, masks) in [
+        ("linear", vec![Mask::None, Mask::Causal]),
+        ("gated-deltanet", vec![Mask::Causal]),
+        ("kda", vec![Mask::Causal]),
+    ] {
         for mask in masks {
             for (s_q, s_kv) in [(70, 70), (5, 70), (70, 40), (1, 300)] {
                 let want =
@@ -334,4 +336,72 @@ fn kda_with_equal_channel_gates_is_gated_deltanet() {
     let (o, s) = gdn_run(&x, true, Form::Chunked(64), Par::Seq);
     let (ok, sk) = gdn_run(&xk, true, Form::Chunked(64), Par::Seq);
     assert!(rel(&ok, &o) < 1e-5 && rel(&sk, &s) < 1e-5, "{} {}", rel(&ok, &o), rel(&sk, &s));
+}
+
+/// The registered `kda` runs the engine with `Kda::channel_gates`: its three forms agree on
+/// outputs and final states (engine level, with those gates and a non-zero initial state) and
+/// through the registry, for S ∈ {1, 63, 64, 65, 1000} and several chunk sizes.
+#[test]
+fn kda_method_forms_agree() {
+    use attn::methods::kda::Kda;
+    use attn::methods::linear::Form as MForm;
+    for &(s, d) in &[(1, 16), (63, 16), (64, 16), (65, 16), (1000, 16)] {
+        let gates = Kda::new(MForm::Chunked).channel_gates(d);
+        let mut x = gdn_inputs(1, s, 2, d, d, 90 + s as u64);
+        x.g = (0..s * 2).flat_map(|_| gates.iter().copied()).collect();
+        x.beta.fill(0.5);
+        for init in [false, true] {
+            let (o0, s0) = gdn_run(&x, init, Form::Reference, Par::Seq);
+            let (o1, s1) = gdn_run(&x, init, Form::Recurrent, Par::Seq);
+            assert!(rel(&o1, &o0) < 1e-5, "recurrent S={s}: {}", rel(&o1, &o0));
+            assert!(rel(&s1, &s0) < 1e-5, "recurrent state S={s}: {}", rel(&s1, &s0));
+            for &c in CHUNKS {
+                let (o2, s2) = gdn_run(&x, init, Form::Chunked(c), Par::Seq);
+                assert!(rel(&o2, &o0) < 1e-5, "chunked C={c} S={s}: {}", rel(&o2, &o0));
+                assert!(rel(&s2, &s0) < 1e-5, "chunked state C={c} S={s}: {}", rel(&s2, &s0));
+            }
+        }
+        let want = call("kda-reference", 2, 2, s, s, Mask::Causal).unwrap();
+        let mut specs = vec!["kda-recurrent".to_string()];
+        specs.extend(CHUNKS.iter().map(|c| format!("kda:chunk={c}")));
+        for spec in specs {
+            let got = call(&spec, 2, 2, s, s, Mask::Causal).unwrap();
+            assert!(rel(&got.o, &want.o) < 1e-5, "{spec} S={s}: {}", rel(&got.o, &want.o));
+        }
+    }
+}
+
+#[test]
+fn kda_channel_gates_are_log_spaced_and_tie_to_gated_deltanet() {
+    use attn::methods::kda::Kda;
+    use attn::methods::linear::Form as MForm;
+    let m = Kda { decay_min: 0.5, decay_max: 1.0, ..Kda::new(MForm::Chunked) };
+    let g = m.channel_gates(3);
+    assert!((g[0] - 0.5f32.ln()).abs() < 1e-7 && (g[1] - 0.5f32.ln() / 2.0).abs() < 1e-7);
+    assert_eq!(g[2], 0.0);
+    assert_eq!(m.channel_gates(1), vec![0.0]);
+    // Equal channel decays: KDA is Gated DeltaNet with that decay.
+    let a = call("kda:decay_min=0.95,decay_max=0.95,beta=0.7", 4, 2, 70, 70, Mask::Causal).unwrap();
+    let b = call("gated-deltanet:decay=0.95,beta=0.7", 4, 2, 70, 70, Mask::Causal).unwrap();
+    assert!(rel(&a.o, &b.o) < 1e-5, "{}", rel(&a.o, &b.o));
+    // Different channel decays change the result.
+    let c = call("kda:decay_min=0.5,decay_max=0.95,beta=0.7", 4, 2, 70, 70, Mask::Causal).unwrap();
+    assert!(rel(&c.o, &b.o) > 1e-3);
+}
+
+#[test]
+fn kda_rejects_bad_params() {
+    for spec in [
+        "kda:decay_min=0",
+        "kda:decay_max=1.5",
+        "kda:decay_min=0.99,decay_max=0.9",
+        "kda:decay_min=nan",
+        "kda:beta=2",
+        "kda:chunk=0",
+        "kda-recurrent:decay_max=-1",
+    ] {
+        assert!(matches!(attn::methods::build(spec), Err(Error::BadParam { .. })), "{spec}");
+    }
+    assert!(matches!(attn::methods::build("kda:decay=0.9"), Err(Error::UnknownParam { .. })));
+    assert!(matches!(call("kda", 2, 2, 32, 32, Mask::None), Err(Error::Unsupported { .. })));
 }

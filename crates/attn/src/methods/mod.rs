@@ -7,6 +7,7 @@
 pub mod a_shape;
 pub mod block_sparse;
 pub mod gated_deltanet;
+pub mod kda;
 pub mod linear;
 pub mod pattern;
 pub mod performer;
@@ -39,6 +40,9 @@ static METHODS: &[&dyn Method] = &[
     &gated_deltanet::GatedDeltaNet::new(linear::Form::Chunked),
     &gated_deltanet::GatedDeltaNet::new(linear::Form::Recurrent),
     &gated_deltanet::GatedDeltaNet::new(linear::Form::Reference),
+    &kda::Kda::new(linear::Form::Chunked),
+    &kda::Kda::new(linear::Form::Recurrent),
+    &kda::Kda::new(linear::Form::Reference),
 ];
 
 /// The implementation named by `spec` (`name` or `name:key=value,...`) from [`registry`].
