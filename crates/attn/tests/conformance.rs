@@ -95,4 +95,7 @@ fn every_registered_implementation_has_a_test() {
     for name in TESTED {
         assert!(registry().get(name).is_ok(), "{name} is tested but no longer registered");
     }
+    for (name, _) in attn_testing::suite::LEVEL_INDEPENDENT {
+        assert!(registry().get(name).is_ok(), "{name} is LEVEL_INDEPENDENT but not registered");
+    }
 }
