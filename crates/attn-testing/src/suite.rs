@@ -46,6 +46,8 @@ pub const LEVEL_INDEPENDENT: &[(&str, &str)] = &[
     ("gated-deltanet-recurrent", "attn::linear::delta: plain loops"),
     ("kda", "attn::linear::delta: plain loops"),
     ("kda-recurrent", "attn::linear::delta: plain loops"),
+    ("transnormer", "attn::linear::vanilla and transnormer::diag: plain loops"),
+    ("transnormer-recurrent", "attn::linear::vanilla and transnormer::diag: plain loops"),
 ];
 
 /// Failures printed in full by the final panic.

@@ -405,3 +405,206 @@ fn kda_rejects_bad_params() {
     assert!(matches!(attn::methods::build("kda:decay=0.9"), Err(Error::UnknownParam { .. })));
     assert!(matches!(call("kda", 2, 2, 32, 32, Mask::None), Err(Error::Unsupported { .. })));
 }
+
+/// `attend` on `[1, H, S, 16]` inputs from fixed seeds, `v` transformed by `fv` (index, value).
+fn call_v(
+    spec: &str,
+    [h, h_kv, s_q, s_kv]: [usize; 4],
+    mask: Mask,
+    fv: impl Fn(usize, f32) -> f32,
+) -> attn::Result<attn::Output> {
+    let d = 16;
+    let q = rand(h * s_q * d, 1);
+    let k = rand(h_kv * s_kv * d, 2);
+    let v: Vec<f32> = rand(h_kv * s_kv * d, 3).iter().enumerate().map(|(i, &x)| fv(i, x)).collect();
+    let q = TensorRef::new(&q[..], [1, h, s_q, d])?;
+    let k = TensorRef::new(&k[..], [1, h_kv, s_kv, d])?;
+    let v = TensorRef::new(&v[..], [1, h_kv, s_kv, d])?;
+    let prefs = Prefs { method: Some(spec.into()), ..Prefs::default() };
+    attend(q, k, v, &Params::default().with_mask(mask), &prefs)
+}
+
+fn assert_forms_agree(fam: &str, extra: &str, chunk_key: &str, mask: Mask) {
+    for s in [1, 63, 64, 65, 1000] {
+        let with = |name: &str, more: &str| {
+            let kv: Vec<&str> = [extra, more].into_iter().filter(|x| !x.is_empty()).collect();
+            if kv.is_empty() {
+                name.to_string()
+            } else {
+                format!("{name}:{}", kv.join(","))
+            }
+        };
+        let want = call(&with(&format!("{fam}-reference"), ""), 4, 2, s, s, mask.clone()).unwrap();
+        let mut specs = vec![with(&format!("{fam}-recurrent"), "")];
+        specs.extend(CHUNKS.iter().map(|c| with(fam, &format!("{chunk_key}={c}"))));
+        for spec in specs {
+            let got = call(&spec, 4, 2, s, s, mask.clone()).unwrap();
+            let e = rel(&got.o, &want.o);
+            assert!(e < 1e-5, "{spec} {mask:?} S={s}: {e}");
+            for (a, b) in got.lse.iter().zip(&want.lse) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1.0) || a == b,
+                    "{spec} lse {a} vs {b}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn transnormer_forms_agree() {
+    for mask in [Mask::Causal, Mask::None] {
+        assert_forms_agree("transnormer", "", "chunk", mask.clone());
+        assert_forms_agree("transnormer", "map=elu", "chunk", mask.clone());
+        assert_forms_agree("transnormer", "norm=layernorm,map=relu", "chunk", mask);
+    }
+    // DiagAttention: each block length (part of the function) in the three forms.
+    for b in [1, 16, 64, 100] {
+        for kernel in ["softmax", "relu"] {
+            let extra = format!("mode=diag,diag={kernel},block={b}");
+            assert_forms_agree("transnormer", &extra, "chunk", Mask::Causal);
+        }
+    }
+}
+
+#[test]
+fn transnormer_norm_state_forms_agree() {
+    // NormAttention's state (Σ φ(k) vᵀ, unscaled, no normaliser) from the recurrent and chunked
+    // forms, with the T1 kernel (plain ELU).
+    for &(s, d) in &[(1, 16), (63, 16), (64, 16), (65, 16), (1000, 16)] {
+        let (q, k, v) = (rand(s * d, 4), rand(s * d, 5), rand(s * d, 6));
+        let head = Head { q: &q, k: &k, v: &v, dk: d, dv: d };
+        let cfg =
+            Config { map: FeatureMap::Elu, causal: true, norm: false, scale: 1.0, q_offset: 0 };
+        let (mut o0, mut l0) = (vec![0.0; s * d], vec![0.0; s]);
+        vanilla::reference(&cfg, &head, &mut o0, &mut l0);
+        let mut st_r = State::new(d, d);
+        let (mut o1, mut l1) = (vec![f32::NAN; s * d], vec![f32::NAN; s]);
+        vanilla::recurrent(&cfg, &head, &mut st_r, &mut o1, &mut l1);
+        assert!(rel(&o1, &o0) < 1e-5, "recurrent S={s}");
+        for &c in CHUNKS {
+            let mut st_c = State::new(d, d);
+            let (mut o2, mut l2) = (vec![f32::NAN; s * d], vec![f32::NAN; s]);
+            vanilla::chunked(&cfg, &head, c, &mut st_c, &mut o2, &mut l2);
+            assert!(rel(&o2, &o0) < 1e-5, "chunked C={c} S={s}");
+            assert!(rel(&st_c.s, &st_r.s) < 1e-5, "state C={c} S={s}");
+        }
+    }
+}
+
+#[test]
+fn transnormer_post_norm_formula() {
+    use attn::methods::transnormer::PostNorm;
+    // One row of two heads × 2 values: [3, 4 | 0, 0]; n = 4.
+    let mut o = vec![3.0, 4.0, 0.0, 0.0];
+    PostNorm::Srms.apply(0.0, &mut o, [1, 2, 1, 2]);
+    let r = 5.0 / 2.0; // ‖x‖ / √n
+    for (g, w) in o.iter().zip([3.0 / r, 4.0 / r, 0.0, 0.0]) {
+        assert!((g - w).abs() < 1e-6, "{o:?}");
+    }
+    let mut o = vec![3.0, 4.0, 0.0, 1.0];
+    PostNorm::LayerNorm.apply(0.0, &mut o, [1, 2, 1, 2]);
+    // mean 2, var (1 + 4 + 4 + 1)/4 = 2.5
+    for (g, w) in o.iter().zip([1.0, 2.0, -2.0, -1.0]) {
+        assert!((g - w / 2.5f32.sqrt()).abs() < 1e-6, "{o:?}");
+    }
+    // ε = 0 and a zero row: zero, not NaN.
+    let mut z = vec![0.0; 4];
+    PostNorm::Srms.apply(0.0, &mut z, [1, 1, 1, 4]);
+    assert_eq!(z, vec![0.0; 4]);
+}
+
+#[test]
+fn transnormer_post_norm_is_joint_over_heads_and_scale_invariant() {
+    let shape = [2, 2, 50, 50];
+    // Head 1 (its own key/value head) gets values 10× larger.
+    let big = |i: usize, x: f32| if i >= 50 * 16 { 10.0 * x } else { x };
+    let got = call_v("transnormer-reference", shape, Mask::Causal, big).unwrap();
+    let raw = call_v("linear-reference:norm=false", shape, Mask::Causal, big).unwrap();
+    let norm = |o: &[f32], h: usize, s: usize| {
+        o[(h * 50 + s) * 16..(h * 50 + s + 1) * 16].iter().map(|x| x * x).sum::<f32>().sqrt()
+    };
+    for s in 0..50 {
+        // A joint norm keeps the ratio between heads (a per-head norm would make it ≈ 1).
+        let (a, b) =
+            (norm(&got.o, 1, s) / norm(&got.o, 0, s), norm(&raw.o, 1, s) / norm(&raw.o, 0, s));
+        assert!((a - b).abs() <= 1e-5 * b, "row {s}: {a} vs {b}");
+        assert!(a > 2.0, "row {s}: {a}");
+    }
+    // Scaling v by c > 0 leaves the output unchanged (ε = 0).
+    for spec in ["transnormer-reference:eps=0", "transnormer-reference:eps=0,mode=diag,diag=relu"] {
+        let a = call_v(spec, shape, Mask::Causal, |_, x| x).unwrap();
+        let b = call_v(spec, shape, Mask::Causal, |_, x| 3.7 * x).unwrap();
+        assert!(rel(&a.o, &b.o) < 1e-6, "{spec}: {}", rel(&a.o, &b.o));
+    }
+}
+
+#[test]
+fn transnormer_diag_softmax_with_one_block_is_causal_softmax() {
+    for (s_q, s_kv) in [(70, 70), (1, 70), (30, 70)] {
+        let want = call("sdpa-reference", 4, 2, s_q, s_kv, Mask::Causal).unwrap();
+        for spec in [
+            "transnormer-reference:mode=diag,block=128",
+            "transnormer:mode=diag,block=70",
+            "transnormer-recurrent:mode=diag,block=1000",
+        ] {
+            let got = call(spec, 4, 2, s_q, s_kv, Mask::Causal).unwrap();
+            assert!(rel(&got.o, &want.o) < 1e-5, "{spec} {s_q}x{s_kv}: {}", rel(&got.o, &want.o));
+            assert!(rel(&got.lse, &want.lse) < 1e-5, "{spec} lse");
+        }
+    }
+}
+
+#[test]
+fn transnormer_diag_blocks_do_not_leak() {
+    // Perturbing key/value 70 (block 1 of 32-position blocks) changes only rows 70..96.
+    let shape = [2, 2, 130, 130];
+    let pert = |i: usize, x: f32| if i / 16 == 70 || i / 16 == 130 + 70 { x + 5.0 } else { x };
+    for spec in
+        ["transnormer:mode=diag,block=32", "transnormer-recurrent:mode=diag,diag=relu,block=32"]
+    {
+        let a = call_v(spec, shape, Mask::Causal, |_, x| x).unwrap();
+        let b = call_v(spec, shape, Mask::Causal, pert).unwrap();
+        for h in 0..2 {
+            for s in 0..130 {
+                let row = |o: &[f32]| o[(h * 130 + s) * 16..(h * 130 + s + 1) * 16].to_vec();
+                let same = row(&a.o) == row(&b.o);
+                // Outside the block: unchanged. Inside, softmax rows all change (relu rows whose
+                // score against key 70 is negative need not).
+                if !(70..96).contains(&s) {
+                    assert!(same, "{spec} head {h} row {s} changed");
+                } else if !spec.contains("relu") {
+                    assert!(!same, "{spec} head {h} row {s} unchanged");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn transnormer_rejects_bad_params_and_masks() {
+    for spec in [
+        "transnormer:mode=global",
+        "transnormer:map=favor",
+        "transnormer:diag=gelu",
+        "transnormer:block=0",
+        "transnormer:norm=batchnorm",
+        "transnormer:eps=-1",
+        "transnormer:eps=nan",
+        "transnormer-recurrent:chunk=0",
+    ] {
+        assert!(matches!(attn::methods::build(spec), Err(Error::BadParam { .. })), "{spec}");
+    }
+    assert!(matches!(attn::methods::build("transnormer:w=3"), Err(Error::UnknownParam { .. })));
+    match call("transnormer:mode=diag", 2, 2, 32, 32, Mask::None) {
+        Err(Error::Unsupported { reasons, .. }) => {
+            assert!(reasons.iter().any(|r| matches!(r, attn::Reason::Other(_))), "{reasons:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        call("transnormer", 2, 2, 32, 32, Mask::sliding_window(8)),
+        Err(Error::Unsupported { .. })
+    ));
+    assert!(call("transnormer", 2, 2, 32, 32, Mask::None).is_ok());
+}

@@ -13,6 +13,7 @@ pub mod pattern;
 pub mod performer;
 pub mod sdpa;
 pub mod streaming;
+pub mod transnormer;
 pub mod vertical_slash;
 
 use crate::dispatch::{Method, Registry};
@@ -43,6 +44,9 @@ static METHODS: &[&dyn Method] = &[
     &kda::Kda::new(linear::Form::Chunked),
     &kda::Kda::new(linear::Form::Recurrent),
     &kda::Kda::new(linear::Form::Reference),
+    &transnormer::Transnormer::new(linear::Form::Chunked),
+    &transnormer::Transnormer::new(linear::Form::Recurrent),
+    &transnormer::Transnormer::new(linear::Form::Reference),
 ];
 
 /// The implementation named by `spec` (`name` or `name:key=value,...`) from [`registry`].
