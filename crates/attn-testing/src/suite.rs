@@ -48,6 +48,8 @@ pub const LEVEL_INDEPENDENT: &[(&str, &str)] = &[
     ("kda-recurrent", "attn::linear::delta: plain loops"),
     ("transnormer", "attn::linear::vanilla and transnormer::diag: plain loops"),
     ("transnormer-recurrent", "attn::linear::vanilla and transnormer::diag: plain loops"),
+    ("nalaformer", "attn::linear::nala and ::vanilla: plain loops"),
+    ("nalaformer-recurrent", "attn::linear::nala and ::vanilla: plain loops"),
 ];
 
 /// Failures printed in full by the final panic.

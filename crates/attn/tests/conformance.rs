@@ -45,6 +45,9 @@ conformance! {
     transnormer => "transnormer",
     transnormer_recurrent => "transnormer-recurrent",
     transnormer_reference => "transnormer-reference",
+    nalaformer => "nalaformer",
+    nalaformer_recurrent => "nalaformer-recurrent",
+    nalaformer_reference => "nalaformer-reference",
 }
 
 /// The sparse methods at budgets far below the grid's lengths, so that the fast paths meet real

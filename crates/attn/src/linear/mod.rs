@@ -14,11 +14,13 @@
 //! `g, beta: [B, T, H]`, state `[B, H, K, V]`) and gathers each head.
 //!
 //! Mechanisms: [`vanilla`] (kernelised linear attention with a feature map) and [`delta`] (the
-//! gated delta rule of Gated DeltaNet and KDA). The FAVOR+ positive random feature map plugs into
+//! gated delta rule of Gated DeltaNet and KDA); [`nala`] adds NaLaFormer's norm-aware feature maps
+//! on top of [`vanilla`]. The FAVOR+ positive random feature map plugs into
 //! [`FeatureMap`] once the shared RNG (`primitives/rng.rs`) lands: it needs a seeded projection
 //! matrix, so it will be a variant carrying that matrix rather than a pure element-wise map.
 
 pub mod delta;
+pub mod nala;
 pub mod vanilla;
 
 pub use delta::{gated_delta_rule, DeltaInputs};

@@ -9,6 +9,7 @@ pub mod block_sparse;
 pub mod gated_deltanet;
 pub mod kda;
 pub mod linear;
+pub mod nalaformer;
 pub mod pattern;
 pub mod performer;
 pub mod sdpa;
@@ -47,6 +48,9 @@ static METHODS: &[&dyn Method] = &[
     &transnormer::Transnormer::new(linear::Form::Chunked),
     &transnormer::Transnormer::new(linear::Form::Recurrent),
     &transnormer::Transnormer::new(linear::Form::Reference),
+    &nalaformer::Nalaformer::new(linear::Form::Chunked),
+    &nalaformer::Nalaformer::new(linear::Form::Recurrent),
+    &nalaformer::Nalaformer::new(linear::Form::Reference),
 ];
 
 /// The implementation named by `spec` (`name` or `name:key=value,...`) from [`registry`].

@@ -198,6 +198,7 @@ impl Method for Linear {
             norm: self.norm,
             scale: params.scale,
             q_offset: params.geometry.q_offset,
+            eps: 0.0,
         };
         let (d, dv) = (p.d, p.d_v);
         let pairs = run_heads(p, inputs, par, out, |q, k, v, o, lse| {

@@ -286,6 +286,7 @@ impl Method for Transnormer {
                     norm: false,
                     scale: 1.0,
                     q_offset,
+                    eps: 0.0,
                 };
                 run_heads(p, inputs, par, heads_out, |q, k, v, o, lse| {
                     let head = vanilla::Head { q, k, v, dk: d, dv };
