@@ -740,3 +740,106 @@ fn nalaformer_rejects_bad_params() {
         Err(Error::Unsupported { .. })
     ));
 }
+
+/// Decode-step timing (not a pass/fail check: prints a table). After a chunked prefill of `S`
+/// tokens, one decode step (add a key, read one query) costs the same whatever `S`: the state is
+/// `[D, D_v]` (linear, Gated DeltaNet, KDA) or one block of keys (DiagAttention). Run with
+/// `cargo test --release -p attn --test linear -- --ignored --nocapture decode_step`.
+#[test]
+#[ignore = "timing table; run by hand in release"]
+fn decode_step_time_is_independent_of_s() {
+    use attn::methods::transnormer::diag;
+    use std::time::Instant;
+    let (d, steps) = (128, 512);
+    let kda_gates =
+        attn::methods::kda::Kda::new(attn::methods::linear::Form::Chunked).channel_gates(d);
+    println!("| S (prefill) | linear µs/step | gated-deltanet µs/step | kda µs/step | diag-softmax µs/step |");
+    println!("|---|---|---|---|---|");
+    for s in [1024usize, 4096, 16384, 65536] {
+        let (q, k, v) =
+            (rand((s + steps) * d, 1), rand((s + steps) * d, 2), rand((s + steps) * d, 3));
+        // Median of 5 runs of `steps` decode steps (positions S..S+steps), in µs per step.
+        let time = |f: &mut dyn FnMut(usize)| {
+            let mut runs: Vec<f64> = (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    for i in s..s + steps {
+                        f(i);
+                    }
+                    t.elapsed().as_secs_f64() * 1e6 / steps as f64
+                })
+                .collect();
+            runs.sort_by(f64::total_cmp);
+            runs[2]
+        };
+        let mut o = vec![0.0f32; s * d];
+        let mut lse = vec![0.0f32; s];
+        let mut row = vec![0.0f32; d];
+        // linear: State after the prefill, then update + read per token.
+        let cfg = Config {
+            map: FeatureMap::Elu1,
+            causal: true,
+            norm: true,
+            scale: 0.1,
+            q_offset: 0,
+            eps: 0.0,
+        };
+        let pre = Head { q: &q[..s * d], k: &k[..s * d], v: &v[..s * d], dk: d, dv: d };
+        let mut st = State::new(d, d);
+        vanilla::chunked(&cfg, &pre, 64, &mut st, &mut o, &mut lse);
+        let t_lin = time(&mut |i| {
+            st.update(cfg.map, &k[i * d..(i + 1) * d], &v[i * d..(i + 1) * d]);
+            st.read(&cfg, &q[i * d..(i + 1) * d], true, &mut row);
+        });
+        // Gated DeltaNet (scalar gate) and KDA (channel gates): delta::step + delta::read.
+        let mut delta_time = |g: &[f32]| {
+            let gs: Vec<f32> = (0..s).flat_map(|_| g.iter().copied()).collect();
+            let beta = vec![0.5f32; s];
+            let dcfg = delta::Config { scale: 0.1, l2norm: true, q_offset: 0 };
+            let pre = delta::Head {
+                q: &q[..s * d],
+                k: &k[..s * d],
+                v: &v[..s * d],
+                g: &gs,
+                beta: &beta,
+                dk: d,
+                dv: d,
+            };
+            let mut st = vec![0.0f32; d * d];
+            delta::chunked(&dcfg, &pre, 64, &mut st, &mut o, &mut lse);
+            let mut scratch = vec![0.0f32; 2 * d];
+            time(&mut |i| {
+                delta::step(
+                    true,
+                    &mut st,
+                    &k[i * d..(i + 1) * d],
+                    &v[i * d..(i + 1) * d],
+                    g,
+                    0.5,
+                    &mut scratch,
+                );
+                delta::read(&dcfg, &st, &q[i * d..(i + 1) * d], &mut row, &mut scratch);
+            })
+        };
+        let t_gdn = delta_time(&[0.99f32.ln()]);
+        let t_kda = delta_time(&kda_gates);
+        // DiagAttention: the decode state is the current block (≤ 64 keys); one step reads it.
+        let dcfg =
+            diag::Config { kernel: diag::Kernel::Softmax, block: 64, scale: 0.1, q_offset: 0 };
+        let mut o1 = vec![0.0f32; d];
+        let mut l1 = vec![0.0f32; 1];
+        let t_diag = time(&mut |i| {
+            let b0 = i / 64 * 64;
+            let head = diag::Head {
+                q: &q[i * d..(i + 1) * d],
+                k: &k[b0 * d..(i + 1) * d],
+                v: &v[b0 * d..(i + 1) * d],
+                dk: d,
+                dv: d,
+            };
+            let c = diag::Config { q_offset: (i - b0) as i64, ..dcfg };
+            diag::recurrent(&c, &head, &mut o1, &mut l1);
+        });
+        println!("| {s} | {t_lin:.2} | {t_gdn:.2} | {t_kda:.2} | {t_diag:.2} |");
+    }
+}
