@@ -843,3 +843,43 @@ fn decode_step_time_is_independent_of_s() {
         println!("| {s} | {t_lin:.2} | {t_gdn:.2} | {t_kda:.2} | {t_diag:.2} |");
     }
 }
+
+#[test]
+fn nala_feature_states_forms_agree() {
+    // NaLaFormer's fast forms: 2D-wide features into the vanilla engine (identity map, scale 1,
+    // ε per key). Outputs against the f64 reference; final states (Σ φ_k vᵀ, Σ φ_k, n) between
+    // the recurrent and chunked forms.
+    use attn::linear::nala::{self, key_features, query_features};
+    for &(s, d) in &[(1, 16), (63, 16), (64, 16), (65, 16), (1000, 16)] {
+        let (q, k, v) = (rand(s * d, 21), rand(s * d, 22), rand(s * d, 23));
+        let (mut fq, mut fk) = (vec![0.0f32; s * 2 * d], vec![0.0f32; s * 2 * d]);
+        for i in 0..s {
+            query_features(&q[i * d..(i + 1) * d], 3.0, &mut fq[i * 2 * d..(i + 1) * 2 * d]);
+            key_features(&k[i * d..(i + 1) * d], &mut fk[i * 2 * d..(i + 1) * 2 * d]);
+        }
+        let ncfg = nala::Config { lambda: 3.0, eps: 1e-6, causal: true, q_offset: 0 };
+        let (mut o0, mut l0) = (vec![0.0; s * d], vec![0.0; s]);
+        nala::reference(&ncfg, &Head { q: &q, k: &k, v: &v, dk: d, dv: d }, &mut o0, &mut l0);
+        let cfg = Config {
+            map: FeatureMap::Identity,
+            causal: true,
+            norm: true,
+            scale: 1.0,
+            q_offset: 0,
+            eps: 1e-6,
+        };
+        let head = Head { q: &fq, k: &fk, v: &v, dk: 2 * d, dv: d };
+        let mut st_r = State::new(2 * d, d);
+        let (mut o1, mut l1) = (vec![f32::NAN; s * d], vec![f32::NAN; s]);
+        vanilla::recurrent(&cfg, &head, &mut st_r, &mut o1, &mut l1);
+        assert!(rel(&o1, &o0) < 1e-5 && rel(&l1, &l0) < 1e-5, "recurrent S={s}");
+        for &c in CHUNKS {
+            let mut st_c = State::new(2 * d, d);
+            let (mut o2, mut l2) = (vec![f32::NAN; s * d], vec![f32::NAN; s]);
+            vanilla::chunked(&cfg, &head, c, &mut st_c, &mut o2, &mut l2);
+            assert!(rel(&o2, &o0) < 1e-5 && rel(&l2, &l0) < 1e-5, "chunked C={c} S={s}");
+            assert!(rel(&st_c.s, &st_r.s) < 1e-5 && rel(&st_c.z, &st_r.z) < 1e-5, "C={c} S={s}");
+            assert_eq!((st_c.n, st_r.n), (s as u64, s as u64));
+        }
+    }
+}
