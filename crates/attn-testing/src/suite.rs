@@ -35,6 +35,23 @@ pub const THREAD_DEPENDENT: &[(&str, &str)] = &[(
      merged in that order",
 )];
 
+/// Implementations with no SIMD-level dispatch (no call into `attn::primitives::simd`): at every
+/// [`Level`] they run the same instructions, so [`SuiteConfig::for_method`] runs them at
+/// [`Level::current`] only. The linear-family engines (`attn::linear`) are plain loops the compiler
+/// vectorises for the build target; an implementation that starts dispatching must leave this list.
+pub const LEVEL_INDEPENDENT: &[(&str, &str)] = &[
+    ("linear", "attn::linear::vanilla: plain loops"),
+    ("linear-recurrent", "attn::linear::vanilla: plain loops"),
+    ("gated-deltanet", "attn::linear::delta: plain loops"),
+    ("gated-deltanet-recurrent", "attn::linear::delta: plain loops"),
+    ("kda", "attn::linear::delta: plain loops"),
+    ("kda-recurrent", "attn::linear::delta: plain loops"),
+    ("transnormer", "attn::linear::vanilla and transnormer::diag: plain loops"),
+    ("transnormer-recurrent", "attn::linear::vanilla and transnormer::diag: plain loops"),
+    ("nalaformer", "attn::linear::nala and ::vanilla: plain loops"),
+    ("nalaformer-recurrent", "attn::linear::nala and ::vanilla: plain loops"),
+];
+
 /// Failures printed in full by the final panic.
 pub const MAX_SHOWN: usize = 12;
 
@@ -59,7 +76,8 @@ pub struct SuiteConfig {
 
 impl SuiteConfig {
     /// The configuration for `m`: the grid in force (restricted to case names containing
-    /// `ATTN_CASE_FILTER` when set), every available level and `Seq`, `Rayon(2)`, `Rayon(3)`.
+    /// `ATTN_CASE_FILTER` when set), every available level (the current one only for
+    /// [`LEVEL_INDEPENDENT`] implementations) and `Seq`, `Rayon(2)`, `Rayon(3)`.
     /// References (plain loops, no SIMD, no threads by contract) run once, sequentially.
     pub fn for_method(m: &dyn Method) -> Self {
         let filter = std::env::var("ATTN_CASE_FILTER").ok();
@@ -69,6 +87,8 @@ impl SuiteConfig {
             .collect();
         let (levels, pars) = if m.is_reference() {
             (vec![Level::current()], vec![Par::Seq])
+        } else if LEVEL_INDEPENDENT.iter().any(|(n, _)| *n == m.name()) {
+            (vec![Level::current()], vec![Par::Seq, Par::Rayon(2), Par::Rayon(3)])
         } else {
             (Level::available(), vec![Par::Seq, Par::Rayon(2), Par::Rayon(3)])
         };

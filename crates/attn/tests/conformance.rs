@@ -45,6 +45,15 @@ conformance! {
     gated_deltanet => "gated-deltanet",
     gated_deltanet_recurrent => "gated-deltanet-recurrent",
     gated_deltanet_reference => "gated-deltanet-reference",
+    kda => "kda",
+    kda_recurrent => "kda-recurrent",
+    kda_reference => "kda-reference",
+    transnormer => "transnormer",
+    transnormer_recurrent => "transnormer-recurrent",
+    transnormer_reference => "transnormer-reference",
+    nalaformer => "nalaformer",
+    nalaformer_recurrent => "nalaformer-recurrent",
+    nalaformer_reference => "nalaformer-reference",
 }
 
 /// The sparse methods at budgets far below the grid's lengths, so that the fast paths meet real
@@ -101,5 +110,45 @@ fn every_registered_implementation_has_a_test() {
     }
     for name in TESTED {
         assert!(registry().get(name).is_ok(), "{name} is tested but no longer registered");
+    }
+    for (name, _) in attn_testing::suite::LEVEL_INDEPENDENT {
+        assert!(registry().get(name).is_ok(), "{name} is LEVEL_INDEPENDENT but not registered");
+    }
+}
+
+/// transNormer's DiagAttention mode (the registered instances run NormAttention) on the grid, with
+/// blocks of 16 so that the grid's lengths cross block edges: softmax and relu kernels.
+mod transnormer_diag {
+    use attn::methods::linear::Form;
+    use attn::methods::transnormer::{diag::Kernel, Mode, Transnormer};
+    use attn::{Method, Registry};
+    use attn_testing::{run_suite_with, SuiteConfig};
+
+    const fn diag(kernel: Kernel, form: Form) -> Transnormer {
+        Transnormer { mode: Mode::Diag, diag: kernel, block: 16, ..Transnormer::new(form) }
+    }
+    const SOFTMAX: [Transnormer; 3] = [
+        diag(Kernel::Softmax, Form::Chunked),
+        diag(Kernel::Softmax, Form::Recurrent),
+        diag(Kernel::Softmax, Form::Reference),
+    ];
+    const RELU: [Transnormer; 3] = [
+        diag(Kernel::Relu, Form::Chunked),
+        diag(Kernel::Relu, Form::Recurrent),
+        diag(Kernel::Relu, Form::Reference),
+    ];
+    static SOFTMAX_REG: &[&dyn Method] = &[&SOFTMAX[0], &SOFTMAX[1], &SOFTMAX[2]];
+    static RELU_REG: &[&dyn Method] = &[&RELU[0], &RELU[1], &RELU[2]];
+
+    #[test]
+    fn transnormer_diag_forms_equal_their_reference_on_the_grid() {
+        for methods in [SOFTMAX_REG, RELU_REG] {
+            let reg = Registry::new(methods);
+            for m in reg.methods().iter().filter(|m| !m.is_reference()) {
+                let cfg = SuiteConfig { registry: reg, ..SuiteConfig::for_method(*m) };
+                let cov = run_suite_with(*m, &cfg);
+                assert!(cov.cases > 0, "{}", m.name());
+            }
+        }
     }
 }

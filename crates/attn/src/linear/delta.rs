@@ -9,7 +9,7 @@
 //! Chunked form (chunk of `n` tokens, state `S₀` before it, `γ_i = Σ_{t ≤ i} g_t` inside the
 //! chunk): `A_ij = β_i e^{γ_i−γ_j} k_i·k_j` for `j < i`; forward substitution through `I + A`
 //! (the UT transform) gives `w = (I+A)⁻¹ (β e^{γ} k)` and `u = (I+A)⁻¹ (β v)`; the pseudo-values
-//! are `ũ_i = u_i − S₀ᵀ w_i`, and
+//! are `ũ_i = u_i − S₀ᵀ w_i` (solved for directly: `(I+A) ũ = β (v − S₀ᵀ(e^{γ} k))`), and
 //! `o_i = e^{γ_i} S₀ᵀ q_i + Σ_{j ≤ i} e^{γ_i−γ_j} (q_i·k_j) ũ_j`,
 //! `S_n = e^{γ_n} S₀ + Σ_j e^{γ_n−γ_j} k_j ũ_jᵀ`. Every factor `e^{…}` is `≤ 1`: stable in f32.
 //!
@@ -95,17 +95,23 @@ pub fn reference(cfg: &Config, h: &Head, state: &mut [f32], o: &mut [f32], lse: 
     let (dk, dv, s_q, t) = (h.dk, h.dv, h.s_q(), h.t());
     let seen0 = state.iter().any(|&x| x != 0.0);
     let mut s: Vec<f64> = state.iter().map(|&x| x as f64).collect();
-    let read = |s: &[f64], i: usize, seen: bool, o: &mut [f32], lse: &mut [f32]| {
+    // Loops run row-major over the state (`r` outer, `c` inner): each output element still sums
+    // over `r` in order 0..K, and the state is walked contiguously.
+    let mut acc = vec![0.0f64; dv];
+    let mut read = |s: &[f64], i: usize, seen: bool, o: &mut [f32], lse: &mut [f32]| {
         let q = l2n64(&h.q[i * dk..(i + 1) * dk], cfg.l2norm);
-        for c in 0..dv {
-            let mut acc = 0.0;
-            for r in 0..dk {
-                acc += s[r * dv + c] * q[r] * cfg.scale as f64;
+        acc.fill(0.0);
+        for (r, &qr) in q.iter().enumerate() {
+            for (a, &x) in acc.iter_mut().zip(&s[r * dv..(r + 1) * dv]) {
+                *a += x * qr * cfg.scale as f64;
             }
-            o[i * dv + c] = acc as f32;
+        }
+        for (d, &a) in o[i * dv..(i + 1) * dv].iter_mut().zip(acc.iter()) {
+            *d = a as f32;
         }
         lse[i] = lse_of(seen);
     };
+    let mut sk = vec![0.0f64; dv];
     let mut i = 0;
     while i < s_q && keys_seen(cfg.q_offset, i, t) == 0 {
         read(&s, i, seen0, o, lse);
@@ -119,14 +125,18 @@ pub fn reference(cfg: &Config, h: &Head, state: &mut [f32], o: &mut [f32], lse: 
             let a = (h.g[j * gw + if gw > 1 { r } else { 0 }] as f64).exp();
             s[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= a);
         }
-        for c in 0..dv {
-            let mut sk = 0.0;
-            for r in 0..dk {
-                sk += s[r * dv + c] * k[r];
+        sk.fill(0.0);
+        for (r, &kr) in k.iter().enumerate() {
+            for (a, &x) in sk.iter_mut().zip(&s[r * dv..(r + 1) * dv]) {
+                *a += x * kr;
             }
-            let u = b * (h.v[j * dv + c] as f64 - sk);
-            for r in 0..dk {
-                s[r * dv + c] += k[r] * u;
+        }
+        for (u, &v) in sk.iter_mut().zip(&h.v[j * dv..(j + 1) * dv]) {
+            *u = b * (v as f64 - *u); // u_c = β (v_c − (Sᵀk)_c)
+        }
+        for (r, &kr) in k.iter().enumerate() {
+            for (x, &u) in s[r * dv..(r + 1) * dv].iter_mut().zip(sk.iter()) {
+                *x += kr * u;
             }
         }
         while i < s_q && keys_seen(cfg.q_offset, i, t) == j + 1 {
@@ -154,13 +164,14 @@ pub fn step(
     let (dk, dv) = (k.len(), v.len());
     let (kn, u) = scratch[..dk + dv].split_at_mut(dk);
     l2n32(k, l2norm, 1.0, kn);
-    for r in 0..dk {
-        let a = g[if g.len() > 1 { r } else { 0 }].exp();
-        state[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= a);
-    }
+    // One pass decays row r of the state and adds k_r × (decayed row) to u = S'ᵀk.
     u.fill(0.0);
     for (r, &kr) in kn.iter().enumerate() {
-        axpy(u, kr, &state[r * dv..(r + 1) * dv]);
+        let a = g[if g.len() > 1 { r } else { 0 }].exp();
+        for (u, x) in u.iter_mut().zip(&mut state[r * dv..(r + 1) * dv]) {
+            *x *= a;
+            *u += kr * *x;
+        }
     }
     for (u, &v) in u.iter_mut().zip(v) {
         *u = beta * (v - *u);
@@ -211,8 +222,33 @@ pub fn recurrent(cfg: &Config, h: &Head, state: &mut [f32], o: &mut [f32], lse: 
     0
 }
 
+/// `Σ_r x_r y_r e_r` in f32, in the fixed order of [`dot`] (8 interleaved partial sums).
+#[inline(always)]
+fn dot3(x: &[f32], y: &[f32], e: &[f32]) -> f32 {
+    let n = x.len().min(y.len()).min(e.len());
+    let mut acc = [0.0f32; 8];
+    let (xc, yc, ec) = (x[..n].chunks_exact(8), y[..n].chunks_exact(8), e[..n].chunks_exact(8));
+    let (xr, yr, er) = (xc.remainder(), yc.remainder(), ec.remainder());
+    for ((x, y), e) in xc.zip(yc).zip(ec) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l] * e[l];
+        }
+    }
+    for (l, ((x, y), e)) in xr.iter().zip(yr).zip(er).enumerate() {
+        acc[l] += x * y * e;
+    }
+    (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
 /// The chunkwise-parallel form (UT representation, see the module doc) with chunks of `chunk`
 /// tokens. Returns the `q·k` scores computed inside chunks (rows × their in-chunk keys).
+///
+/// Inside a chunk, token `a` is processed in order: the pairwise decays `e_b = e^{γ_a − γ_b}`
+/// (`b ≤ a`, one value or one per channel) are kept as running products `e_b ← α_a e_b`, so the
+/// only exponentials are `α_a = e^{g_a}` and no factor ever exceeds 1. The pseudo-value
+/// `ũ_a = β_a (v_a − S₀ᵀ(e^{γ_a} ⊙ k̂_a)) − Σ_{b<a} A_ab ũ_b` is the forward substitution of
+/// `(I + A) Ũ = diag(β)(V − (e^{γ} ⊙ K̂) S₀)`, i.e. `U − W S₀` without forming `W`; rows whose last
+/// key is `a` are then read at once.
 pub fn chunked(
     cfg: &Config,
     h: &Head,
@@ -232,97 +268,84 @@ pub fn chunked(
         i += 1;
     }
     // Per-chunk buffers, sized once. `gw`: 1 (scalar gate, Gated DeltaNet) or K (channel-wise
-    // gate, KDA); `gam[a·gw + c]` is the in-chunk cumulative log gate.
+    // gate, KDA); `ch(r)`: the gate entry of key channel r.
     let gw = h.g.len() / t;
-    let ch = |c: usize| if gw > 1 { c } else { 0 };
-    let mut kn = vec![0.0f32; c * dk];
-    let mut w = vec![0.0f32; c * dk];
-    let mut u = vec![0.0f32; c * dv];
-    let mut gam = vec![0.0f32; c * gw];
-    let mut qn = vec![0.0f32; dk];
+    let ch = |r: usize| if gw > 1 { r } else { 0 };
+    let mut kn = vec![0.0f32; c * dk]; // k̂ of the chunk: [n, K]
+    let mut u = vec![0.0f32; c * dv]; // ũ of the chunk: [n, V]
+    let mut e = vec![0.0f32; c * gw]; // e^{γ_a − γ_b} for the current a: [n, gw]
+    let mut pa = vec![0.0f32; gw]; // e^{γ_a}
+    let mut alpha = vec![0.0f32; gw];
     let mut f = vec![0.0f32; dk];
+    let mut qn = vec![0.0f32; dk];
     let mut pairs = 0u64;
     let mut c0 = 0;
-    // Σ_c x_c y_c e^{γ_a,c − γ_b,c} (a ≥ b, every exponent ≤ 0).
-    let gdot = |gam: &[f32], x: &[f32], y: &[f32], a: usize, b: usize| -> f32 {
-        if gw == 1 {
-            dot(x, y) * (gam[a] - gam[b]).exp()
-        } else {
-            let (ga, gb) = (&gam[a * gw..(a + 1) * gw], &gam[b * gw..(b + 1) * gw]);
-            x.iter()
-                .zip(y)
-                .zip(ga.iter().zip(gb))
-                .map(|((x, y), (p, q))| x * y * (p - q).exp())
-                .sum()
-        }
-    };
     while c0 < t {
         let n = c.min(t - c0);
+        pa.fill(1.0);
         for a in 0..n {
-            for e in 0..gw {
-                let prev = if a == 0 { 0.0 } else { gam[(a - 1) * gw + e] };
-                gam[a * gw + e] = prev + h.g[(c0 + a) * gw + e];
+            for (al, &g) in alpha.iter_mut().zip(&h.g[(c0 + a) * gw..(c0 + a + 1) * gw]) {
+                *al = g.exp();
             }
-            l2n32(
-                &h.k[(c0 + a) * dk..(c0 + a + 1) * dk],
-                cfg.l2norm,
-                1.0,
-                &mut kn[a * dk..(a + 1) * dk],
-            );
-        }
-        // Forward substitution: w_a = β e^{γ_a} k_a − Σ_{b<a} A_ab w_b, u_a = β v_a − Σ A_ab u_b.
-        for a in 0..n {
+            for (p, &al) in pa.iter_mut().zip(&alpha) {
+                *p *= al;
+            }
+            for eb in e[..a * gw].chunks_exact_mut(gw) {
+                for (x, &al) in eb.iter_mut().zip(&alpha) {
+                    *x *= al;
+                }
+            }
+            e[a * gw..(a + 1) * gw].fill(1.0);
+            let (kp, ka) = kn.split_at_mut(a * dk);
+            let ka = &mut ka[..dk];
+            l2n32(&h.k[(c0 + a) * dk..(c0 + a + 1) * dk], cfg.l2norm, 1.0, ka);
+            // ũ_a = β_a (v_a − S₀ᵀ(e^{γ_a} ⊙ k̂_a)) − Σ_{b<a} A_ab ũ_b.
             let beta = h.beta[c0 + a];
-            let (wp, wa) = w.split_at_mut(a * dk);
-            let wa = &mut wa[..dk];
             let (up, ua) = u.split_at_mut(a * dv);
             let ua = &mut ua[..dv];
-            let ka = &kn[a * dk..(a + 1) * dk];
-            for (r, (x, &k)) in wa.iter_mut().zip(ka).enumerate() {
-                *x = beta * gam[a * gw + ch(r)].exp() * k;
+            ua.copy_from_slice(&h.v[(c0 + a) * dv..(c0 + a + 1) * dv]);
+            for (r, (fr, &k)) in f.iter_mut().zip(ka.iter()).enumerate() {
+                *fr = pa[ch(r)] * k;
             }
-            for (x, &v) in ua.iter_mut().zip(&h.v[(c0 + a) * dv..(c0 + a + 1) * dv]) {
-                *x = beta * v;
-            }
-            for b in 0..a {
-                let coef = beta * gdot(&gam, ka, &kn[b * dk..(b + 1) * dk], a, b);
-                axpy(wa, -coef, &wp[b * dk..(b + 1) * dk]);
-                axpy(ua, -coef, &up[b * dv..(b + 1) * dv]);
-            }
-        }
-        // Pseudo-values ũ_a = u_a − S₀ᵀ w_a.
-        for a in 0..n {
-            let ua = &mut u[a * dv..(a + 1) * dv];
-            for (r, &x) in w[a * dk..(a + 1) * dk].iter().enumerate() {
+            for (r, &x) in f.iter().enumerate() {
                 axpy(ua, -x, &state[r * dv..(r + 1) * dv]);
             }
-        }
-        // Rows whose last key lies in this chunk.
-        while i < s_q && keys_seen(cfg.q_offset, i, t) <= c0 + n {
-            let m = keys_seen(cfg.q_offset, i, t) - 1 - c0; // local index of the last key
-            l2n32(&h.q[i * dk..(i + 1) * dk], cfg.l2norm, cfg.scale, &mut qn);
-            let oi = &mut o[i * dv..(i + 1) * dv];
-            oi.fill(0.0);
-            for (r, &x) in qn.iter().enumerate() {
-                axpy(oi, gam[m * gw + ch(r)].exp() * x, &state[r * dv..(r + 1) * dv]);
+            ua.iter_mut().for_each(|x| *x *= beta);
+            for b in 0..a {
+                let kb = &kp[b * dk..(b + 1) * dk];
+                let eb = &e[b * gw..(b + 1) * gw];
+                let coef = beta * if gw == 1 { eb[0] * dot(ka, kb) } else { dot3(ka, kb, eb) };
+                axpy(ua, -coef, &up[b * dv..(b + 1) * dv]);
             }
-            for b in 0..=m {
-                let s = gdot(&gam, &qn, &kn[b * dk..(b + 1) * dk], m, b);
-                axpy(oi, s, &u[b * dv..(b + 1) * dv]);
+            // Rows whose last key is this one: o = (e^{γ_a} ⊙ q̂)ᵀ S₀ + Σ_{b ≤ a} (q̂ ⋅_e k̂_b) ũ_b.
+            while i < s_q && keys_seen(cfg.q_offset, i, t) == c0 + a + 1 {
+                l2n32(&h.q[i * dk..(i + 1) * dk], cfg.l2norm, cfg.scale, &mut qn);
+                let oi = &mut o[i * dv..(i + 1) * dv];
+                oi.fill(0.0);
+                for (r, &x) in qn.iter().enumerate() {
+                    axpy(oi, pa[ch(r)] * x, &state[r * dv..(r + 1) * dv]);
+                }
+                for b in 0..=a {
+                    let kb = &kn[b * dk..(b + 1) * dk];
+                    let eb = &e[b * gw..(b + 1) * gw];
+                    let s = if gw == 1 { eb[0] * dot(&qn, kb) } else { dot3(&qn, kb, eb) };
+                    axpy(oi, s, &u[b * dv..(b + 1) * dv]);
+                }
+                pairs += (a + 1) as u64;
+                lse[i] = 0.0;
+                i += 1;
             }
-            pairs += (m + 1) as u64;
-            lse[i] = 0.0;
-            i += 1;
         }
-        // State passing: S = diag(e^{γ_n}) S₀ + Σ_b (e^{γ_n − γ_b} ⊙ k_b) ũ_bᵀ.
-        let last = (n - 1) * gw;
+        // State passing: S = diag(e^{γ_n}) S₀ + Σ_b (e^{γ_n − γ_b} ⊙ k̂_b) ũ_bᵀ (`pa`, `e` now hold
+        // the decays through the chunk's last token).
         for r in 0..dk {
-            let el = gam[last + ch(r)].exp();
+            let el = pa[ch(r)];
             state[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= el);
         }
         for b in 0..n {
+            let eb = &e[b * gw..(b + 1) * gw];
             for (r, (f, &k)) in f.iter_mut().zip(&kn[b * dk..(b + 1) * dk]).enumerate() {
-                *f = (gam[last + ch(r)] - gam[b * gw + ch(r)]).exp() * k;
+                *f = eb[ch(r)] * k;
             }
             let ub = &u[b * dv..(b + 1) * dv];
             for (r, &x) in f.iter().enumerate() {

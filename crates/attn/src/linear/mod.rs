@@ -14,11 +14,13 @@
 //! `g, beta: [B, T, H]`, state `[B, H, K, V]`) and gathers each head.
 //!
 //! Mechanisms: [`vanilla`] (kernelised linear attention with a feature map) and [`delta`] (the
-//! gated delta rule of Gated DeltaNet). The FAVOR+ positive random feature map plugs into
+//! gated delta rule of Gated DeltaNet and KDA); [`nala`] adds NaLaFormer's norm-aware feature maps
+//! on top of [`vanilla`]. The FAVOR+ positive random feature map plugs into
 //! [`FeatureMap`] once the shared RNG (`primitives/rng.rs`) lands: it needs a seeded projection
 //! matrix, so it will be a variant carrying that matrix rather than a pure element-wise map.
 
 pub mod delta;
+pub mod nala;
 pub mod vanilla;
 
 pub use delta::{gated_delta_rule, DeltaInputs};
@@ -30,6 +32,9 @@ pub enum FeatureMap {
     Identity,
     /// `φ(x) = elu(x) + 1` (Katharopoulos et al. 2020): positive, so the normaliser is positive.
     Elu1,
+    /// `φ(x) = elu(x)` (`x` for `x > 0`, `eˣ − 1` otherwise): can be negative (transNormer T1's
+    /// kernel, used without a normaliser).
+    Elu,
     /// `φ(x) = max(x, 0)`.
     Relu,
 }
@@ -45,6 +50,13 @@ impl FeatureMap {
                     x + 1.0
                 } else {
                     x.exp()
+                }
+            }
+            FeatureMap::Elu => {
+                if x > 0.0 {
+                    x
+                } else {
+                    x.exp_m1()
                 }
             }
             FeatureMap::Relu => x.max(0.0),
@@ -63,15 +75,23 @@ impl FeatureMap {
                     x.exp()
                 }
             }
+            FeatureMap::Elu => {
+                if x > 0.0 {
+                    x
+                } else {
+                    x.exp_m1()
+                }
+            }
             FeatureMap::Relu => x.max(0.0),
         }
     }
 
-    /// The name used in method specs (`identity`, `elu1`, `relu`).
+    /// The name used in method specs (`identity`, `elu1`, `elu`, `relu`).
     pub fn name(self) -> &'static str {
         match self {
             FeatureMap::Identity => "identity",
             FeatureMap::Elu1 => "elu1",
+            FeatureMap::Elu => "elu",
             FeatureMap::Relu => "relu",
         }
     }
@@ -81,6 +101,7 @@ impl FeatureMap {
         match s {
             "identity" => Some(FeatureMap::Identity),
             "elu1" | "elu+1" => Some(FeatureMap::Elu1),
+            "elu" => Some(FeatureMap::Elu),
             "relu" => Some(FeatureMap::Relu),
             _ => None,
         }

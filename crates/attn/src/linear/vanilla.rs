@@ -1,6 +1,7 @@
 //! Kernelised linear attention (Katharopoulos et al. 2020): scores `scale · φ(q_i)·φ(k_j)`,
 //! no softmax. With `norm` the output is divided by the normaliser
-//! `den_i = scale · φ(q_i) · Σ_j φ(k_j)` (sums over the keys row `i` reads).
+//! `den_i = scale · φ(q_i) · Σ_j φ(k_j) + eps · n_i` (sums over the `n_i` keys row `i` reads;
+//! `eps = 0` for plain linear attention, NaLaFormer's mean-normalised `ε` otherwise).
 //!
 //! Conventions (also in `methods/linear/README.md`): with `norm`, `o_i = num_i / den_i` and
 //! `lse_i = ln |den_i|` (`o_i = 0`, `lse_i = −∞` when `den_i = 0`); without `norm`,
@@ -22,6 +23,8 @@ pub struct Config {
     pub scale: f32,
     /// Absolute position of query row 0 (causal only).
     pub q_offset: i64,
+    /// Added to the normaliser once per key read (`norm` only; 0 = plain linear attention).
+    pub eps: f32,
 }
 
 /// One head's inputs, rows contiguous: `q: [S_q, K]`, `k: [S_kv, K]`, `v: [S_kv, V]`.
@@ -83,6 +86,7 @@ pub fn reference(cfg: &Config, h: &Head, o: &mut [f32], lse: &mut [f32]) -> u64 
             }
             pairs += 1;
         }
+        let den = den + cfg.eps as f64 * n as f64;
         let num32: Vec<f32> = num
             .iter()
             .map(|&x| if cfg.norm && den != 0.0 { (x / den) as f32 } else { x as f32 })
@@ -99,25 +103,28 @@ pub fn reference(cfg: &Config, h: &Head, o: &mut [f32], lse: &mut [f32]) -> u64 
     pairs
 }
 
-/// The recurrent state of one head: `s = Σ_j φ(k_j) v_jᵀ` (`[K, V]` row-major) and
-/// `z = Σ_j φ(k_j)` (`[K]`).
+/// The recurrent state of one head: `s = Σ_j φ(k_j) v_jᵀ` (`[K, V]` row-major),
+/// `z = Σ_j φ(k_j)` (`[K]`) and the number of keys `n`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct State {
     /// `[K, V]`.
     pub s: Vec<f32>,
     /// `[K]`.
     pub z: Vec<f32>,
+    /// Keys added.
+    pub n: u64,
 }
 
 impl State {
     /// The empty state.
     pub fn new(dk: usize, dv: usize) -> Self {
-        Self { s: vec![0.0; dk * dv], z: vec![0.0; dk] }
+        Self { s: vec![0.0; dk * dv], z: vec![0.0; dk], n: 0 }
     }
 
     /// Adds one key/value pair (raw `k`; `φ` applied here).
     pub fn update(&mut self, map: FeatureMap, k: &[f32], v: &[f32]) {
         let dv = v.len();
+        self.n += 1;
         for (c, &x) in k.iter().enumerate() {
             let f = map.apply(x);
             self.z[c] += f;
@@ -136,6 +143,7 @@ impl State {
             den += f * self.z[c];
             axpy(&mut num, f, &self.s[c * dv..(c + 1) * dv]);
         }
+        den += cfg.eps * self.n as f32;
         finish(cfg, &num, den, seen, o)
     }
 }
@@ -213,9 +221,11 @@ pub fn chunked(
                 axpy(&mut num, s, &h.v[j * dv..(j + 1) * dv]);
             }
             pairs += (n - c0) as u64;
+            den += cfg.eps * (state.n + (n - c0) as u64) as f32;
             lse[i] = finish(cfg, &num, den, true, &mut o[i * dv..(i + 1) * dv]);
             i += 1;
         }
+        state.n += (c1 - c0) as u64;
         for j in c0..c1 {
             let fkj = &fk[j * dk..(j + 1) * dk];
             let vj = &h.v[j * dv..(j + 1) * dv];

@@ -8,13 +8,16 @@ pub mod a_shape;
 pub mod block_sparse;
 pub mod gated_deltanet;
 pub mod hyper;
+pub mod kda;
 pub mod linear;
+pub mod nalaformer;
 pub mod pattern;
 pub mod performer;
 pub mod reformer;
 pub mod scatterbrain;
 pub mod sdpa;
 pub mod streaming;
+pub mod transnormer;
 pub mod vertical_slash;
 
 use crate::dispatch::{Method, Registry};
@@ -48,6 +51,15 @@ static METHODS: &[&dyn Method] = &[
     &gated_deltanet::GatedDeltaNet::new(linear::Form::Chunked),
     &gated_deltanet::GatedDeltaNet::new(linear::Form::Recurrent),
     &gated_deltanet::GatedDeltaNet::new(linear::Form::Reference),
+    &kda::Kda::new(linear::Form::Chunked),
+    &kda::Kda::new(linear::Form::Recurrent),
+    &kda::Kda::new(linear::Form::Reference),
+    &transnormer::Transnormer::new(linear::Form::Chunked),
+    &transnormer::Transnormer::new(linear::Form::Recurrent),
+    &transnormer::Transnormer::new(linear::Form::Reference),
+    &nalaformer::Nalaformer::new(linear::Form::Chunked),
+    &nalaformer::Nalaformer::new(linear::Form::Recurrent),
+    &nalaformer::Nalaformer::new(linear::Form::Reference),
 ];
 
 /// The implementation named by `spec` (`name` or `name:key=value,...`) from [`registry`].

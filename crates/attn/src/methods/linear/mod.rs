@@ -147,7 +147,7 @@ impl Method for Linear {
             ParamInfo {
                 name: "map",
                 value: self.map.name().into(),
-                doc: "feature map: elu1 (Katharopoulos et al. 2020, default), relu, identity",
+                doc: "feature map: elu1 (Katharopoulos et al. 2020, default), elu, relu, identity",
             },
             ParamInfo {
                 name: "norm",
@@ -170,7 +170,7 @@ impl Method for Linear {
                         method: self.name().into(),
                         key: k.into(),
                         value: v.into(),
-                        detail: "expected identity, elu1 or relu".into(),
+                        detail: "expected identity, elu1, elu or relu".into(),
                     })?
                 }
                 "norm" => m.norm = parse_param(self.name(), k, v)?,
@@ -198,6 +198,7 @@ impl Method for Linear {
             norm: self.norm,
             scale: params.scale,
             q_offset: params.geometry.q_offset,
+            eps: 0.0,
         };
         let (d, dv) = (p.d, p.d_v);
         let pairs = run_heads(p, inputs, par, out, |q, k, v, o, lse| {
