@@ -387,7 +387,9 @@ pub fn ci_grid() -> Vec<Case> {
     ];
     // Tile and chunk edges of today's kernels (sdpa-flash: 96 stacked rows × 128 keys; sdpa-decode:
     // 64-key steps, ≥ 512-key chunks), and enough heads for sdpa-flash to pack K/V in several
-    // groups (64 MiB each): cheap, and where off-by-one errors live.
+    // groups (64 MiB each; at D = 256 and 1000 keys a head packs 2 MiB, so 2 × 20 heads make a
+    // full group of 32 that spans both batch elements and a partial group of 8): cheap, and
+    // where off-by-one errors live.
     let edges = vec![
         case(1, [1, 1], [96, 128], 64).mask(M::Causal),
         case(1, [2, 1], [48, 129], 32).mask(M::SlidingWindow(40)),
@@ -396,7 +398,7 @@ pub fn ci_grid() -> Vec<Case> {
         case(1, [1, 1], [1, 512], 64).mask(M::KeyPadding),
         case(1, [1, 1], [1, 513], 64).mask(M::Causal).offset(511),
         case(1, [8, 1], [2, 1537], 32).mask(M::Window { left: Some(600), right: Some(3) }),
-        case(2, [64, 64], [1, 1000], 256).mask(M::Causal),
+        case(2, [20, 20], [1, 1000], 256).mask(M::Causal),
     ];
     general
         .into_iter()
@@ -487,6 +489,20 @@ mod tests {
 
     fn kinds(c: &Case) -> Vec<MaskKind> {
         c.data().params.mask.kinds()
+    }
+
+    /// Some case makes sdpa-flash pack K/V in more than one group, the last one partial
+    /// (f32 K/V padded to 128-key tiles and 16-lane D_v, at most `PACK_BUDGET` bytes a group).
+    #[test]
+    fn ci_grid_packs_flash_kv_in_several_groups() {
+        let per_head =
+            |c: &Case| 4 * c.s_kv.next_multiple_of(128) * (c.d + c.d_v.next_multiple_of(16));
+        let budget = attn::methods::sdpa::flash::PACK_BUDGET;
+        assert!(ci_grid().iter().any(|c| {
+            let per_group = budget / per_head(c);
+            let heads = c.b * c.h_kv;
+            heads > per_group && heads % per_group != 0
+        }));
     }
 
     #[test]
