@@ -203,3 +203,28 @@ fn parameters_and_rejections_are_typed() {
     assert!(matches!(x.run("hyper", &Params::causal()), Err(Error::Unsupported { .. })));
     assert!(x.run("hyper:samples=0", &p).is_ok());
 }
+
+/// The causal recursion at the defaults: a prompt of 8191 or 8192 tokens splits into two exact
+/// diagonal halves and one hashed lower-left call of 4096 rows (the lower half takes the extra
+/// row of an odd length); 4096 tokens stay exact, and so do 8190 (a 4095-row lower-left call).
+#[test]
+fn the_recursion_splits_odd_lengths_with_the_longer_lower_half() {
+    use attn::methods::hyper::plan::{Head, Piece};
+    use attn::methods::hyper::Hyper;
+    for (n, hashed) in [(8191, true), (8192, true), (4096, false), (8190, false)] {
+        let keys: Vec<u32> = (0..n as u32).map(|i| i % 7).collect();
+        let cfg = Hyper::DEFAULT;
+        let plan = Head { cfg: &cfg, q_keys: &keys, k_keys: &keys, b: 0, h: 0 }.plan(true);
+        let gathers = plan.iter().filter(|p| matches!(p, Piece::Gather { .. })).count();
+        assert_eq!(gathers > 0, hashed, "n = {n}: {} pieces", plan.len());
+        // Every row is covered by exactly one diagonal piece.
+        let diag: usize = plan
+            .iter()
+            .map(|p| match p {
+                Piece::Causal { lo, hi } => hi - lo,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(diag, n);
+    }
+}

@@ -110,7 +110,10 @@ impl Head<'_> {
 
     /// `HAc` on rows and keys `lo..hi`: exact below `min_seq_len`, else the two diagonal halves
     /// recursively and the fully visible lower-left quarter by [`Head::full`]. The split is at
-    /// `⌈n/2⌉` [library choice: the paper's code pads odd lengths with a zero row instead].
+    /// `⌊n/2⌋`, so the lower half has the extra row of an odd length [library choice: the
+    /// paper's code pads odd lengths with a zero row at the end, which also makes its lower half
+    /// the longer one — an 8191-token prompt gets a 4096-row lower-left call, not 4095, and the
+    /// default `min_seq_len = 4096` does not turn it exact].
     fn causal(&self, lo: usize, hi: usize, out: &mut Vec<Piece>) {
         let n = hi - lo;
         if n == 0 {
@@ -120,7 +123,7 @@ impl Head<'_> {
             out.push(Piece::Causal { lo, hi });
             return;
         }
-        let mid = lo + n.div_ceil(2);
+        let mid = lo + n / 2;
         self.causal(lo, mid, out);
         self.causal(mid, hi, out);
         self.full((mid, hi), (lo, mid), out);
