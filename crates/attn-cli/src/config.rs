@@ -127,6 +127,15 @@ fn method_specs(values: &[String]) -> Result<Vec<MethodRef>> {
     specs.iter().map(|s| lookup(s)).collect()
 }
 
+/// The method `attn run --method` forces: `None` for `auto`, else the full spec (name and every
+/// parameter, so `gated-deltanet:beta=0.3` runs with β = 0.3).
+fn forced_method(spec: &str) -> Result<Option<String>> {
+    Ok(match spec {
+        "auto" => None,
+        spec => Some(lookup(spec)?.spec()),
+    })
+}
+
 /// `attn list`.
 #[derive(Debug, Clone)]
 pub struct ListConfig {}
@@ -305,10 +314,7 @@ pub struct RunConfig {
 
 impl RunConfig {
     pub fn from_args(a: &RunArgs) -> Result<Self> {
-        let method = match a.method.as_str() {
-            "auto" => None,
-            name => Some(lookup(name)?.name().to_string()),
-        };
+        let method = forced_method(&a.method)?;
         if let Some(p) = &a.inputs {
             ensure!(
                 Format::of(p)? == Format::Safetensors,
@@ -472,5 +478,17 @@ mod tests {
         assert_eq!(names(&["sdpa-flash", "sdpa-decode"]), ["sdpa-flash", "sdpa-decode"]);
         assert!(method_specs(&["sdpa-flash:x=1,y=2".to_string()]).is_err());
         assert!(method_specs(&["nope".to_string()]).is_err());
+    }
+
+    /// `attn run --method name:key=value` keeps the parameters (they were dropped: the run used
+    /// the registered defaults).
+    #[test]
+    fn run_keeps_the_method_parameters() {
+        assert_eq!(forced_method("auto").unwrap(), None);
+        let m = forced_method("gated-deltanet:beta=0.3,decay=0.9").unwrap().unwrap();
+        let m = attn::methods::build(&m).unwrap();
+        let p = |k: &str| m.params().into_iter().find(|p| p.name == k).unwrap().value;
+        assert_eq!((p("beta"), p("decay")), ("0.3".to_string(), "0.9".to_string()));
+        assert!(forced_method("gated-deltanet:gamma=1").is_err());
     }
 }
