@@ -24,10 +24,12 @@ pub mod cases;
 pub mod close;
 pub mod naive;
 pub mod poison;
+pub mod qkv;
 pub mod rand;
 pub mod suite;
 
 pub use cases::{Case, MaskSpec};
 pub use close::{Report, Tolerance};
+pub use qkv::Qkv;
 pub use rand::{Layout, Rng, Tensor};
 pub use suite::{run_suite, run_suite_with, SuiteConfig};

@@ -4,47 +4,12 @@
 //! causality is bitwise; the seed decides the output; fast = reference; typed errors.
 
 use attn::methods::hyper::plan::sort_key;
-use attn::methods::sdpa::reference as sdpa_ref;
-use attn::{attend, Error, Params, Prefs, Problem, TensorRef};
+use attn::{Error, Params};
 use attn_testing::rand::Rng;
+use attn_testing::Qkv;
 
-struct Qkv {
-    shape_q: [usize; 4],
-    shape_kv: [usize; 4],
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-}
-
-fn qkv(seed: u64, [b, h, hkv]: [usize; 3], [sq, skv]: [usize; 2], d: usize, sigma: f64) -> Qkv {
-    let mut rng = Rng::new(seed);
-    let mut gen = |n: usize| (0..n).map(|_| (sigma * rng.normal()) as f32).collect::<Vec<_>>();
-    Qkv {
-        shape_q: [b, h, sq, d],
-        shape_kv: [b, hkv, skv, d],
-        q: gen(b * h * sq * d),
-        k: gen(b * hkv * skv * d),
-        v: gen(b * hkv * skv * d),
-    }
-}
-
-impl Qkv {
-    fn run(&self, spec: &str, params: &Params) -> attn::Result<attn::Output> {
-        let q = TensorRef::new(&self.q[..], self.shape_q)?;
-        let k = TensorRef::new(&self.k[..], self.shape_kv)?;
-        let v = TensorRef::new(&self.v[..], self.shape_kv)?;
-        let prefs = Prefs { method: Some(spec.into()), ..Prefs::default() };
-        attend(q, k, v, params, &prefs)
-    }
-
-    fn exact(&self, params: &Params) -> (Vec<f64>, Vec<f64>) {
-        let q = TensorRef::new(&self.q[..], self.shape_q).unwrap();
-        let k = TensorRef::new(&self.k[..], self.shape_kv).unwrap();
-        let v = TensorRef::new(&self.v[..], self.shape_kv).unwrap();
-        let p = Problem::from_tensors(&q, &k, &v).unwrap();
-        let r = params.resolve(&p).unwrap();
-        sdpa_ref::forward_f64(&p, &attn::Inputs { q, k, v }, &r)
-    }
+fn qkv(seed: u64, heads: [usize; 3], lens: [usize; 2], d: usize, sigma: f64) -> Qkv {
+    Qkv::gaussian(seed, heads, lens, d, sigma)
 }
 
 fn rel_err(got: &[f32], want: &[f64]) -> f64 {

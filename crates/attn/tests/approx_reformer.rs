@@ -6,40 +6,21 @@
 use attn::methods::pattern::{Fast, Reference};
 use attn::methods::reformer::Reformer;
 use attn::methods::sdpa::reference as sdpa_ref;
-use attn::{attend, DenseMask, Error, Mask, Method, Params, Prefs, Problem, Registry, TensorRef};
+use attn::{DenseMask, Error, Mask, Method, Params, Problem, Registry, TensorRef};
 use attn_testing::cases::{case, MaskSpec};
-use attn_testing::rand::Rng;
+use attn_testing::Qkv;
 use attn_testing::{run_suite_with, SuiteConfig};
 
-struct Qkv {
-    shape_q: [usize; 4],
-    shape_kv: [usize; 4],
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
+fn qkv(seed: u64, heads: [usize; 3], n: usize, d: usize) -> Qkv {
+    Qkv::gaussian(seed, heads, [n, n], d, 1.0)
 }
 
-fn qkv(seed: u64, [b, h, hkv]: [usize; 3], n: usize, d: usize) -> Qkv {
-    let mut rng = Rng::new(seed);
-    let mut gen = |len: usize| (0..len).map(|_| rng.normal() as f32).collect::<Vec<_>>();
-    Qkv {
-        shape_q: [b, h, n, d],
-        shape_kv: [b, hkv, n, d],
-        q: gen(b * h * n * d),
-        k: gen(b * hkv * n * d),
-        v: gen(b * hkv * n * d),
-    }
+/// The reference of the shared-QK Reformer with everything in one chunk.
+trait SharedQk {
+    fn exact_shared_qk(&self, causal: bool) -> (Vec<f64>, Vec<f64>);
 }
 
-impl Qkv {
-    fn run(&self, spec: &str, params: &Params) -> attn::Result<attn::Output> {
-        let q = TensorRef::new(&self.q[..], self.shape_q)?;
-        let k = TensorRef::new(&self.k[..], self.shape_kv)?;
-        let v = TensorRef::new(&self.v[..], self.shape_kv)?;
-        let prefs = Prefs { method: Some(spec.into()), ..Prefs::default() };
-        attend(q, k, v, params, &prefs)
-    }
-
+impl SharedQk for Qkv {
     /// Exact attention over unit keys `k_j/|k_j|` where a token sees itself only when the mask
     /// (`causal` or none) leaves it nothing else: the shared-QK Reformer with everything in one
     /// chunk.
