@@ -16,6 +16,8 @@ struct Entry {
     family: &'static str,
     exact: bool,
     reference: bool,
+    /// `exact`, `approximate` (of softmax attention) or `not softmax` (linear / recurrent).
+    exactness: &'static str,
     description: &'static str,
     dtypes: Vec<&'static str>,
     masks: Vec<&'static str>,
@@ -35,6 +37,11 @@ fn entry(priority: usize, m: &dyn Method) -> Entry {
         family: m.family(),
         exact: m.exactness() == Exactness::Exact,
         reference: m.is_reference(),
+        exactness: match m.exactness() {
+            Exactness::Exact => "exact",
+            Exactness::Approximate => "approximate",
+            Exactness::NotSoftmax => "not softmax",
+        },
         description: m.description(),
         dtypes: c.dtypes.iter().map(|d| d.name()).collect(),
         masks: c.masks.iter().map(|k| k.name()).collect(),
@@ -62,10 +69,11 @@ pub fn run(_: &ListConfig, rt: &Runtime) -> Result<()> {
     )?;
     writeln!(out, "method that accepts the problem; references run when nothing else does):")?;
     for e in &entries {
-        let kind = match (e.exact, e.reference) {
-            (true, true) => "exact, reference",
-            (true, false) => "exact",
-            (false, _) => "approximate",
+        let kind = match (e.exactness, e.reference) {
+            ("exact", true) => "exact, reference",
+            ("approximate", true) => "approximate, reference",
+            ("not softmax", true) => "not softmax, reference",
+            (k, _) => k,
         };
         let yes = |b: bool| if b { "yes" } else { "no" };
         let limit = |x: Option<usize>| x.map_or("any".to_string(), |n| format!("≤ {n}"));
