@@ -39,6 +39,8 @@ conformance! {
     reformer_reference => "reformer-reference",
     scatterbrain => "scatterbrain",
     scatterbrain_reference => "scatterbrain-reference",
+    sea => "sea",
+    sea_reference => "sea-reference",
     linear => "linear",
     linear_recurrent => "linear-recurrent",
     linear_reference => "linear-reference",
@@ -63,6 +65,7 @@ mod small_budgets {
     use attn::methods::block_sparse::BlockSparse;
     use attn::methods::hyper::Hyper;
     use attn::methods::pattern::{Fast, Reference};
+    use attn::methods::sea::{Budget, Sea};
     use attn::methods::streaming::Streaming;
     use attn::methods::vertical_slash::VerticalSlash;
     use attn::{Method, Registry};
@@ -74,6 +77,8 @@ mod small_budgets {
         VerticalSlash { last_q: 24, vertical: 7, slash: 9, sink: 2, local: 3, block: 16 };
     const BS: BlockSparse = BlockSparse { top_k: 3, block: 16 };
     const HYPER: Hyper = Hyper { projections: 3, block: 16, samples: 8, min_seq_len: 24, seed: 5 };
+    const SEA: Sea =
+        Sea { budget: Budget::Count(9), cells: 16, rank: 0, moments: 2, seed: 0, trained: None };
 
     static SMALL: &[&dyn Method] = &[
         &Fast(STREAMING),
@@ -86,7 +91,29 @@ mod small_budgets {
         &Reference(BS),
         &Fast(HYPER),
         &Reference(HYPER),
+        &Fast(SEA),
+        &Reference(SEA),
     ];
+
+    /// SEA with a fractional budget and the random projection (its own registry: one reference
+    /// per family).
+    const SEA_PROJECTED: Sea = Sea {
+        budget: Budget::Fraction(0.3),
+        cells: 24,
+        rank: 8,
+        moments: 1,
+        seed: 3,
+        trained: None,
+    };
+    static SEA_PROJECTED_REG: &[&dyn Method] = &[&Fast(SEA_PROJECTED), &Reference(SEA_PROJECTED)];
+
+    #[test]
+    fn sea_projected_equals_its_reference() {
+        let reg = Registry::new(SEA_PROJECTED_REG);
+        let m = reg.methods()[0];
+        let cfg = SuiteConfig { registry: reg, ..SuiteConfig::for_method(m) };
+        assert!(run_suite_with(m, &cfg).cases > 0);
+    }
 
     #[test]
     fn fast_paths_equal_their_references_at_small_budgets() {

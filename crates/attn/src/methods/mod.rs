@@ -16,6 +16,7 @@ pub mod performer;
 pub mod reformer;
 pub mod scatterbrain;
 pub mod sdpa;
+pub mod sea;
 pub mod streaming;
 pub mod transnormer;
 pub mod vertical_slash;
@@ -44,6 +45,8 @@ static METHODS: &[&dyn Method] = &[
     &Reference(reformer::Reformer::DEFAULT),
     &Fast(scatterbrain::Scatterbrain::DEFAULT),
     &Reference(scatterbrain::Scatterbrain::DEFAULT),
+    &Fast(sea::Sea::DEFAULT),
+    &Reference(sea::Sea::DEFAULT),
     // Not softmax attention (linear / recurrent): run only when named, held to their own reference.
     &linear::Linear::new(linear::Form::Chunked),
     &linear::Linear::new(linear::Form::Recurrent),

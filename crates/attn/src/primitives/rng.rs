@@ -34,6 +34,8 @@ pub mod purpose {
     pub const SAMPLES: u64 = 5;
     /// Cluster initialisation (Routing).
     pub const CLUSTERS: u64 = 6;
+    /// SEA's training-free estimator: the random projection of queries and keys.
+    pub const SEA_PROJECTION: u64 = 7;
 }
 
 /// The key of one stream.

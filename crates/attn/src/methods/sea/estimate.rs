@@ -1,0 +1,393 @@
+//! The support of SEA (spec §3.2 steps 6–8, with the training-free estimate of README), shared by
+//! the fast path and the reference: the cell grid, the per-cell key moments, the estimate of every
+//! query row on its visible cells (faer GEMMs over blocks of [`ROWS`] rows), the per-row top-k of
+//! cells, and their keys as a [`BlockList`] of per-row index lists (`bm = 1`).
+//!
+//! Deterministic: every estimate comes from the same GEMM shapes whatever the thread count (one job
+//! is one block of rows of one head; faer runs each sequentially), so both implementations attend
+//! over the same support at every SIMD level and thread count.
+
+use super::{Budget, Sea};
+use crate::dispatch::Inputs;
+use crate::error::{Error, Result};
+use crate::par::Par;
+use crate::params::Resolved;
+use crate::primitives::rng::{purpose, Key, Stream};
+use crate::primitives::sparse::{BlockList, HeadList};
+use crate::problem::Problem;
+use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// Query rows per estimate GEMM (one job).
+pub const ROWS: usize = 64;
+
+/// The compressed key axis: `T_M` cells over `[0, S_kv)`, cell `c` holding keys
+/// `[round(c·S_kv/T_M), round((c+1)·S_kv/T_M))` (round half up), empty cells dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grid {
+    bounds: Vec<usize>,
+}
+
+impl Grid {
+    /// The grid of `cells` cells over `s_kv` keys (`cells ≥ 1`).
+    pub fn new(s_kv: usize, cells: usize) -> Self {
+        let t = cells as u128;
+        let mut bounds: Vec<usize> =
+            (0..=t).map(|c| ((2 * c * s_kv as u128 + t) / (2 * t)) as usize).collect();
+        bounds.dedup();
+        Self { bounds }
+    }
+
+    /// Non-empty cells `C = min(T_M, S_kv)`.
+    pub fn len(&self) -> usize {
+        self.bounds.len() - 1
+    }
+
+    /// True when there is no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keys `[start, end)` of cell `c`.
+    pub fn range(&self, c: usize) -> (usize, usize) {
+        (self.bounds[c], self.bounds[c + 1])
+    }
+
+    /// The cell holding key `j < S_kv`.
+    pub fn cell_of(&self, j: usize) -> usize {
+        self.bounds.partition_point(|&e| e <= j) - 1
+    }
+}
+
+/// What a query row may select: its visible keys and cells, the forced cell and the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowPlan {
+    /// Visible keys `[lo, hi)` (the mask's interval; `lo ≥ hi`: none).
+    pub lo: usize,
+    /// One past the last visible key.
+    pub hi: usize,
+    /// Visible cells `[first, end)` (those holding a visible key).
+    pub first: usize,
+    /// One past the last visible cell.
+    pub end: usize,
+    /// The cell of the row's own position (the diagonal), when visible: always kept.
+    pub forced: Option<usize>,
+    /// Cells kept `κ_i` (every visible cell when the budget covers every visible key).
+    pub kappa: usize,
+}
+
+impl RowPlan {
+    /// The plan of query row `i` of batch `b`: `k_i` keys of the `L_i = hi − lo` visible ones,
+    /// `κ_i = clamp(⌈k_i·C/S_kv⌉, 1, V_i)` cells of the `V_i` visible (all of them when
+    /// `k_i ≥ L_i`), `C/S_kv` being cells per key of the grid.
+    pub fn new(budget: Budget, grid: &Grid, params: &Resolved, b: usize, i: usize) -> Self {
+        let (lo, hi) = params.mask.interval(&params.geometry, b, i);
+        if lo >= hi {
+            return Self { lo, hi, first: 0, end: 0, forced: None, kappa: 0 };
+        }
+        let (first, end) = (grid.cell_of(lo), grid.cell_of(hi - 1) + 1);
+        let (l, v) = (hi - lo, end - first);
+        let k = budget.keys(l);
+        let kappa = if k >= l {
+            v
+        } else {
+            let s_kv = grid.bounds[grid.len()];
+            (k * grid.len()).div_ceil(s_kv).clamp(1, v)
+        };
+        let pos = params.position(i);
+        let forced = (lo as i64 <= pos && pos < hi as i64).then(|| grid.cell_of(pos as usize));
+        Self { lo, hi, first, end, forced, kappa }
+    }
+
+    /// Appends the chosen cells, ascending, to `out`: the forced cell and the `κ_i − 1` (or
+    /// `κ_i` without one) other visible cells of largest `est(c)`, ties to the smaller cell
+    /// (spec §0.4.6). `idx` is scratch.
+    pub fn choose(&self, est: impl Fn(usize) -> f64, idx: &mut Vec<u32>, out: &mut Vec<u32>) {
+        let start = out.len();
+        if self.kappa >= self.end - self.first {
+            out.extend(self.first as u32..self.end as u32);
+            return;
+        }
+        idx.clear();
+        idx.extend(
+            (self.first as u32..self.end as u32).filter(|&c| Some(c as usize) != self.forced),
+        );
+        let take = self.kappa - usize::from(self.forced.is_some());
+        if take > 0 {
+            let order =
+                |a: &u32, b: &u32| est(*b as usize).total_cmp(&est(*a as usize)).then(a.cmp(b));
+            if take < idx.len() {
+                idx.select_nth_unstable_by(take - 1, order);
+            }
+            out.extend_from_slice(&idx[..take]);
+        }
+        out.extend(self.forced.map(|c| c as u32));
+        out[start..].sort_unstable();
+    }
+
+    /// Appends the visible keys of `cells` (ascending) to `keys`.
+    pub fn keys(&self, grid: &Grid, cells: &[u32], keys: &mut Vec<u32>) {
+        for &c in cells {
+            let (s, e) = grid.range(c as usize);
+            keys.extend(s.max(self.lo) as u32..e.min(self.hi) as u32);
+        }
+    }
+}
+
+/// The projection of the estimate: `(W_q, W_k, r)`, both `[r, D]`; `None` for none (`r = D`).
+pub fn projection(c: &Sea, d: usize) -> Option<(Vec<f32>, Vec<f32>, usize)> {
+    if let Some(e) = &c.trained {
+        let (q, k) = e.weights();
+        return Some((q.to_vec(), k.to_vec(), e.rank()));
+    }
+    if c.rank == 0 {
+        return None;
+    }
+    // Gaussian rows scaled by r^{-1/2}: E[(Wq)·(Wk)] = q·k (Johnson–Lindenstrauss).
+    let s = Stream::new(Key { seed: c.seed, layer: 0, head: 0, purpose: purpose::SEA_PROJECTION });
+    let inv = 1.0 / (c.rank as f64).sqrt();
+    let w: Vec<f32> = (0..c.rank * d).map(|i| (s.gaussian_at(i as u64) * inv) as f32).collect();
+    Some((w.clone(), w, c.rank))
+}
+
+/// Per key/value head: the cell features `G [C, F]` (`F = moments·r`: the mean of the projected
+/// keys of the cell, then their per-dimension variance) and `ln n_c`.
+struct Cells {
+    g: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+/// `x [n, D] → x Wᵀ [n, r]` (or a copy when there is no projection).
+fn project(x: &[f32], n: usize, d: usize, w: Option<(&[f32], usize)>) -> Vec<f32> {
+    match w {
+        None => x.to_vec(),
+        Some((w, r)) => {
+            let mut y = vec![0.0f32; n * r];
+            let dst = MatMut::from_row_major_slice_mut(&mut y, n, r);
+            let lhs = MatRef::from_row_major_slice(x, n, d);
+            let rhs = MatRef::from_row_major_slice(w, r, d).transpose();
+            matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, faer::Par::Seq);
+            y
+        }
+    }
+}
+
+fn cells(
+    p: &Problem,
+    inputs: &Inputs,
+    grid: &Grid,
+    moments: usize,
+    w_k: Option<(&[f32], usize)>,
+    b: usize,
+    hk: usize,
+) -> Cells {
+    let d = p.d;
+    let mut k = vec![0.0f32; p.s_kv * d]; // [S_kv, D]
+    for j in 0..p.s_kv {
+        inputs.k.read_row(b, hk, j, 1.0, &mut k[j * d..(j + 1) * d]);
+    }
+    let r = w_k.map_or(d, |w| w.1);
+    let kp = project(&k, p.s_kv, d, w_k); // [S_kv, r]
+    let f = moments * r;
+    let mut g = vec![0.0f32; grid.len() * f];
+    let mut bias = vec![0.0f32; grid.len()];
+    let (mut s1, mut s2) = (vec![0.0f64; r], vec![0.0f64; r]);
+    for c in 0..grid.len() {
+        let (s, e) = grid.range(c);
+        s1.fill(0.0);
+        s2.fill(0.0);
+        for row in kp[s * r..e * r].chunks_exact(r) {
+            for t in 0..r {
+                let x = row[t] as f64;
+                s1[t] += x;
+                s2[t] += x * x;
+            }
+        }
+        let n = (e - s) as f64;
+        let gc = &mut g[c * f..(c + 1) * f];
+        for t in 0..r {
+            let mean = s1[t] / n;
+            gc[t] = mean as f32;
+            if moments == 2 {
+                gc[r + t] = (s2[t] / n - mean * mean).max(0.0) as f32;
+            }
+        }
+        bias[c] = n.ln() as f32;
+    }
+    Cells { g, bias }
+}
+
+/// Bytes the estimation allocates (features, cell moments, one job's buffers per worker, and the
+/// key lists: at most `min(S_kv, k_i + 2 cells)` keys per row).
+pub fn scratch_bytes(c: &Sea, p: &Problem, par: Par) -> usize {
+    let grid_len = c.cells.min(p.s_kv).max(1);
+    let r = c.trained.as_ref().map_or(if c.rank == 0 { p.d } else { c.rank }, |e| e.rank());
+    let f = c.moments * r;
+    let width = p.s_kv.div_ceil(grid_len);
+    let per_row = match c.budget {
+        Budget::Count(k) => k.saturating_add(2 * width),
+        Budget::Fraction(x) => (x * p.s_kv as f64).ceil() as usize + 2 * width,
+    }
+    .min(p.s_kv);
+    let heads = p.b * p.h;
+    4 * (p.b * p.h_kv * grid_len * (f + 1)
+        + par.threads() * (p.s_kv * (p.d + r) + ROWS * (p.d + f + grid_len))
+        + heads * p.s_q * (per_row + 2))
+}
+
+/// The support of every query head as a [`BlockList`] (`bm = 1`, one index list per row, no key
+/// blocks), and the pairs the estimate cost: per head `⌈(Σ_blocks rows·cells·F + S_kv·F
+/// [+ (S_q + S_kv)·r·D]) / D⌉` — multiply-adds of the estimate GEMMs, the cell moments and (when
+/// projected) the projections, in units of one `D`-long dot product (a score), as Performer counts.
+///
+/// # Errors
+/// [`Error::InvalidParam`] from [`BlockList::new`] (not expected: the lists are built valid).
+pub fn pattern(
+    c: &Sea,
+    p: &Problem,
+    inputs: &Inputs,
+    params: &Resolved,
+    par: Par,
+) -> Result<(BlockList, u64)> {
+    let d = p.d;
+    if let Some(e) = c.trained.as_ref().filter(|e| e.head_dim() != d) {
+        return Err(Error::InvalidParam {
+            op: "sea",
+            name: "estimator",
+            detail: format!("trained for D = {}, the problem has D = {d}", e.head_dim()),
+        });
+    }
+    let grid = Grid::new(p.s_kv, c.cells);
+    let proj = projection(c, d);
+    let r = proj.as_ref().map_or(d, |w| w.2);
+    let f = c.moments * r;
+    let w_q = proj.as_ref().map(|w| (&w.0[..], w.2));
+    let w_k = proj.as_ref().map(|w| (&w.1[..], w.2));
+
+    // 1. Cell features per key/value head.
+    let kv_heads = p.b * p.h_kv;
+    let slots: Vec<Mutex<Option<Cells>>> = (0..kv_heads).map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    par.run(par.threads().min(kv_heads), |_| loop {
+        let job = next.fetch_add(1, Ordering::Relaxed);
+        if job >= kv_heads {
+            break;
+        }
+        let cells = cells(p, inputs, &grid, c.moments, w_k, job / p.h_kv, job % p.h_kv);
+        *slots[job].lock().unwrap_or_else(|e| e.into_inner()) = Some(cells);
+    });
+    let cells: Vec<Cells> = slots
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every kv head ran"))
+        .collect();
+
+    // 2. Per (query head, block of ROWS rows): estimates and the chosen keys of each row.
+    let blocks = p.s_q.div_ceil(ROWS);
+    let jobs = p.b * p.h * blocks;
+    type Rows = (Vec<u32>, Vec<usize>, u64); // keys, row ends, multiply-adds
+    let results: Vec<Mutex<Option<Rows>>> = (0..jobs).map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let scale = params.scale;
+    par.run(par.threads().min(jobs), |_| {
+        let mut q = vec![0.0f32; ROWS * d];
+        let mut fq = vec![0.0f32; ROWS * f];
+        let mut est = vec![0.0f32; ROWS * grid.len()];
+        let mut plans = Vec::with_capacity(ROWS);
+        let (mut idx, mut chosen) = (Vec::new(), Vec::new());
+        loop {
+            let job = next.fetch_add(1, Ordering::Relaxed);
+            if job >= jobs {
+                break;
+            }
+            let (bh, blk) = (job / blocks, job % blocks);
+            let (b, h) = (bh / p.h, bh % p.h);
+            let cl = &cells[b * p.h_kv + h / p.group()];
+            let (i0, i1) = (blk * ROWS, ((blk + 1) * ROWS).min(p.s_q));
+            let nr = i1 - i0;
+            plans.clear();
+            plans.extend((i0..i1).map(|i| RowPlan::new(c.budget, &grid, params, b, i)));
+            let (mut ca, mut cz) = (usize::MAX, 0);
+            for pl in plans.iter().filter(|pl| pl.kappa > 0 && pl.kappa < pl.end - pl.first) {
+                ca = ca.min(pl.first);
+                cz = cz.max(pl.end);
+            }
+            let mut work = 0u64;
+            if ca < cz {
+                // Features [s·q', ½s²·q'²] of the block's rows, then E = Fq Gᵀ on cells ca..cz.
+                for (r, i) in (i0..i1).enumerate() {
+                    inputs.q.read_row(b, h, i, 1.0, &mut q[r * d..(r + 1) * d]);
+                }
+                let qp = project(&q[..nr * d], nr, d, w_q); // [nr, r]
+                for (row, x) in fq.chunks_exact_mut(f).zip(qp.chunks_exact(r)) {
+                    for t in 0..r {
+                        row[t] = scale * x[t];
+                        if c.moments == 2 {
+                            row[r + t] = 0.5 * scale * scale * x[t] * x[t];
+                        }
+                    }
+                }
+                let nc = cz - ca;
+                let dst = MatMut::from_row_major_slice_mut(&mut est[..nr * nc], nr, nc);
+                let lhs = MatRef::from_row_major_slice(&fq[..nr * f], nr, f);
+                let rhs = MatRef::from_row_major_slice(&cl.g[ca * f..cz * f], nc, f).transpose();
+                matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, faer::Par::Seq);
+                work += (nr * nc * f) as u64;
+                if w_q.is_some() {
+                    work += (nr * r * d) as u64;
+                }
+                for (e, bias) in est[..nr * nc]
+                    .chunks_exact_mut(nc)
+                    .flat_map(|row| row.iter_mut().zip(&cl.bias[ca..cz]))
+                {
+                    *e += *bias;
+                }
+            }
+            let mut keys = Vec::new();
+            let mut ends = Vec::with_capacity(nr);
+            for (r, pl) in plans.iter().enumerate() {
+                chosen.clear();
+                if pl.kappa > 0 {
+                    let nc = cz.saturating_sub(ca);
+                    let row = &est[r * nc..(r + 1) * nc];
+                    pl.choose(|cell| row[cell - ca] as f64, &mut idx, &mut chosen);
+                }
+                pl.keys(&grid, &chosen, &mut keys);
+                ends.push(keys.len());
+            }
+            *results[job].lock().unwrap_or_else(|e| e.into_inner()) = Some((keys, ends, work));
+        }
+    });
+
+    // 3. Assemble per head, rows in order.
+    let per_head_fixed =
+        (p.s_kv * f) as u64 + if w_k.is_some() { (p.s_kv * r * d) as u64 } else { 0 };
+    let mut heads = Vec::with_capacity(p.b * p.h);
+    let mut pairs = 0u64;
+    let mut it = results.into_iter();
+    for _ in 0..p.b * p.h {
+        let mut hl = HeadList::new();
+        let mut work = per_head_fixed;
+        for _ in 0..blocks {
+            let (keys, ends, w) = it
+                .next()
+                .and_then(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+                .expect("every job ran");
+            let mut s = 0;
+            for e in ends {
+                hl.push(&[], &keys[s..e]);
+                s = e;
+            }
+            work += w;
+        }
+        pairs += work.div_ceil(d as u64);
+        heads.push(hl);
+    }
+    let pattern = BlockList::new(1, 1, p.s_q, p.s_kv, heads).map_err(|e| match e {
+        Error::InvalidParam { detail, .. } => {
+            Error::InvalidParam { op: "sea::estimate::pattern", name: "pattern", detail }
+        }
+        other => other,
+    })?;
+    Ok((pattern, pairs))
+}
