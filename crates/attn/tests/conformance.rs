@@ -65,7 +65,7 @@ mod small_budgets {
     use attn::methods::block_sparse::BlockSparse;
     use attn::methods::hyper::Hyper;
     use attn::methods::pattern::{Fast, Reference};
-    use attn::methods::sea::{Budget, Sea};
+    use attn::methods::sea::{Budget, Estimate, Sea};
     use attn::methods::streaming::Streaming;
     use attn::methods::vertical_slash::VerticalSlash;
     use attn::{Method, Registry};
@@ -77,8 +77,16 @@ mod small_budgets {
         VerticalSlash { last_q: 24, vertical: 7, slash: 9, sink: 2, local: 3, block: 16 };
     const BS: BlockSparse = BlockSparse { top_k: 3, block: 16 };
     const HYPER: Hyper = Hyper { projections: 3, block: 16, samples: 8, min_seq_len: 24, seed: 5 };
-    const SEA: Sea =
-        Sea { budget: Budget::Count(9), cells: 16, rank: 0, moments: 2, seed: 0, trained: None };
+    const SEA: Sea = Sea {
+        budget: Budget::Count(9),
+        cells: 16,
+        rank: 0,
+        estimate: Estimate::Bound,
+        sink: 1,
+        local: 1,
+        seed: 0,
+        trained: None,
+    };
 
     static SMALL: &[&dyn Method] = &[
         &Fast(STREAMING),
@@ -101,7 +109,9 @@ mod small_budgets {
         budget: Budget::Fraction(0.3),
         cells: 24,
         rank: 8,
-        moments: 1,
+        estimate: Estimate::Gauss,
+        sink: 0,
+        local: 0,
         seed: 3,
         trained: None,
     };

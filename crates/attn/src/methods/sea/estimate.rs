@@ -1,13 +1,14 @@
 //! The support of SEA (spec §3.2 steps 6–8, with the training-free estimate of README), shared by
 //! the fast path and the reference: the cell grid, the per-cell key moments, the estimate of every
 //! query row on its visible cells (faer GEMMs over blocks of [`ROWS`] rows), the per-row top-k of
-//! cells, and their keys as a [`BlockList`] of per-row index lists (`bm = 1`).
+//! cells, and their keys as a [`BlockList`] with one query row per block (`bm = 1`): each chosen
+//! cell a key block of the narrowest cell's width, plus a column for a cell one key wider.
 //!
 //! Deterministic: every estimate comes from the same GEMM shapes whatever the thread count (one job
 //! is one block of rows of one head; faer runs each sequentially), so both implementations attend
 //! over the same support at every SIMD level and thread count.
 
-use super::{Budget, Sea};
+use super::{Budget, Estimate, Sea};
 use crate::dispatch::Inputs;
 use crate::error::{Error, Result};
 use crate::par::Par;
@@ -54,6 +55,11 @@ impl Grid {
         (self.bounds[c], self.bounds[c + 1])
     }
 
+    /// The width of the narrowest cell (cells are this wide or one key wider).
+    pub fn min_width(&self) -> usize {
+        self.bounds.windows(2).map(|w| w[1] - w[0]).min().unwrap_or(1)
+    }
+
     /// The cell holding key `j < S_kv`.
     pub fn cell_of(&self, j: usize) -> usize {
         self.bounds.partition_point(|&e| e <= j) - 1
@@ -71,38 +77,58 @@ pub struct RowPlan {
     pub first: usize,
     /// One past the last visible cell.
     pub end: usize,
-    /// The cell of the row's own position (the diagonal), when visible: always kept.
-    pub forced: Option<usize>,
+    /// Forced sink cells `[first, first + sink)` (clipped to the visible cells).
+    pub sinks: (usize, usize),
+    /// Forced local cells: the cell of the row's own position (the diagonal) and the `local`
+    /// visible cells before it; empty when the position is not visible.
+    pub local: (usize, usize),
     /// Cells kept `κ_i` (every visible cell when the budget covers every visible key).
     pub kappa: usize,
 }
 
 impl RowPlan {
     /// The plan of query row `i` of batch `b`: `k_i` keys of the `L_i = hi − lo` visible ones,
-    /// `κ_i = clamp(⌈k_i·C/S_kv⌉, 1, V_i)` cells of the `V_i` visible (all of them when
-    /// `k_i ≥ L_i`), `C/S_kv` being cells per key of the grid.
-    pub fn new(budget: Budget, grid: &Grid, params: &Resolved, b: usize, i: usize) -> Self {
+    /// `κ_i = clamp(max(⌈k_i·C/S_kv⌉, forced), 1, V_i)` cells of the `V_i` visible (all of them
+    /// when `k_i ≥ L_i`), `C/S_kv` being cells per key of the grid.
+    pub fn new(c: &Sea, grid: &Grid, params: &Resolved, b: usize, i: usize) -> Self {
         let (lo, hi) = params.mask.interval(&params.geometry, b, i);
         if lo >= hi {
-            return Self { lo, hi, first: 0, end: 0, forced: None, kappa: 0 };
+            return Self { lo, hi, first: 0, end: 0, sinks: (0, 0), local: (0, 0), kappa: 0 };
         }
         let (first, end) = (grid.cell_of(lo), grid.cell_of(hi - 1) + 1);
+        let sinks = (first, (first + c.sink).min(end));
+        let pos = params.position(i);
+        let local = if lo as i64 <= pos && pos < hi as i64 {
+            let dc = grid.cell_of(pos as usize);
+            (dc.saturating_sub(c.local).max(first), dc + 1)
+        } else {
+            (0, 0)
+        };
+        let mut plan = Self { lo, hi, first, end, sinks, local, kappa: 0 };
         let (l, v) = (hi - lo, end - first);
-        let k = budget.keys(l);
-        let kappa = if k >= l {
+        let k = c.budget.keys(l);
+        plan.kappa = if k >= l {
             v
         } else {
             let s_kv = grid.bounds[grid.len()];
-            (k * grid.len()).div_ceil(s_kv).clamp(1, v)
+            (k * grid.len()).div_ceil(s_kv).max(plan.forced()).clamp(1, v)
         };
-        let pos = params.position(i);
-        let forced = (lo as i64 <= pos && pos < hi as i64).then(|| grid.cell_of(pos as usize));
-        Self { lo, hi, first, end, forced, kappa }
+        plan
     }
 
-    /// Appends the chosen cells, ascending, to `out`: the forced cell and the `κ_i − 1` (or
-    /// `κ_i` without one) other visible cells of largest `est(c)`, ties to the smaller cell
-    /// (spec §0.4.6). `idx` is scratch.
+    /// True when cell `c` is always kept.
+    pub fn is_forced(&self, c: usize) -> bool {
+        (self.sinks.0 <= c && c < self.sinks.1) || (self.local.0 <= c && c < self.local.1)
+    }
+
+    /// Number of forced cells.
+    pub fn forced(&self) -> usize {
+        (self.first..self.end).filter(|&c| self.is_forced(c)).count()
+    }
+
+    /// Appends the chosen cells, ascending, to `out`: the forced cells and the other visible cells
+    /// of largest `est(c)`, ties to the smaller cell (spec §0.4.6), `κ_i` in all. `idx` is
+    /// scratch.
     pub fn choose(&self, est: impl Fn(usize) -> f64, idx: &mut Vec<u32>, out: &mut Vec<u32>) {
         let start = out.len();
         if self.kappa >= self.end - self.first {
@@ -110,10 +136,9 @@ impl RowPlan {
             return;
         }
         idx.clear();
-        idx.extend(
-            (self.first as u32..self.end as u32).filter(|&c| Some(c as usize) != self.forced),
-        );
-        let take = self.kappa - usize::from(self.forced.is_some());
+        idx.extend((self.first as u32..self.end as u32).filter(|&c| !self.is_forced(c as usize)));
+        let forced = self.end - self.first - idx.len();
+        let take = self.kappa - forced;
         if take > 0 {
             let order =
                 |a: &u32, b: &u32| est(*b as usize).total_cmp(&est(*a as usize)).then(a.cmp(b));
@@ -122,15 +147,20 @@ impl RowPlan {
             }
             out.extend_from_slice(&idx[..take]);
         }
-        out.extend(self.forced.map(|c| c as u32));
+        out.extend((self.first as u32..self.end as u32).filter(|&c| self.is_forced(c as usize)));
         out[start..].sort_unstable();
     }
 
-    /// Appends the visible keys of `cells` (ascending) to `keys`.
-    pub fn keys(&self, grid: &Grid, cells: &[u32], keys: &mut Vec<u32>) {
+    /// Appends the keys of `cells` (ascending) as key blocks of `grid.min_width()` keys (one per
+    /// cell, at its start) and the one key a wider cell has left as a column. Keys outside
+    /// `[lo, hi)` stay in: the executors mask them (so the row's support is the visible keys of
+    /// its cells).
+    pub fn pieces(&self, grid: &Grid, cells: &[u32], blocks: &mut Vec<u32>, cols: &mut Vec<u32>) {
+        let bn = grid.min_width();
         for &c in cells {
             let (s, e) = grid.range(c as usize);
-            keys.extend(s.max(self.lo) as u32..e.min(self.hi) as u32);
+            blocks.push(s as u32);
+            cols.extend((s + bn) as u32..e as u32);
         }
     }
 }
@@ -151,8 +181,8 @@ pub fn projection(c: &Sea, d: usize) -> Option<(Vec<f32>, Vec<f32>, usize)> {
     Some((w.clone(), w, c.rank))
 }
 
-/// Per key/value head: the cell features `G [C, F]` (`F = moments·r`: the mean of the projected
-/// keys of the cell, then their per-dimension variance) and `ln n_c`.
+/// Per key/value head: the cell features `G [C, F]` (`F = factor·r`: Mean `μ_c`, Gauss
+/// `[μ_c, σ²_c]`, Bound `[max_c k', min_c k']` of the cell's projected keys) and `ln n_c`.
 struct Cells {
     g: Vec<f32>,
     bias: Vec<f32>,
@@ -177,7 +207,7 @@ fn cells(
     p: &Problem,
     inputs: &Inputs,
     grid: &Grid,
-    moments: usize,
+    kind: Estimate,
     w_k: Option<(&[f32], usize)>,
     b: usize,
     hk: usize,
@@ -189,28 +219,41 @@ fn cells(
     }
     let r = w_k.map_or(d, |w| w.1);
     let kp = project(&k, p.s_kv, d, w_k); // [S_kv, r]
-    let f = moments * r;
+    let f = kind.factor() * r;
     let mut g = vec![0.0f32; grid.len() * f];
     let mut bias = vec![0.0f32; grid.len()];
     let (mut s1, mut s2) = (vec![0.0f64; r], vec![0.0f64; r]);
     for c in 0..grid.len() {
         let (s, e) = grid.range(c);
-        s1.fill(0.0);
-        s2.fill(0.0);
-        for row in kp[s * r..e * r].chunks_exact(r) {
-            for t in 0..r {
-                let x = row[t] as f64;
-                s1[t] += x;
-                s2[t] += x * x;
-            }
-        }
         let n = (e - s) as f64;
         let gc = &mut g[c * f..(c + 1) * f];
-        for t in 0..r {
-            let mean = s1[t] / n;
-            gc[t] = mean as f32;
-            if moments == 2 {
-                gc[r + t] = (s2[t] / n - mean * mean).max(0.0) as f32;
+        if kind == Estimate::Bound {
+            // [max_c k', min_c k']
+            let (hi, lo) = gc.split_at_mut(r);
+            hi.fill(f32::NEG_INFINITY);
+            lo.fill(f32::INFINITY);
+            for row in kp[s * r..e * r].chunks_exact(r) {
+                for t in 0..r {
+                    hi[t] = hi[t].max(row[t]);
+                    lo[t] = lo[t].min(row[t]);
+                }
+            }
+        } else {
+            s1.fill(0.0);
+            s2.fill(0.0);
+            for row in kp[s * r..e * r].chunks_exact(r) {
+                for t in 0..r {
+                    let x = row[t] as f64;
+                    s1[t] += x;
+                    s2[t] += x * x;
+                }
+            }
+            for t in 0..r {
+                let mean = s1[t] / n;
+                gc[t] = mean as f32;
+                if kind == Estimate::Gauss {
+                    gc[r + t] = (s2[t] / n - mean * mean).max(0.0) as f32;
+                }
             }
         }
         bias[c] = n.ln() as f32;
@@ -223,7 +266,7 @@ fn cells(
 pub fn scratch_bytes(c: &Sea, p: &Problem, par: Par) -> usize {
     let grid_len = c.cells.min(p.s_kv).max(1);
     let r = c.trained.as_ref().map_or(if c.rank == 0 { p.d } else { c.rank }, |e| e.rank());
-    let f = c.moments * r;
+    let f = c.estimate.factor() * r;
     let width = p.s_kv.div_ceil(grid_len);
     let per_row = match c.budget {
         Budget::Count(k) => k.saturating_add(2 * width),
@@ -236,8 +279,8 @@ pub fn scratch_bytes(c: &Sea, p: &Problem, par: Par) -> usize {
         + heads * p.s_q * (per_row + 2))
 }
 
-/// The support of every query head as a [`BlockList`] (`bm = 1`, one index list per row, no key
-/// blocks), and the pairs the estimate cost: per head `⌈(Σ_blocks rows·cells·F + S_kv·F
+/// The support of every query head as a [`BlockList`] (`bm = 1`, per row a key block per chosen
+/// cell and the wider cells' last keys as columns), and the pairs the estimate cost: per head `⌈(Σ_blocks rows·cells·F + S_kv·F
 /// [+ (S_q + S_kv)·r·D]) / D⌉` — multiply-adds of the estimate GEMMs, the cell moments and (when
 /// projected) the projections, in units of one `D`-long dot product (a score), as Performer counts.
 ///
@@ -261,7 +304,7 @@ pub fn pattern(
     let grid = Grid::new(p.s_kv, c.cells);
     let proj = projection(c, d);
     let r = proj.as_ref().map_or(d, |w| w.2);
-    let f = c.moments * r;
+    let f = c.estimate.factor() * r;
     let w_q = proj.as_ref().map(|w| (&w.0[..], w.2));
     let w_k = proj.as_ref().map(|w| (&w.1[..], w.2));
 
@@ -274,7 +317,7 @@ pub fn pattern(
         if job >= kv_heads {
             break;
         }
-        let cells = cells(p, inputs, &grid, c.moments, w_k, job / p.h_kv, job % p.h_kv);
+        let cells = cells(p, inputs, &grid, c.estimate, w_k, job / p.h_kv, job % p.h_kv);
         *slots[job].lock().unwrap_or_else(|e| e.into_inner()) = Some(cells);
     });
     let cells: Vec<Cells> = slots
@@ -285,7 +328,7 @@ pub fn pattern(
     // 2. Per (query head, block of ROWS rows): estimates and the chosen keys of each row.
     let blocks = p.s_q.div_ceil(ROWS);
     let jobs = p.b * p.h * blocks;
-    type Rows = (Vec<u32>, Vec<usize>, u64); // keys, row ends, multiply-adds
+    type Rows = (Vec<u32>, Vec<u32>, Vec<(usize, usize)>, u64); // blocks, cols, row ends, work
     let results: Vec<Mutex<Option<Rows>>> = (0..jobs).map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
     let scale = params.scale;
@@ -306,7 +349,7 @@ pub fn pattern(
             let (i0, i1) = (blk * ROWS, ((blk + 1) * ROWS).min(p.s_q));
             let nr = i1 - i0;
             plans.clear();
-            plans.extend((i0..i1).map(|i| RowPlan::new(c.budget, &grid, params, b, i)));
+            plans.extend((i0..i1).map(|i| RowPlan::new(c, &grid, params, b, i)));
             let (mut ca, mut cz) = (usize::MAX, 0);
             for pl in plans.iter().filter(|pl| pl.kappa > 0 && pl.kappa < pl.end - pl.first) {
                 ca = ca.min(pl.first);
@@ -314,16 +357,24 @@ pub fn pattern(
             }
             let mut work = 0u64;
             if ca < cz {
-                // Features [s·q', ½s²·q'²] of the block's rows, then E = Fq Gᵀ on cells ca..cz.
+                // Query features (Gauss [s·q', ½s²·q'²], Bound [s·q'⁺, s·q'⁻], Mean s·q') of the
+                // block's rows, then E = Fq Gᵀ on cells ca..cz.
                 for (r, i) in (i0..i1).enumerate() {
                     inputs.q.read_row(b, h, i, 1.0, &mut q[r * d..(r + 1) * d]);
                 }
                 let qp = project(&q[..nr * d], nr, d, w_q); // [nr, r]
                 for (row, x) in fq.chunks_exact_mut(f).zip(qp.chunks_exact(r)) {
                     for t in 0..r {
-                        row[t] = scale * x[t];
-                        if c.moments == 2 {
-                            row[r + t] = 0.5 * scale * scale * x[t] * x[t];
+                        match c.estimate {
+                            Estimate::Mean => row[t] = scale * x[t],
+                            Estimate::Gauss => {
+                                row[t] = scale * x[t];
+                                row[r + t] = 0.5 * scale * scale * x[t] * x[t];
+                            }
+                            Estimate::Bound => {
+                                row[t] = scale * x[t].max(0.0);
+                                row[r + t] = scale * x[t].min(0.0);
+                            }
                         }
                     }
                 }
@@ -343,7 +394,7 @@ pub fn pattern(
                     *e += *bias;
                 }
             }
-            let mut keys = Vec::new();
+            let (mut blks, mut cols) = (Vec::new(), Vec::new());
             let mut ends = Vec::with_capacity(nr);
             for (r, pl) in plans.iter().enumerate() {
                 chosen.clear();
@@ -352,10 +403,11 @@ pub fn pattern(
                     let row = &est[r * nc..(r + 1) * nc];
                     pl.choose(|cell| row[cell - ca] as f64, &mut idx, &mut chosen);
                 }
-                pl.keys(&grid, &chosen, &mut keys);
-                ends.push(keys.len());
+                pl.pieces(&grid, &chosen, &mut blks, &mut cols);
+                ends.push((blks.len(), cols.len()));
             }
-            *results[job].lock().unwrap_or_else(|e| e.into_inner()) = Some((keys, ends, work));
+            let res = (blks, cols, ends, work);
+            *results[job].lock().unwrap_or_else(|e| e.into_inner()) = Some(res);
         }
     });
 
@@ -369,25 +421,26 @@ pub fn pattern(
         let mut hl = HeadList::new();
         let mut work = per_head_fixed;
         for _ in 0..blocks {
-            let (keys, ends, w) = it
+            let (blks, cols, ends, w) = it
                 .next()
                 .and_then(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
                 .expect("every job ran");
-            let mut s = 0;
-            for e in ends {
-                hl.push(&[], &keys[s..e]);
-                s = e;
+            let (mut sb, mut sc) = (0, 0);
+            for (eb, ec) in ends {
+                hl.push(&blks[sb..eb], &cols[sc..ec]);
+                (sb, sc) = (eb, ec);
             }
             work += w;
         }
         pairs += work.div_ceil(d as u64);
         heads.push(hl);
     }
-    let pattern = BlockList::new(1, 1, p.s_q, p.s_kv, heads).map_err(|e| match e {
-        Error::InvalidParam { detail, .. } => {
-            Error::InvalidParam { op: "sea::estimate::pattern", name: "pattern", detail }
-        }
-        other => other,
-    })?;
+    let pattern =
+        BlockList::new(1, grid.min_width(), p.s_q, p.s_kv, heads).map_err(|e| match e {
+            Error::InvalidParam { detail, .. } => {
+                Error::InvalidParam { op: "sea::estimate::pattern", name: "pattern", detail }
+            }
+            other => other,
+        })?;
     Ok((pattern, pairs))
 }

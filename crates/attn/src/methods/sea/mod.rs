@@ -1,7 +1,8 @@
 //! SEA (spec §3): an estimate of each query's attention compressed to `T_M` key cells, a
 //! per-query top-k over the cells, and exact softmax attention on the keys of the chosen cells.
-//! Training-free: the estimate is the log of a second-order cumulant of the cell's scores,
-//! computed from per-cell key moments (optionally after a random or a loaded projection). See
+//! Training-free: the estimate of a cell's log attention mass comes from per-cell key statistics
+//! (per-dimension extremes by default; or mean and variance), optionally after a random or a
+//! loaded projection. See
 //! `README.md` in this folder.
 //!
 //! - [`estimate`]: the support (cell grid, estimates, per-row top-k) as a [`BlockList`] of
@@ -54,7 +55,7 @@ impl std::fmt::Display for Budget {
 }
 
 /// A trained (loadable) estimator: projections `W_q`, `W_k` (`r × D`, row-major, f32) applied to
-/// queries and keys before the cell moments (`q' = W_q q`, `k' = W_k k`). Its file format:
+/// queries and keys before the cell statistics (`q' = W_q q`, `k' = W_k k`). Its file format:
 /// safetensors with the f32 tensors `sea.w_q` and `sea.w_k`, both `[r, D]` (README).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Estimator {
@@ -105,6 +106,38 @@ impl Estimator {
     }
 }
 
+/// The training-free estimate `ê_ic` of a cell's log attention mass `ln Σ_{j∈c} exp(s·q·k_j)`
+/// (README; `q'`, `k'` projected when there is a projection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Estimate {
+    /// `ln n_c + s·q'·μ_c`: the mean key of the cell (first cumulant).
+    Mean,
+    /// `ln n_c + s·q'·μ_c + ½s²·Σ_t q'_t²·σ²_ct`: mean and per-dimension variance (second-order
+    /// cumulant expansion with a diagonal covariance).
+    Gauss,
+    /// `ln n_c + s·Σ_t max(q'_t·max_c k'_t, q'_t·min_c k'_t)`: the upper bound of the cell's best
+    /// score from its per-dimension key extremes.
+    Bound,
+}
+
+impl Estimate {
+    /// Features per projected dimension (the width of the GEMM is `factor·r`).
+    pub fn factor(self) -> usize {
+        match self {
+            Estimate::Mean => 1,
+            Estimate::Gauss | Estimate::Bound => 2,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Estimate::Mean => "mean",
+            Estimate::Gauss => "gauss",
+            Estimate::Bound => "bound",
+        }
+    }
+}
+
 /// `sea`: compressed attention estimate, per-query top-k cells, exact attention on them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sea {
@@ -115,8 +148,12 @@ pub struct Sea {
     /// Width `r` of the training-free random projection (0: none, the estimate uses all `D`
     /// dimensions). Ignored by a trained estimator.
     pub rank: usize,
-    /// Cumulants in the estimate: 1 (mean) or 2 (mean and per-dimension variance).
-    pub moments: usize,
+    /// The estimate of a cell's attention mass.
+    pub estimate: Estimate,
+    /// Leading cells always kept (attention sinks).
+    pub sink: usize,
+    /// Cells before the diagonal's always kept (the diagonal's cell always is).
+    pub local: usize,
     /// Seed of the random projection.
     pub seed: u64,
     /// A loaded estimator; `None`: training-free.
@@ -125,9 +162,18 @@ pub struct Sea {
 
 impl Sea {
     /// The defaults: the OPT scripts' `k = 64`, `T_M = 256` (spec §3.3); the training-free
-    /// estimate with both moments on all `D` dimensions [library choice, README]; seed 0.
-    pub const DEFAULT: Sea =
-        Sea { budget: Budget::Count(64), cells: 256, rank: 0, moments: 2, seed: 0, trained: None };
+    /// estimate from per-dimension key extremes on all `D` dimensions [library choice, README];
+    /// seed 0.
+    pub const DEFAULT: Sea = Sea {
+        budget: Budget::Count(64),
+        cells: 256,
+        rank: 0,
+        estimate: Estimate::Bound,
+        sink: 0,
+        local: 0,
+        seed: 0,
+        trained: None,
+    };
 
     /// This configuration with a trained estimator.
     pub fn with_estimator(mut self, e: Arc<Estimator>) -> Self {
@@ -176,7 +222,7 @@ impl SparseConfig for Sea {
     const REFERENCE_NAME: &'static str = "sea-reference";
     const FAMILY: &'static str = "sea";
     const DESCRIPTION: &'static str =
-        "SEA: attention estimated on T_M key cells from per-cell key moments, per-query top-k cells (+ the diagonal's), exact softmax on their keys";
+        "SEA: attention estimated on T_M key cells from per-cell key extremes, per-query top-k cells (+ the diagonal's), exact softmax on their keys";
     const MASKS: &'static [MaskKind] = &[
         MaskKind::None,
         MaskKind::Causal,
@@ -204,9 +250,19 @@ impl SparseConfig for Sea {
                 doc: "random projection width of the estimate, 0 = all D dimensions (default 0)",
             },
             ParamInfo {
-                name: "moments",
-                value: self.moments.to_string(),
-                doc: "cumulants of the estimate: 1 mean, 2 mean + variance (default 2)",
+                name: "estimate",
+                value: self.estimate.name().to_string(),
+                doc: "cell estimate: bound (per-dimension key extremes), gauss (mean + variance), mean (default bound)",
+            },
+            ParamInfo {
+                name: "sink",
+                value: self.sink.to_string(),
+                doc: "leading cells always kept (default 0)",
+            },
+            ParamInfo {
+                name: "local",
+                value: self.local.to_string(),
+                doc: "cells before the diagonal's always kept (default 0; the diagonal's always is)",
             },
             ParamInfo {
                 name: "seed",
@@ -221,13 +277,16 @@ impl SparseConfig for Sea {
             "k" => self.budget = parse_budget(value)?,
             "cells" => self.cells = positive(Self::NAME, key, value)?,
             "rank" => self.rank = parse_param(Self::NAME, key, value)?,
-            "moments" => {
-                let m: usize = parse_param(Self::NAME, key, value)?;
-                if !(1..=2).contains(&m) {
-                    return Err(bad(key, value, "1 (mean) or 2 (mean and variance)"));
+            "estimate" => {
+                self.estimate = match value {
+                    "mean" => Estimate::Mean,
+                    "gauss" => Estimate::Gauss,
+                    "bound" => Estimate::Bound,
+                    _ => return Err(bad(key, value, "bound, gauss or mean")),
                 }
-                self.moments = m;
             }
+            "sink" => self.sink = parse_param(Self::NAME, key, value)?,
+            "local" => self.local = parse_param(Self::NAME, key, value)?,
             "seed" => self.seed = parse_param(Self::NAME, key, value)?,
             _ => return Err(unknown(self, key)),
         }

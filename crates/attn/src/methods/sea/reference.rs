@@ -6,19 +6,22 @@
 //!    (empty cells dropped; `C` cells remain).
 //! 2. **Projection** (optional): `q' = W_q q`, `k' = W_k k` (random `N(0, 1/r)` entries, or loaded);
 //!    without one `q' = q`, `k' = k`.
-//! 3. **Cell moments** of the projected keys: `n_c`, mean `μ_c`, per-dimension variance `σ²_c`.
-//! 4. **Estimate** of `ln Σ_{j∈c} exp(s·q'·k'_j)` (the second-order cumulant expansion with a
-//!    diagonal covariance): `ê_ic = ln n_c + s·q'·μ_c + ½·s²·Σ_t q'_t² σ²_ct` (`moments = 1`: no
-//!    variance term).
+//! 3. **Cell statistics** of the projected keys: `n_c`, mean `μ_c`, per-dimension variance
+//!    `σ²_c`, per-dimension maximum `⌈k⌉_c` and minimum `⌊k⌋_c`.
+//! 4. **Estimate** of `ln Σ_{j∈c} exp(s·q'·k'_j)`: `ê_ic = ln n_c + s·Σ_t max(q'_t⌈k⌉_ct,
+//!    q'_t⌊k⌋_ct)` (`bound`: the largest score the cell's extremes allow), `ln n_c + s·q'·μ_c`
+//!    (`mean`), or `ln n_c + s·q'·μ_c + ½·s²·Σ_t q'_t² σ²_ct` (`gauss`: the second-order
+//!    cumulant expansion with a diagonal covariance).
 //! 5. **Selection**: visible keys `[lo, hi)` (the mask's interval), `L_i = hi − lo`, visible cells
 //!    those holding a visible key (`V_i` of them); `k_i` keys of the budget; if `k_i ≥ L_i` every
-//!    visible cell, else `κ_i = clamp(⌈k_i·C/S_kv⌉, 1, V_i)` cells: the cell of the row's own
-//!    position when visible (the diagonal), then the other visible cells by decreasing `ê_ic`
-//!    (ties: smaller cell first) until `κ_i` are chosen.
+//!    visible cell, else `κ_i = clamp(max(⌈k_i·C/S_kv⌉, forced), 1, V_i)` cells: the forced ones
+//!    (the first `sink` visible cells; the cell of the row's own position when visible — the
+//!    diagonal — and the `local` cells before it), then the other visible cells by decreasing
+//!    `ê_ic` (ties: smaller cell first) until `κ_i` are chosen.
 //! 6. **Support**: the visible keys of the chosen cells.
 
 use super::estimate::{projection, Grid};
-use super::Sea;
+use super::{Estimate, Sea};
 use crate::dispatch::Inputs;
 use crate::params::Resolved;
 use crate::problem::Problem;
@@ -47,6 +50,8 @@ pub fn estimates_f64(
     // 3. cell moments
     let mut mean = vec![vec![0.0f64; r]; grid.len()];
     let mut var = vec![vec![0.0f64; r]; grid.len()];
+    let mut top = vec![vec![f64::NEG_INFINITY; r]; grid.len()];
+    let mut bottom = vec![vec![f64::INFINITY; r]; grid.len()];
     let mut count = vec![0.0f64; grid.len()];
     for (cell, (mu, s2)) in mean.iter_mut().zip(&mut var).enumerate() {
         let (s, e) = grid.range(cell);
@@ -56,6 +61,9 @@ pub fn estimates_f64(
             for t in 0..r {
                 mu[t] += kp[t];
                 s2[t] += kp[t] * kp[t];
+                // extremes of the f32-rounded projections, as the selection code keeps them
+                top[cell][t] = top[cell][t].max(kp[t] as f32 as f64);
+                bottom[cell][t] = bottom[cell][t].min(kp[t] as f32 as f64);
             }
         }
         let n = (e - s) as f64;
@@ -79,10 +87,16 @@ pub fn estimates_f64(
                 .map(|cell| {
                     let mut e = count[cell].ln();
                     for t in 0..r {
-                        e += scale * qp[t] * mean[cell][t];
-                        if c.moments == 2 {
-                            e += 0.5 * scale * scale * qp[t] * qp[t] * var[cell][t];
-                        }
+                        e += match c.estimate {
+                            Estimate::Mean => scale * qp[t] * mean[cell][t],
+                            Estimate::Gauss => {
+                                scale * qp[t] * mean[cell][t]
+                                    + 0.5 * scale * scale * qp[t] * qp[t] * var[cell][t]
+                            }
+                            Estimate::Bound => {
+                                scale * (qp[t] * top[cell][t]).max(qp[t] * bottom[cell][t])
+                            }
+                        };
                     }
                     (cell, e)
                 })
@@ -115,13 +129,21 @@ pub fn support_f64(
                 row.iter().map(|&(cell, _)| cell).collect()
             } else {
                 let kappa = (k * grid.len()).div_ceil(p.s_kv).clamp(1, row.len());
+                // forced: the first `sink` visible cells, the diagonal's and `local` before it
                 let pos = params.position(i);
+                let first = row[0].0;
                 let diag =
                     (lo as i64 <= pos && pos < hi as i64).then(|| grid.cell_of(pos as usize));
+                let forced = |cell: usize| {
+                    cell < first + c.sink
+                        || diag.is_some_and(|dc| cell <= dc && cell + c.local >= dc)
+                };
+                let mut chosen: Vec<usize> =
+                    row.iter().map(|&(cell, _)| cell).filter(|&cell| forced(cell)).collect();
+                let kappa = kappa.max(chosen.len());
                 let mut order: Vec<(usize, f64)> =
-                    row.iter().copied().filter(|&(cell, _)| Some(cell) != diag).collect();
+                    row.iter().copied().filter(|&(cell, _)| !forced(cell)).collect();
                 order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-                let mut chosen: Vec<usize> = diag.into_iter().collect();
                 chosen.extend(order.iter().map(|&(cell, _)| cell).take(kappa - chosen.len()));
                 chosen
             };
