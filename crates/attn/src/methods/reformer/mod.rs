@@ -16,7 +16,7 @@ pub mod reference;
 use crate::dispatch::{parse_param, Inputs, OutputMut, ParamInfo, Reason, Stats};
 use crate::error::{Error, Result};
 use crate::mask::{Mask, MaskKind};
-use crate::methods::pattern::{dot_fixed, positive, unknown, Exec, SparseConfig};
+use crate::methods::pattern::{dot_fixed, for_each_head, positive, unknown, Exec, SparseConfig};
 use crate::par::Par;
 use crate::params::{Params, Resolved};
 use crate::primitives::merge::merge_weights;
@@ -24,8 +24,6 @@ use crate::primitives::online_softmax::{RowState, LOG2_E};
 use crate::primitives::rng::{purpose, Key, Stream};
 use crate::primitives::simd::{dispatch, Kernel, Level, Simd};
 use crate::problem::Problem;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 /// `reformer`: `n_hashes` rounds of angular LSH into `buckets` buckets, chunks of `chunk` tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,33 +372,25 @@ impl Reformer {
         par: Par,
         out: OutputMut,
     ) -> Result<u64> {
-        let heads = p.b * p.h;
-        if heads == 0 || p.s_q == 0 {
+        if p.b * p.h == 0 || p.s_q == 0 {
             return Ok(0);
         }
         let nb = self.buckets_for(p.s_q);
         let rots: Vec<Vec<f32>> = (0..p.h).map(|h| self.rotations(p.d, h, nb)).collect();
-        let slots: Vec<Mutex<(&mut [f32], &mut [f32])>> = out
-            .o
-            .chunks_mut(p.s_q * p.d_v)
-            .zip(out.lse.chunks_mut(p.s_q))
-            .map(Mutex::new)
-            .collect();
-        let pairs = AtomicU64::new(0);
         // Workers run at the caller's level (a thread-local setting).
         let level = Level::current();
-        let jobs = par.threads().min(heads);
-        par.run(jobs, |wk| {
-            for bh in (wk..heads).step_by(jobs) {
-                let mut g = slots[bh].lock().unwrap_or_else(|e| e.into_inner());
-                let (o, lse) = &mut *g;
-                let (b, h) = (bh / p.h, bh % p.h);
-                let k = HeadKernel { cfg: self, rot: &rots[h], p, inputs, params, b, h, o, lse };
-                let n = dispatch(level, k);
-                pairs.fetch_add(n, Ordering::Relaxed);
-            }
-        });
-        Ok(pairs.into_inner())
+        Ok(for_each_head(
+            p,
+            par,
+            out,
+            || (),
+            |_, b, h, o, lse| {
+                dispatch(
+                    level,
+                    HeadKernel { cfg: self, rot: &rots[h], p, inputs, params, b, h, o, lse },
+                )
+            },
+        ))
     }
 }
 
