@@ -13,10 +13,10 @@ use crate::dispatch::Inputs;
 use crate::error::{Error, Result};
 use crate::par::Par;
 use crate::params::Resolved;
+use crate::primitives::gemm::gemm_bt;
 use crate::primitives::rng::{purpose, Key, Stream};
 use crate::primitives::sparse::{BlockList, HeadList};
 use crate::problem::Problem;
-use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -194,10 +194,7 @@ fn project(x: &[f32], n: usize, d: usize, w: Option<(&[f32], usize)>) -> Vec<f32
         None => x.to_vec(),
         Some((w, r)) => {
             let mut y = vec![0.0f32; n * r];
-            let dst = MatMut::from_row_major_slice_mut(&mut y, n, r);
-            let lhs = MatRef::from_row_major_slice(x, n, d);
-            let rhs = MatRef::from_row_major_slice(w, r, d).transpose();
-            matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, faer::Par::Seq);
+            gemm_bt(&mut y, x, w, [n, d, r], false);
             y
         }
     }
@@ -379,10 +376,7 @@ pub fn pattern(
                     }
                 }
                 let nc = cz - ca;
-                let dst = MatMut::from_row_major_slice_mut(&mut est[..nr * nc], nr, nc);
-                let lhs = MatRef::from_row_major_slice(&fq[..nr * f], nr, f);
-                let rhs = MatRef::from_row_major_slice(&cl.g[ca * f..cz * f], nc, f).transpose();
-                matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, faer::Par::Seq);
+                gemm_bt(&mut est, &fq, &cl.g[ca * f..cz * f], [nr, f, nc], false);
                 work += (nr * nc * f) as u64;
                 if w_q.is_some() {
                     work += (nr * r * d) as u64;
