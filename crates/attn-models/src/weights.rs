@@ -56,6 +56,20 @@ impl SafetensorsFile {
         self.names.iter().any(|n| n == name)
     }
 
+    /// The shape of tensor `name`.
+    ///
+    /// # Errors
+    /// [`ModelError::MissingTensor`], [`ModelError::Malformed`].
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        let st = SafeTensors::deserialize(&self.map)
+            .map_err(|e| ModelError::malformed(&self.path, "safetensors", e.to_string()))?;
+        let t = st.tensor(name).map_err(|_| ModelError::MissingTensor {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+        })?;
+        Ok(t.shape().to_vec())
+    }
+
     /// Tensor `name` as f32 (f32, f16 and bf16 are accepted), checked against `shape`.
     ///
     /// # Errors
@@ -95,5 +109,67 @@ impl SafetensorsFile {
                 })
             }
         })
+    }
+}
+
+/// A trained SEA estimator (`attn::methods::sea::Estimator`) from a safetensors file holding
+/// `sea.w_q` and `sea.w_k`, both `[r, D]` (f32, f16 or bf16): the projections applied to queries
+/// and keys before the cell statistics (see `crates/attn/src/methods/sea/README.md`).
+///
+/// # Errors
+/// [`ModelError::Io`], [`ModelError::Malformed`], [`ModelError::MissingTensor`],
+/// [`ModelError::WrongShape`] (`sea.w_k` not of `sea.w_q`'s shape, or not 2-D),
+/// [`ModelError::Attention`] (non-finite weights).
+pub fn sea_estimator(path: impl AsRef<Path>) -> Result<attn::methods::sea::Estimator> {
+    let f = SafetensorsFile::open(path)?;
+    let shape = f.shape("sea.w_q")?;
+    if shape.len() != 2 || shape[0] == 0 || shape[1] == 0 {
+        return Err(ModelError::WrongShape {
+            path: f.path.clone(),
+            tensor: "sea.w_q".into(),
+            expected: vec![0, 0],
+            found: shape,
+        });
+    }
+    let w_q = f.f32("sea.w_q", &shape)?;
+    let w_k = f.f32("sea.w_k", &shape)?;
+    Ok(attn::methods::sea::Estimator::new(shape[1], w_q, w_k)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView;
+
+    fn write(name: &str, tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> PathBuf {
+        let bytes: Vec<Vec<u8>> =
+            tensors.iter().map(|t| t.2.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+        let views: Vec<(String, TensorView)> = tensors
+            .iter()
+            .zip(&bytes)
+            .map(|(t, b)| (t.0.to_string(), TensorView::new(Dtype::F32, t.1.clone(), b).unwrap()))
+            .collect();
+        let data = safetensors::serialize(views, &None).unwrap();
+        let path = std::env::temp_dir().join(format!("attn-sea-{}-{name}", std::process::id()));
+        std::fs::write(&path, data).unwrap();
+        path
+    }
+
+    #[test]
+    fn sea_estimator_loads_and_checks_shapes() {
+        let w: Vec<f32> = (0..3 * 8).map(|i| i as f32 / 10.0).collect();
+        let ok =
+            write("ok", &[("sea.w_q", vec![3, 8], w.clone()), ("sea.w_k", vec![3, 8], w.clone())]);
+        let e = sea_estimator(&ok).unwrap();
+        assert_eq!((e.rank(), e.head_dim()), (3, 8));
+        assert_eq!(e.weights().0, &w[..]);
+        let bad =
+            write("bad", &[("sea.w_q", vec![3, 8], w.clone()), ("sea.w_k", vec![4, 6], w.clone())]);
+        assert!(matches!(sea_estimator(&bad), Err(ModelError::WrongShape { .. })));
+        let missing = write("missing", &[("sea.w_q", vec![3, 8], w)]);
+        assert!(matches!(sea_estimator(&missing), Err(ModelError::MissingTensor { .. })));
+        for p in [ok, bad, missing] {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
