@@ -12,7 +12,7 @@
 //! Every coefficient is a product of factors in `[0, 1]`: no division, no overflow, and an
 //! underflow only where the true value is below `f32::MIN_POSITIVE`.
 
-use super::memory::{l2n32, lse_of, reads_after, Config, Head, Shape, State};
+use super::memory::{l2n32, lse_of, reads_after, Config, FlushSubnormals, Head, Shape, State};
 use super::recurrent::{self, Work};
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef};
 
@@ -206,6 +206,7 @@ pub fn scratch_floats(shape: &Shape, chunk: usize, t: usize) -> usize {
 pub fn chunked(cfg: &Config, h: &Head, st: &mut State, o: &mut [f32], lse: &mut [f32]) -> u64 {
     let (dk, dv, b) = (cfg.shape.dk, cfg.shape.dv, cfg.chunk.max(1));
     let (s_q, t) = (h.q.len() / dk, h.k.len() / dk);
+    let _ftz = FlushSubnormals::new();
     let stored = st.keys;
     for (i, l) in lse.iter_mut().enumerate().take(s_q) {
         *l = lse_of(cfg.q_offset, i, t, stored);

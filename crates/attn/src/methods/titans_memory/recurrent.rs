@@ -1,7 +1,7 @@
 //! The recurrent form in f32: one token at a time ([`step`]), queries read with [`read`]; the
 //! decode path. Cost per token `O(P_M)`, independent of the position.
 
-use super::memory::{l2n32, lse_of, reads_after, Config, Head, Shape, State};
+use super::memory::{l2n32, lse_of, reads_after, Config, FlushSubnormals, Head, Shape, State};
 
 /// Buffers for one token, sized once per head from the [`Shape`].
 #[derive(Debug, Clone)]
@@ -121,6 +121,7 @@ pub fn step(
 pub fn recurrent(cfg: &Config, h: &Head, st: &mut State, o: &mut [f32], lse: &mut [f32]) -> u64 {
     let (dk, dv, b) = (cfg.shape.dk, cfg.shape.dv, cfg.chunk.max(1));
     let (s_q, t) = (h.q.len() / dk, h.k.len() / dk);
+    let _ftz = FlushSubnormals::new();
     let stored = st.keys;
     let mut work = Work::new(&cfg.shape);
     let mut i = 0;

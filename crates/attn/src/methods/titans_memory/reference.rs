@@ -41,25 +41,43 @@ fn read(cfg: &Config, w: &[f64], q: &[f32], o: &mut [f32]) {
     }
 }
 
-/// `∇_W ‖M_W(k) − v‖²` (sum of squares over `D_v`) at `w`, by backpropagation: with
-/// `e = 2(M(k) − v)`, `∂/∂W_l = g_l x_lᵀ`, `g_{L−1} = e`, `g_{l−1} = (W_lᵀ g_l) ⊙ σ'(z_{l−1})`.
-pub fn gradient(cfg: &Config, w: &[f64], k: &[f64], v: &[f32]) -> Vec<f64> {
+/// Backpropagation of `‖M_W(k) − v‖²` (sum of squares over `D_v`) at `w`: returns, per layer
+/// `l`, its input `x_l` and the error `g_l` at its output, so that `∂ℓ/∂W_l = g_l x_lᵀ`. With
+/// `e = 2(M(k) − v)`: `g_{L−1} = e`, `g_{l−1} = (W_lᵀ g_l) ⊙ σ'(z_{l−1})`.
+pub fn backprop(cfg: &Config, w: &[f64], k: &[f64], v: &[f32]) -> Vec<(Vec<f64>, Vec<f64>)> {
     let sh = &cfg.shape;
     let (mut xs, mut ds) = (Vec::new(), Vec::new());
     let y = forward(cfg, w, k, &mut xs, &mut ds);
     let mut g: Vec<f64> = y.iter().zip(v).map(|(&y, &v)| 2.0 * (y - v as f64)).collect();
-    let mut grad = vec![0.0f64; w.len()];
+    let mut out = vec![(Vec::new(), Vec::new()); sh.layers];
     for l in (0..sh.layers).rev() {
-        let (wo, wi, off) = (sh.width(l + 1), sh.width(l), sh.offset(l));
-        for r in 0..wo {
-            for c in 0..wi {
-                grad[off + r * wi + c] = g[r] * xs[l][c];
-            }
-        }
+        let (wi, off) = (sh.width(l), sh.offset(l));
+        let mut below = Vec::new();
         if l > 0 {
-            g = (0..wi)
-                .map(|c| (0..wo).map(|r| w[off + r * wi + c] * g[r]).sum::<f64>() * ds[l][c])
-                .collect();
+            // W_lᵀ g_l, accumulated row by row of W_l (each entry sums r = 0..w_{l+1} in order).
+            below = vec![0.0f64; wi];
+            for (r, &gr) in g.iter().enumerate() {
+                for (b, &x) in below.iter_mut().zip(&w[off + r * wi..off + (r + 1) * wi]) {
+                    *b += x * gr;
+                }
+            }
+            below.iter_mut().zip(&ds[l]).for_each(|(b, &d)| *b *= d);
+        }
+        out[l] = (std::mem::take(&mut xs[l]), std::mem::replace(&mut g, below));
+    }
+    out
+}
+
+/// `∇_W ‖M_W(k) − v‖²` at `w`, flat like the weights ([`backprop`] expanded).
+pub fn gradient(cfg: &Config, w: &[f64], k: &[f64], v: &[f32]) -> Vec<f64> {
+    let sh = &cfg.shape;
+    let mut grad = vec![0.0f64; w.len()];
+    for (l, (x, g)) in backprop(cfg, w, k, v).iter().enumerate() {
+        let (wi, off) = (sh.width(l), sh.offset(l));
+        for (r, &gr) in g.iter().enumerate() {
+            for (c, &xc) in x.iter().enumerate() {
+                grad[off + r * wi + c] = gr * xc;
+            }
         }
     }
     grad
@@ -98,12 +116,18 @@ pub fn reference(cfg: &Config, h: &Head, state: &mut State, o: &mut [f32], lse: 
             filled = 0;
         }
         let k = l2n64(&h.k[j * dk..(j + 1) * dk], cfg.l2norm);
-        let grad = gradient(cfg, &start, &k, &h.v[j * dv..(j + 1) * dv]);
+        let layers = backprop(cfg, &start, &k, &h.v[j * dv..(j + 1) * dv]);
         let (theta, eta, alpha) =
             (h.gates.lr[j] as f64, h.gates.momentum[j] as f64, h.gates.decay[j] as f64);
-        for ((m, s), g) in mem.iter_mut().zip(mom.iter_mut()).zip(&grad) {
-            *s = eta * *s - theta * g;
-            *m = (1.0 - alpha) * *m + *s;
+        for (l, (x, g)) in layers.iter().enumerate() {
+            let (wi, off) = (cfg.shape.width(l), cfg.shape.offset(l));
+            for (r, &gr) in g.iter().enumerate() {
+                for (c, &xc) in x.iter().enumerate() {
+                    let at = off + r * wi + c; // weight (r, c) of layer l; its gradient is g_r x_c
+                    mom[at] = eta * mom[at] - theta * gr * xc;
+                    mem[at] = (1.0 - alpha) * mem[at] + mom[at];
+                }
+            }
         }
         filled += 1;
     }
