@@ -14,35 +14,11 @@
 
 use super::memory::{l2n32, lse_of, reads_after, Config, FlushSubnormals, Head, Shape, State};
 use super::recurrent::{self, Work};
-use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef};
+use crate::primitives::gemm::{gemm, gemm_at_add, gemm_bt};
 
 /// Rows per retrieval batch at least (queries are read in GEMM batches of this many or of the
 /// chunk length, whichever is larger).
 const MIN_ROWS: usize = 16;
-
-/// `dst (n×k) = a (n×d) · bᵀ` with `b` row-major `k × d`, in one thread.
-fn gemm_bt(dst: &mut [f32], a: &[f32], b: &[f32], [n, d, k]: [usize; 3]) {
-    let dst = MatMut::from_row_major_slice_mut(&mut dst[..n * k], n, k);
-    let lhs = MatRef::from_row_major_slice(&a[..n * d], n, d);
-    let rhs = MatRef::from_row_major_slice(&b[..k * d], k, d).transpose();
-    matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, faer::Par::Seq);
-}
-
-/// `dst (n×k) = a (n×d) · b (d×k)`, both row-major, in one thread.
-fn gemm(dst: &mut [f32], a: &[f32], b: &[f32], [n, d, k]: [usize; 3]) {
-    let dst = MatMut::from_row_major_slice_mut(&mut dst[..n * k], n, k);
-    let lhs = MatRef::from_row_major_slice(&a[..n * d], n, d);
-    let rhs = MatRef::from_row_major_slice(&b[..d * k], d, k);
-    matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, faer::Par::Seq);
-}
-
-/// `dst (d×k) += aᵀ · b` with `a` row-major `n × d` and `b` row-major `n × k`, in one thread.
-fn gemm_at_add(dst: &mut [f32], a: &[f32], b: &[f32], [n, d, k]: [usize; 3]) {
-    let dst = MatMut::from_row_major_slice_mut(&mut dst[..d * k], d, k);
-    let lhs = MatRef::from_row_major_slice(&a[..n * d], n, d).transpose();
-    let rhs = MatRef::from_row_major_slice(&b[..n * k], n, k);
-    matmul(dst, Accum::Add, lhs, rhs, 1.0f32, faer::Par::Seq);
-}
 
 /// Per-head buffers for up to `rows` tokens or queries at once.
 struct Bufs {
@@ -92,10 +68,10 @@ impl Bufs {
             let xo = self.rows * xoff(sh, l);
             let wl = &w[off..off + wo * wi];
             if l + 1 == sh.layers {
-                gemm_bt(&mut self.y, &self.xs[xo..], wl, [m, wi, wo]);
+                gemm_bt(&mut self.y, &self.xs[xo..], wl, [m, wi, wo], false);
             } else {
                 let (xin, xout) = self.xs.split_at_mut(self.rows * xoff(sh, l + 1));
-                gemm_bt(xout, &xin[xo..], wl, [m, wi, wo]);
+                gemm_bt(xout, &xin[xo..], wl, [m, wi, wo], false);
                 let d = &mut self.ds[self.rows * xoff(sh, l + 1)..][..m * wo];
                 for (a, d) in xout[..m * wo].iter_mut().zip(d) {
                     (*a, *d) = cfg.act.eval(*a);
@@ -153,7 +129,7 @@ impl Bufs {
             let (wo, wi, off) = (sh.width(l + 1), sh.width(l), sh.offset(l));
             let (lo, hi) = self.gs.split_at_mut(rows * goff(sh, l));
             let gprev = &mut lo[rows * goff(sh, l - 1)..][..n * wi];
-            gemm(gprev, hi, &st.start[off..off + wo * wi], [n, wo, wi]);
+            gemm(gprev, hi, &st.start[off..off + wo * wi], [n, wo, wi], false);
             let d = &self.ds[rows * xoff(sh, l)..][..n * wi];
             gprev.iter_mut().zip(d).for_each(|(g, &d)| *g *= d);
         }

@@ -12,13 +12,10 @@ pub mod memory;
 pub mod recurrent;
 pub mod reference;
 
-use crate::dispatch::{
-    parse_param, unknown_param, Capabilities, Exactness, Inputs, Method, OutputMut, ParamInfo,
-    Reason, Stats,
-};
+use crate::dispatch::{bad_param, parse_param, Inputs, OutputMut, ParamInfo, Reason, Stats};
 use crate::error::{Error, Result};
 use crate::mask::{Mask, MaskKind};
-use crate::methods::linear::{capabilities, positive, run_heads, Form};
+use crate::methods::linear::{positive, run_heads, Form, LinearConfig};
 use crate::par::Par;
 use crate::params::{Params, Resolved};
 use crate::problem::Problem;
@@ -77,41 +74,22 @@ impl TitansMemory {
     }
 }
 
-fn bad(m: &str, k: &str, v: &str, detail: &str) -> Error {
-    Error::BadParam { method: m.into(), key: k.into(), value: v.into(), detail: detail.into() }
-}
+impl LinearConfig for TitansMemory {
+    const NAMES: [&'static str; 3] =
+        ["titans-memory", "titans-memory-recurrent", "titans-memory-reference"];
+    const FAMILY: &'static str = "titans_memory";
+    const DESCRIPTIONS: [&'static str; 3] = [
+        "Titans neural memory (MLP written by gradient steps with momentum), chunked (not softmax)",
+        "Titans neural memory, one token at a time (decode form)",
+        "Titans neural memory, token loop in f64",
+    ];
+    const MASKS: &'static [MaskKind] = &[MaskKind::Causal];
 
-impl Method for TitansMemory {
-    fn name(&self) -> &'static str {
-        match self.form {
-            Form::Chunked => "titans-memory",
-            Form::Recurrent => "titans-memory-recurrent",
-            Form::Reference => "titans-memory-reference",
-        }
+    fn form(&self) -> Form {
+        self.form
     }
-    fn family(&self) -> &'static str {
-        "titans_memory"
-    }
-    fn description(&self) -> &'static str {
-        match self.form {
-            Form::Chunked => {
-                "Titans neural memory (MLP written by gradient steps with momentum), chunked (not softmax)"
-            }
-            Form::Recurrent => "Titans neural memory, one token at a time (decode form)",
-            Form::Reference => "Titans neural memory, token loop in f64",
-        }
-    }
-    fn exactness(&self) -> Exactness {
-        Exactness::NotSoftmax
-    }
-    fn is_reference(&self) -> bool {
-        self.form == Form::Reference
-    }
-    fn capabilities(&self) -> Capabilities {
-        capabilities(&[MaskKind::Causal])
-    }
-    fn unsupported(&self, p: &Problem, params: &Params) -> Vec<Reason> {
-        let mut r = crate::dispatch::check_capabilities(&self.capabilities(), p, params);
+    fn unsupported(&self, _p: &Problem, params: &Params) -> Vec<Reason> {
+        let mut r = Vec::new();
         if matches!(params.mask, Mask::None) {
             r.push(Reason::Other(
                 "the Titans memory is written token by token: it needs the causal mask".into(),
@@ -168,52 +146,50 @@ impl Method for TitansMemory {
             },
         ]
     }
-    fn with_params(&self, kv: &[(&str, &str)]) -> Result<Box<dyn Method>> {
-        let mut m = *self;
-        let name = self.name();
-        for &(k, v) in kv {
-            match k {
-                "layers" => {
-                    let x = positive(name, k, v)?;
-                    if x > MAX_LAYERS {
-                        return Err(bad(name, k, v, "must be in 1..=8"));
-                    }
-                    m.layers = x;
+    fn set(&mut self, k: &str, v: &str) -> Result<bool> {
+        let name = crate::Method::name(self);
+        match k {
+            "layers" => {
+                let x = positive(name, k, v)?;
+                if x > MAX_LAYERS {
+                    return Err(bad_param(name, k, v, "must be in 1..=8"));
                 }
-                "hidden" => m.hidden = parse_param(name, k, v)?,
-                "act" => {
-                    m.act = Act::parse(v).ok_or_else(|| bad(name, k, v, "expected gelu or silu"))?
-                }
-                "lr" => {
-                    let x: f32 = parse_param(name, k, v)?;
-                    if !(x.is_finite() && x >= 0.0) {
-                        return Err(bad(name, k, v, "must be finite and ≥ 0"));
-                    }
-                    m.lr = x;
-                }
-                "momentum" => {
-                    let x: f32 = parse_param(name, k, v)?;
-                    if !(0.0..1.0).contains(&x) {
-                        return Err(bad(name, k, v, "must be in [0, 1)"));
-                    }
-                    m.momentum = x;
-                }
-                "decay" => {
-                    let x: f32 = parse_param(name, k, v)?;
-                    if !(0.0..=1.0).contains(&x) {
-                        return Err(bad(name, k, v, "must be in [0, 1]"));
-                    }
-                    m.decay = x;
-                }
-                "chunk" => m.chunk = positive(name, k, v)?,
-                "l2norm" => m.l2norm = parse_param(name, k, v)?,
-                "seed" => m.seed = parse_param(name, k, v)?,
-                _ => return Err(unknown_param(name, k, &self.params())),
+                self.layers = x;
             }
+            "hidden" => self.hidden = parse_param(name, k, v)?,
+            "act" => {
+                self.act =
+                    Act::parse(v).ok_or_else(|| bad_param(name, k, v, "expected gelu or silu"))?
+            }
+            "lr" => {
+                let x: f32 = parse_param(name, k, v)?;
+                if !(x.is_finite() && x >= 0.0) {
+                    return Err(bad_param(name, k, v, "must be finite and ≥ 0"));
+                }
+                self.lr = x;
+            }
+            "momentum" => {
+                let x: f32 = parse_param(name, k, v)?;
+                if !(0.0..1.0).contains(&x) {
+                    return Err(bad_param(name, k, v, "must be in [0, 1)"));
+                }
+                self.momentum = x;
+            }
+            "decay" => {
+                let x: f32 = parse_param(name, k, v)?;
+                if !(0.0..=1.0).contains(&x) {
+                    return Err(bad_param(name, k, v, "must be in [0, 1]"));
+                }
+                self.decay = x;
+            }
+            "chunk" => self.chunk = positive(name, k, v)?,
+            "l2norm" => self.l2norm = parse_param(name, k, v)?,
+            "seed" => self.seed = parse_param(name, k, v)?,
+            _ => return Ok(false),
         }
-        Ok(Box::new(m))
+        Ok(true)
     }
-    fn scratch_bytes(&self, p: &Problem, _: &Resolved, par: Par) -> usize {
+    fn scratch_bytes(&self, p: &Problem, par: Par) -> usize {
         let sh = self.shape(p.d, p.d_v);
         let per = (p.s_q + p.s_kv) * p.d
             + p.s_kv * p.d_v
@@ -256,7 +232,7 @@ impl Method for TitansMemory {
         if let Some(at) = o.iter().position(|x| !x.is_finite()) {
             let row = at / p.d_v;
             return Err(Error::NonFinite {
-                op: self.name(),
+                op: crate::Method::name(self),
                 tensor: "o",
                 index: [row / (p.h * p.s_q), row / p.s_q % p.h, row % p.s_q, at % p.d_v],
                 value: o[at],
