@@ -17,6 +17,7 @@ pub mod reformer;
 pub mod scatterbrain;
 pub mod sdpa;
 pub mod streaming;
+pub mod titans_memory;
 pub mod transnormer;
 pub mod vertical_slash;
 
@@ -60,6 +61,9 @@ static METHODS: &[&dyn Method] = &[
     &nalaformer::Nalaformer::new(linear::Form::Chunked),
     &nalaformer::Nalaformer::new(linear::Form::Recurrent),
     &nalaformer::Nalaformer::new(linear::Form::Reference),
+    &titans_memory::TitansMemory::new(linear::Form::Chunked),
+    &titans_memory::TitansMemory::new(linear::Form::Recurrent),
+    &titans_memory::TitansMemory::new(linear::Form::Reference),
 ];
 
 /// The implementation named by `spec` (`name` or `name:key=value,...`) from [`registry`].

@@ -34,6 +34,8 @@ pub mod purpose {
     pub const SAMPLES: u64 = 5;
     /// Cluster initialisation (Routing).
     pub const CLUSTERS: u64 = 6;
+    /// Initial weights of a neural memory's hidden layers (Titans).
+    pub const MEMORY_INIT: u64 = 7;
 }
 
 /// The key of one stream.
