@@ -1,0 +1,284 @@
+//! The fast path of `routing`: per cluster, its keys and values gathered once (`n × D`,
+//! `n × D_v`, padded to whole tiles); its queries in tiles of [`ROW_TILE`] rows against tiles of
+//! up to [`KEY_TILE`] keys (under causal only the keys up to the tile's last position): a faer
+//! GEMM for the scores, the masks (causal, and the local window taken out), the shared online
+//! softmax ([`RowState`], vector `exp2`), a GEMM for `P·V`; each row's piece LSE-merged into
+//! its output. Then the local window of every row, in tiles of consecutive queries. One head
+//! per job, heads in parallel; a head is sequential, so the result is the same bits at any
+//! thread count.
+
+use super::{Routing, KEY_TILE, ROW_TILE};
+use crate::dispatch::{Inputs, OutputMut};
+use crate::mask::Mask;
+use crate::par::Par;
+use crate::params::Resolved;
+use crate::primitives::merge::merge_weights;
+use crate::primitives::online_softmax::{RowState, LOG2_E};
+use crate::primitives::simd::{dispatch, Kernel, Level, Simd};
+use crate::problem::Problem;
+use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Score columns are padded to this many (the widest SIMD register), so every row of a tile is
+/// whole registers for [`RowState::update`].
+const PAD: usize = 16;
+
+/// Per-worker buffers, sized once.
+pub struct Work {
+    /// Gathered keys, `(S_kv + PAD) × D`.
+    k: Vec<f32>,
+    /// Gathered values, `(S_kv + PAD) × D_v`.
+    v: Vec<f32>,
+    /// Query tile (scaled), `ROW_TILE × D`.
+    q: Vec<f32>,
+    /// Scores / probabilities, `ROW_TILE × KEY_TILE`.
+    s: Vec<f32>,
+    /// Unnormalised outputs, `ROW_TILE × D_v`.
+    acc: Vec<f32>,
+    st: [RowState; ROW_TILE],
+    alpha: [f32; ROW_TILE],
+    pos: [i64; ROW_TILE],
+}
+
+impl Work {
+    fn new(p: &Problem) -> Self {
+        Self {
+            k: vec![0.0; (p.s_kv + PAD) * p.d],
+            v: vec![0.0; (p.s_kv + PAD) * p.d_v],
+            q: vec![0.0; ROW_TILE * p.d],
+            s: vec![0.0; ROW_TILE * KEY_TILE],
+            acc: vec![0.0; ROW_TILE * p.d_v],
+            st: [RowState::EMPTY; ROW_TILE],
+            alpha: [1.0; ROW_TILE],
+            pos: [0; ROW_TILE],
+        }
+    }
+
+    /// Bytes a worker allocates for a call of shape `p`.
+    pub fn bytes(p: &Problem) -> usize {
+        4 * ((p.s_kv + PAD) * (p.d + p.d_v) + ROW_TILE * (p.d + KEY_TILE + p.d_v + 4))
+    }
+}
+
+/// One online-softmax step for the rows of a score tile (row stride `w`, a multiple of [`PAD`]).
+struct Softmax<'a> {
+    s: &'a mut [f32],
+    w: usize,
+    st: &'a mut [RowState],
+    alpha: &'a mut [f32],
+}
+
+impl Kernel for Softmax<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self) {
+        for ((row, st), a) in self.s.chunks_exact_mut(self.w).zip(self.st).zip(self.alpha) {
+            // SAFETY: dispatched at level S; `w` is a multiple of every level's lane count.
+            *a = unsafe { st.update::<S>(row, LOG2_E) };
+        }
+    }
+}
+
+/// Which part of the support a call of [`Head::attend`] computes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Piece {
+    /// Keys of the rows' cluster: allowed by the mask and outside the local window.
+    Cluster,
+    /// The local window `p − L < j ≤ p`.
+    Local,
+}
+
+/// What every piece of one head reads and writes.
+struct Head<'a> {
+    cfg: &'a Routing,
+    p: &'a Problem,
+    inputs: &'a Inputs<'a>,
+    params: &'a Resolved,
+    b: usize,
+    h: usize,
+    level: Level,
+}
+
+impl Head<'_> {
+    /// Attention of `rows` (ascending) over `keys` (ascending) restricted to `piece`, merged by
+    /// log-sum-exp into `o` / `lse` (the head's rows).
+    fn attend(
+        &self,
+        w: &mut Work,
+        rows: &[u32],
+        keys: &[u32],
+        piece: Piece,
+        o: &mut [f32],
+        lse: &mut [f32],
+    ) {
+        let (d, dv) = (self.p.d, self.p.d_v);
+        let hk = self.h / self.p.group();
+        let causal = matches!(self.params.mask, Mask::Causal);
+        let local = self.cfg.local as i64;
+        let n = keys.len();
+        for (t, &j) in keys.iter().enumerate() {
+            self.inputs.k.read_row(self.b, hk, j as usize, 1.0, &mut w.k[t * d..(t + 1) * d]);
+            self.inputs.v.read_row(self.b, hk, j as usize, 1.0, &mut w.v[t * dv..(t + 1) * dv]);
+        }
+        // Zero rows after the last key: a tile may reach up to PAD − 1 rows past it.
+        w.k[n * d..(n + PAD) * d].fill(0.0);
+        w.v[n * dv..(n + PAD) * dv].fill(0.0);
+        for rt in rows.chunks(ROW_TILE) {
+            let nr = rt.len();
+            for (r, &i) in rt.iter().enumerate() {
+                let i = i as usize;
+                self.inputs.q.read_row(
+                    self.b,
+                    self.h,
+                    i,
+                    self.params.scale,
+                    &mut w.q[r * d..(r + 1) * d],
+                );
+                w.pos[r] = self.params.position(i);
+            }
+            let (lo_pos, top) = (w.pos[0], w.pos[nr - 1]);
+            // Keys a row of the tile may see (under causal: up to the last row's position).
+            let nk_all = if causal || piece == Piece::Local {
+                keys.partition_point(|&j| j as i64 <= top)
+            } else {
+                n
+            };
+            w.st[..nr].fill(RowState::EMPTY);
+            w.acc[..nr * dv].fill(0.0);
+            for k0 in (0..nk_all).step_by(KEY_TILE) {
+                let nk = (nk_all - k0).min(KEY_TILE);
+                let wd = nk.div_ceil(PAD) * PAD;
+                let (first, last) = (keys[k0] as i64, keys[k0 + nk - 1] as i64);
+                {
+                    let dst = MatMut::from_row_major_slice_mut(&mut w.s[..nr * wd], nr, wd);
+                    let lhs = MatRef::from_row_major_slice(&w.q[..nr * d], nr, d);
+                    let rhs = MatRef::from_row_major_slice(&w.k[k0 * d..(k0 + wd) * d], wd, d)
+                        .transpose();
+                    matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, faer::Par::Seq);
+                }
+                // The tile needs masking unless every (row, key) is in the piece.
+                let whole = match piece {
+                    // Every key before every row's window, or (no mask) after every row.
+                    Piece::Cluster => last <= lo_pos - local || (!causal && first > top),
+                    // Every key inside every row's window.
+                    Piece::Local => first > top - local && last <= lo_pos,
+                };
+                for (r, srow) in w.s[..nr * wd].chunks_exact_mut(wd).enumerate() {
+                    let pos = w.pos[r];
+                    if !whole {
+                        for (x, &j) in srow.iter_mut().zip(&keys[k0..k0 + nk]) {
+                            let j = j as i64;
+                            let in_window = j <= pos && j > pos - local;
+                            let keep = match piece {
+                                Piece::Cluster => (!causal || j <= pos) && !in_window,
+                                Piece::Local => in_window,
+                            };
+                            if !keep {
+                                *x = f32::NEG_INFINITY;
+                            }
+                        }
+                    }
+                    srow[nk..].fill(f32::NEG_INFINITY);
+                }
+                dispatch(
+                    self.level,
+                    Softmax {
+                        s: &mut w.s[..nr * wd],
+                        w: wd,
+                        st: &mut w.st[..nr],
+                        alpha: &mut w.alpha[..nr],
+                    },
+                );
+                for r in 0..nr {
+                    let a = w.alpha[r];
+                    if a != 1.0 {
+                        w.acc[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= a);
+                    }
+                }
+                let dst = MatMut::from_row_major_slice_mut(&mut w.acc[..nr * dv], nr, dv);
+                let lhs = MatRef::from_row_major_slice(&w.s[..nr * wd], nr, wd);
+                let rhs = MatRef::from_row_major_slice(&w.v[k0 * dv..(k0 + wd) * dv], wd, dv);
+                matmul(dst, Accum::Add, lhs, rhs, 1.0f32, faer::Par::Seq);
+            }
+            for (r, &i) in rt.iter().enumerate() {
+                let (inv_l, piece_lse) = w.st[r].finish();
+                if piece_lse == f32::NEG_INFINITY {
+                    continue; // no key in this piece
+                }
+                let i = i as usize;
+                let (a, c, merged) = merge_weights(lse[i], piece_lse);
+                let c = c * inv_l;
+                for (x, y) in o[i * dv..(i + 1) * dv].iter_mut().zip(&w.acc[r * dv..(r + 1) * dv]) {
+                    *x = if a == 0.0 { y * c } else { a * *x + y * c };
+                }
+                lse[i] = merged;
+            }
+        }
+    }
+
+    /// The whole head: routing, every cluster, then the local windows. Returns the pairs scored.
+    fn run(&self, w: &mut Work, o: &mut [f32], lse: &mut [f32]) -> u64 {
+        let (p, params, cfg) = (self.p, self.params, self.cfg);
+        o.fill(0.0);
+        lse.fill(f32::NEG_INFINITY);
+        let routes = cfg.routes(p, self.inputs, params, self.b, self.h);
+        for c in 0..routes.clusters {
+            let rows = routes.cluster_queries(c);
+            if rows.is_empty() || routes.cluster_keys(c).is_empty() {
+                continue;
+            }
+            self.attend(w, rows, routes.cluster_keys(c), Piece::Cluster, o, lse);
+        }
+        if cfg.local > 0 {
+            let mut rows: Vec<u32> = Vec::with_capacity(ROW_TILE);
+            let mut keys: Vec<u32> = Vec::with_capacity(ROW_TILE + cfg.local);
+            for i0 in (0..p.s_q).step_by(ROW_TILE) {
+                let i1 = (i0 + ROW_TILE).min(p.s_q);
+                let (lo, _) = cfg.local_range(params, p.s_kv, i0);
+                let (_, hi) = cfg.local_range(params, p.s_kv, i1 - 1);
+                if hi <= lo {
+                    continue;
+                }
+                rows.clear();
+                rows.extend(i0 as u32..i1 as u32);
+                keys.clear();
+                keys.extend(lo as u32..hi as u32);
+                self.attend(w, &rows, &keys, Piece::Local, o, lse);
+            }
+        }
+        cfg.scored_pairs(&routes, params, p.s_q, p.s_kv)
+    }
+}
+
+/// The fast path: heads in parallel over `par`; returns the pairs scored.
+pub fn forward(
+    cfg: &Routing,
+    p: &Problem,
+    inputs: &Inputs,
+    params: &Resolved,
+    par: Par,
+    out: OutputMut,
+) -> u64 {
+    let heads = p.b * p.h;
+    if heads == 0 || p.s_q == 0 {
+        return 0;
+    }
+    let slots: Vec<Mutex<(&mut [f32], &mut [f32])>> =
+        out.o.chunks_mut(p.s_q * p.d_v).zip(out.lse.chunks_mut(p.s_q)).map(Mutex::new).collect();
+    let pairs = AtomicU64::new(0);
+    // Workers run at the caller's level (a thread-local setting).
+    let level = Level::current();
+    let jobs = par.threads().min(heads);
+    par.run(jobs, |wk| {
+        let mut work = Work::new(p);
+        for bh in (wk..heads).step_by(jobs) {
+            let mut g = slots[bh].lock().unwrap_or_else(|e| e.into_inner());
+            let (o, lse) = &mut *g;
+            let (b, h) = (bh / p.h, bh % p.h);
+            let head = Head { cfg, p, inputs, params, b, h, level };
+            pairs.fetch_add(head.run(&mut work, o, lse), Ordering::Relaxed);
+        }
+    });
+    pairs.into_inner()
+}
