@@ -1,8 +1,9 @@
 //! The routing of one `(batch, query head)`: centroids (a spherical k-means on the call's own
 //! unit queries and keys, or loaded), each query's nearest `r` clusters, each key's nearest
-//! cluster, and both grouped by cluster in position order. Shared by both implementations, in f32
-//! with a fixed summation order ([`dot_fixed`]), so the support is bitwise the same at every SIMD
-//! level and thread count.
+//! cluster, and both grouped by cluster in position order. Shared by both implementations: the
+//! similarities are f32 faer GEMMs in one thread (faer picks its kernel from the CPU, not from
+//! attn's SIMD level), so the support is bitwise the same at every attn SIMD level and thread
+//! count on one machine.
 
 use super::Routing;
 use crate::dispatch::Inputs;
@@ -12,6 +13,7 @@ use crate::methods::pattern::dot_fixed;
 use crate::params::Resolved;
 use crate::primitives::rng::{purpose, Key, Stream};
 use crate::problem::Problem;
+use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef};
 
 /// Loaded centroids `[H, C, D]` (one set per query head), stored as unit vectors.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,14 +145,41 @@ fn unit_rows(x: &crate::tensor::TensorRef, b: usize, h: usize, n: usize, d: usiz
     out
 }
 
-/// The nearest centroid of `x` (largest dot product, first on ties).
+/// Rows per similarity GEMM (bounds the `rows × C` buffer).
+const SIM_ROWS: usize = 256;
+
+/// Calls `f(t, sims)` for every row `t` of `x` (`n × D`) with its dot products with the rows of
+/// `mu` (`C × D`): one faer GEMM per [`SIM_ROWS`] rows (single-threaded; chunks start at
+/// multiples of `SIM_ROWS`, so a row's similarities depend only on the row, `mu` and `n`).
+fn similarities(
+    x: &[f32],
+    mu: &[f32],
+    d: usize,
+    buf: &mut Vec<f32>,
+    mut f: impl FnMut(usize, &[f32]),
+) {
+    let c = mu.len() / d;
+    let n = x.len() / d;
+    buf.resize(SIM_ROWS * c, 0.0);
+    let rhs = MatRef::from_row_major_slice(mu, c, d).transpose();
+    for t0 in (0..n).step_by(SIM_ROWS) {
+        let m = (n - t0).min(SIM_ROWS);
+        let dst = MatMut::from_row_major_slice_mut(&mut buf[..m * c], m, c);
+        let lhs = MatRef::from_row_major_slice(&x[t0 * d..(t0 + m) * d], m, d);
+        matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, faer::Par::Seq);
+        for (r, sims) in buf[..m * c].chunks_exact(c).enumerate() {
+            f(t0 + r, sims);
+        }
+    }
+}
+
+/// The index of the largest value (first on ties).
 #[inline]
-fn nearest(x: &[f32], mu: &[f32], d: usize) -> usize {
+fn argmax(s: &[f32]) -> usize {
     let (mut best, mut arg) = (f32::NEG_INFINITY, 0usize);
-    for (c, m) in mu.chunks_exact(d).enumerate() {
-        let s = dot_fixed(x, m);
-        if s > best {
-            (best, arg) = (s, c);
+    for (c, &v) in s.iter().enumerate() {
+        if v > best {
+            (best, arg) = (v, c);
         }
     }
     arg
@@ -231,14 +260,16 @@ impl Routing {
         let first = ((uniform(0) * n as f64) as usize).min(n - 1);
         mu.extend_from_slice(row(first));
         let mut dist = vec![f64::INFINITY; n];
+        let mut buf = Vec::new();
         for t in 1..c {
             let last = &mu[(t - 1) * d..t * d];
-            let mut total = 0.0f64;
-            for (u, du) in dist.iter_mut().enumerate() {
-                let e = (2.0 - 2.0 * dot_fixed(row(u), last) as f64).max(0.0);
-                *du = du.min(e);
-                total += *du;
-            }
+            let mut see = |u: usize, sim: &[f32]| {
+                let e = (2.0 - 2.0 * sim[0] as f64).max(0.0);
+                dist[u] = dist[u].min(e);
+            };
+            similarities(qn, last, d, &mut buf, &mut see);
+            similarities(&kn[..shared * d], last, d, &mut buf, |u, sim| see(nq + u, sim));
+            let total: f64 = dist.iter().sum();
             let pick = if total > 0.0 {
                 // The first vector whose cumulative distance exceeds u·total.
                 let target = uniform(t) * total;
@@ -260,11 +291,13 @@ impl Routing {
         let mut count = vec![0usize; c];
         for _ in 0..self.iters {
             let mut moved = false;
-            for (t, a) in assign.iter_mut().enumerate() {
-                let k = nearest(row(t), &mu, d) as u32;
-                moved |= *a != k;
-                *a = k;
-            }
+            let mut see = |t: usize, sims: &[f32]| {
+                let k = argmax(sims) as u32;
+                moved |= assign[t] != k;
+                assign[t] = k;
+            };
+            similarities(qn, &mu, d, &mut buf, &mut see);
+            similarities(&kn[..shared * d], &mu, d, &mut buf, |u, sims| see(nq + u, sims));
             if !moved {
                 break;
             }
@@ -312,20 +345,17 @@ impl Routing {
         let c = centroids.len() / d;
         let r = self.memberships.min(c);
         let mut query_clusters = vec![0u32; p.s_q * r];
-        let mut scores = vec![0.0f32; c];
-        for (i, qc) in query_clusters.chunks_exact_mut(r).enumerate() {
-            let x = &qn[i * d..(i + 1) * d];
+        let mut buf = Vec::new();
+        similarities(&qn, &centroids, d, &mut buf, |i, sims| {
+            let qc = &mut query_clusters[i * r..(i + 1) * r];
             if r == 1 {
-                qc[0] = nearest(x, &centroids, d) as u32;
-                continue;
+                qc[0] = argmax(sims) as u32;
+            } else {
+                qc.copy_from_slice(&crate::methods::pattern::top_k(sims, r));
             }
-            for (s, m) in scores.iter_mut().zip(centroids.chunks_exact(d)) {
-                *s = dot_fixed(x, m);
-            }
-            qc.copy_from_slice(&crate::methods::pattern::top_k(&scores, r));
-        }
-        let key_cluster: Vec<u32> =
-            kn.chunks_exact(d).map(|x| nearest(x, &centroids, d) as u32).collect();
+        });
+        let mut key_cluster = vec![0u32; p.s_kv];
+        similarities(&kn, &centroids, d, &mut buf, |j, sims| key_cluster[j] = argmax(sims) as u32);
         let (queries, query_start) = group(
             query_clusters
                 .chunks_exact(r)
