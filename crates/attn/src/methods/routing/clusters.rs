@@ -1,6 +1,6 @@
 //! The routing of one `(batch, query head)`: centroids (a spherical k-means on the call's own
 //! unit queries and keys, or loaded), each query's nearest `r` clusters, each key's nearest
-//! cluster, and both grouped by cluster in position order. Shared by both implementations: the
+//! `r_k` clusters, and both grouped by cluster in position order. Shared by both implementations: the
 //! similarities are f32 faer GEMMs in one thread (faer picks its kernel from the CPU, not from
 //! attn's SIMD level), so the support is bitwise the same at every attn SIMD level and thread
 //! count on one machine.
@@ -94,12 +94,14 @@ pub struct Routes {
     pub clusters: usize,
     /// Clusters per query `r` (at most `C`).
     pub memberships: usize,
+    /// Clusters per key `r_k` (at most `C`).
+    pub key_memberships: usize,
     /// `C × D`: the unit centroids used.
     pub centroids: Vec<f32>,
     /// `S_q × r`: the clusters of each query, ascending.
     pub query_clusters: Vec<u32>,
-    /// `S_kv`: the cluster of each key.
-    pub key_cluster: Vec<u32>,
+    /// `S_kv × r_k`: the clusters of each key, ascending.
+    pub key_clusters: Vec<u32>,
     /// Queries grouped by cluster, ascending inside a cluster (`query_start` delimits them).
     pub queries: Vec<u32>,
     /// `C + 1` offsets into `queries`.
@@ -126,9 +128,21 @@ impl Routes {
         &self.query_clusters[i * self.memberships..(i + 1) * self.memberships]
     }
 
+    /// The clusters of key `j`.
+    pub fn clusters_of_key(&self, j: usize) -> &[u32] {
+        &self.key_clusters[j * self.key_memberships..(j + 1) * self.key_memberships]
+    }
+
+    /// `c_ij`: the clusters query `i` and key `j` share.
+    #[inline]
+    pub fn shared(&self, i: usize, j: usize) -> usize {
+        let kc = self.clusters_of_key(j);
+        self.clusters_of(i).iter().filter(|c| kc.contains(c)).count()
+    }
+
     /// True when key `j` lies in one of query `i`'s clusters.
     pub fn routed(&self, i: usize, j: usize) -> bool {
-        self.clusters_of(i).contains(&self.key_cluster[j])
+        self.shared(i, j) > 0
     }
 }
 
@@ -354,8 +368,16 @@ impl Routing {
                 qc.copy_from_slice(&crate::methods::pattern::top_k(sims, r));
             }
         });
-        let mut key_cluster = vec![0u32; p.s_kv];
-        similarities(&kn, &centroids, d, &mut buf, |j, sims| key_cluster[j] = argmax(sims) as u32);
+        let rk = self.key_memberships.min(c);
+        let mut key_clusters = vec![0u32; p.s_kv * rk];
+        similarities(&kn, &centroids, d, &mut buf, |j, sims| {
+            let kc = &mut key_clusters[j * rk..(j + 1) * rk];
+            if rk == 1 {
+                kc[0] = argmax(sims) as u32;
+            } else {
+                kc.copy_from_slice(&crate::methods::pattern::top_k(sims, rk));
+            }
+        });
         let (queries, query_start) = group(
             query_clusters
                 .chunks_exact(r)
@@ -363,14 +385,20 @@ impl Routing {
                 .flat_map(|(i, cs)| cs.iter().map(move |&k| (i as u32, k))),
             c,
         );
-        let (keys, key_start) =
-            group(key_cluster.iter().enumerate().map(|(j, &k)| (j as u32, k)), c);
+        let (keys, key_start) = group(
+            key_clusters
+                .chunks_exact(rk)
+                .enumerate()
+                .flat_map(|(j, cs)| cs.iter().map(move |&k| (j as u32, k))),
+            c,
+        );
         Routes {
             clusters: c,
             memberships: r,
+            key_memberships: rk,
             centroids,
             query_clusters,
-            key_cluster,
+            key_clusters,
             queries,
             query_start,
             keys,

@@ -42,8 +42,12 @@ pub struct Routing {
     pub iters: usize,
     /// Clusters each query attends to, `r` (its `r` nearest centroids; keys go to one cluster).
     pub memberships: usize,
+    /// Clusters each key joins, `r_k` (its `r_k` nearest centroids).
+    pub key_memberships: usize,
     /// Local window `L`: every query also sees keys `p_i − L < j ≤ p_i` (1 = its own position).
     pub local: usize,
+    /// Sink keys: every query also sees keys `j < sink` (allowed by the mask); 0 = none.
+    pub sink: usize,
     /// Seed of the k-means initialisation (keyed with the query head, spec §0.4.5).
     pub seed: u64,
     /// Loaded centroids `[H, C, D]`; `None` fits them on the input.
@@ -52,13 +56,16 @@ pub struct Routing {
 
 impl Routing {
     /// Defaults: `C = ⌈S_kv/512⌉` (official window), 10 k-means iterations (port), one cluster per
-    /// query, the diagonal as local window, seed 0, centroids fitted on the input.
+    /// query and per key, the diagonal as local window, no sinks, seed 0, centroids fitted on the
+    /// input.
     pub const DEFAULT: Routing = Routing {
         clusters: 0,
         window: 512,
         iters: 10,
         memberships: 1,
+        key_memberships: 1,
         local: 1,
+        sink: 0,
         seed: 0,
         centroids: None,
     };
@@ -85,11 +92,48 @@ impl Routing {
         j <= pos && j > pos - self.local as i64
     }
 
+    /// True when key `j` is one row `i` always sees: a sink allowed by the mask, or in its local
+    /// window.
+    #[inline]
+    pub fn in_fixed(&self, params: &Resolved, i: usize, j: usize) -> bool {
+        (j < self.sink && allowed(params, i, j)) || self.in_local(params, i, j)
+    }
+
+    /// The keys the rows `i0..i1` (ascending) always see, ascending, into `out`: the sinks (under
+    /// causal only up to the last row's position) and the union of the rows' local windows.
+    pub fn fixed_keys(
+        &self,
+        params: &Resolved,
+        s_kv: usize,
+        i0: usize,
+        i1: usize,
+        out: &mut Vec<u32>,
+    ) {
+        out.clear();
+        let top = params.position(i1 - 1);
+        let sink_end = match params.mask {
+            Mask::Causal => self.sink.min((top + 1).clamp(0, s_kv as i64) as usize),
+            _ => self.sink.min(s_kv),
+        };
+        out.extend(0..sink_end as u32);
+        if self.local > 0 {
+            let (lo, _) = self.local_range(params, s_kv, i0);
+            let (_, hi) = self.local_range(params, s_kv, i1 - 1);
+            out.extend(lo.max(sink_end) as u32..hi.max(sink_end) as u32);
+        }
+    }
+
+    /// Rows per tile of the sinks-and-window piece: the window length between 16 and
+    /// [`ROW_TILE`] (a tile scores its rows against the union of their windows, `rows + L − 1`
+    /// keys, so short windows take short tiles).
+    pub fn fixed_tile(&self) -> usize {
+        self.local.clamp(16, ROW_TILE)
+    }
+
     /// The pairs the fast path scores for one `(b, h)`, including those masked inside a tile:
     /// per cluster and tile of [`ROW_TILE`] of its queries, the tile's rows times the cluster's
     /// keys up to the tile's last position (all of them without a mask); per tile of
-    /// [`ROW_TILE`] consecutive queries, the rows times the keys of the union of their local
-    /// windows.
+    /// [`Routing::fixed_tile`] consecutive queries, the rows times their [`Routing::fixed_keys`].
     pub fn scored_pairs(&self, routes: &Routes, params: &Resolved, s_q: usize, s_kv: usize) -> u64 {
         let causal = matches!(params.mask, Mask::Causal);
         let mut pairs = 0u64;
@@ -102,13 +146,12 @@ impl Routing {
                 pairs += (rt.len() * nk) as u64;
             }
         }
-        if self.local > 0 {
-            for i0 in (0..s_q).step_by(ROW_TILE) {
-                let i1 = (i0 + ROW_TILE).min(s_q);
-                let (lo, _) = self.local_range(params, s_kv, i0);
-                let (_, hi) = self.local_range(params, s_kv, i1 - 1);
-                pairs += ((i1 - i0) * hi.saturating_sub(lo)) as u64;
-            }
+        let mut fixed = Vec::new();
+        let tile = self.fixed_tile();
+        for i0 in (0..s_q).step_by(tile) {
+            let i1 = (i0 + tile).min(s_q);
+            self.fixed_keys(params, s_kv, i0, i1, &mut fixed);
+            pairs += ((i1 - i0) * fixed.len()) as u64;
         }
         pairs
     }
@@ -157,9 +200,19 @@ impl SparseConfig for Routing {
                 doc: "clusters each query attends to: its r nearest centroids (1)",
             },
             ParamInfo {
+                name: "key_memberships",
+                value: self.key_memberships.to_string(),
+                doc: "clusters each key joins: its r_k nearest centroids (1)",
+            },
+            ParamInfo {
                 name: "local",
                 value: self.local.to_string(),
                 doc: "local window L: keys p-L < j <= p are always seen (1 = the diagonal; 0 = none)",
+            },
+            ParamInfo {
+                name: "sink",
+                value: self.sink.to_string(),
+                doc: "sink keys j < sink are always seen (0 = none; not in the paper)",
             },
             ParamInfo {
                 name: "seed",
@@ -197,7 +250,14 @@ impl SparseConfig for Routing {
                     return Err(bad("at most 65536 memberships"));
                 }
             }
+            "key_memberships" => {
+                self.key_memberships = positive(Self::NAME, key, value)?;
+                if self.key_memberships > 1 << 16 {
+                    return Err(bad("at most 65536 memberships"));
+                }
+            }
             "local" => self.local = parse_param(Self::NAME, key, value)?,
+            "sink" => self.sink = parse_param(Self::NAME, key, value)?,
             "seed" => self.seed = parse_param(Self::NAME, key, value)?,
             _ => return Err(unknown(self, key)),
         }
@@ -239,12 +299,12 @@ impl SparseConfig for Routing {
 
     fn scratch_bytes(&self, exec: Exec, p: &Problem, par: Par) -> usize {
         let c = self.clusters_for(p.s_kv).min(p.s_q + p.s_kv);
-        let r = self.memberships.min(c);
+        let r = self.memberships.min(c) + self.key_memberships.min(c);
         // Unit queries and keys, centroids, k-means sums and assignments, routing lists.
         let routes = 4 * ((p.s_q + p.s_kv) * p.d + c * p.d)
             + 8 * c * p.d
             + 4 * (p.s_q + p.s_kv)
-            + 8 * (p.s_q * r + p.s_kv)
+            + 8 * (p.s_q + p.s_kv) * r
             + 16 * (c + 1);
         match exec {
             Exec::Reference => routes + 8 * (p.s_kv * 2 + p.d_v),

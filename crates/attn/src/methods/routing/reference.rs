@@ -2,16 +2,17 @@
 //!
 //! For every batch `b` and query head `h` (keys and values from head `h / g`), with the routing
 //! of [`Routing::routes`] (the same clustering as the fast path):
-//! 1. `R(i)`: the keys whose cluster is one of query `i`'s `r` clusters, allowed by the mask
-//!    (causal: `j ≤ p_i`);
-//! 2. `L(i)`: the local window `p_i − L < j ≤ p_i` (inside `[0, S_kv)`);
-//! 3. `U_i = R(i) ∪ L(i)`; if empty the row is empty (`o = 0`, `lse = −∞`);
+//! 1. `R(i)`: the keys sharing at least one cluster with query `i` (its `r` nearest centroids,
+//!    the key's `r_k` nearest), allowed by the mask (causal: `j ≤ p_i`);
+//! 2. `F(i)`: the sinks `j < sink` allowed by the mask and the local window `p_i − L < j ≤ p_i`
+//!    (inside `[0, S_kv)`);
+//! 3. `U_i = R(i) ∪ F(i)`; if empty the row is empty (`o = 0`, `lse = −∞`);
 //! 4. `z_ij = s·q_i·k_j` (the raw vectors: the unit vectors only route),
 //!    `o_i = Σ_{U_i} e^{z_ij} v_j / Σ_{U_i} e^{z_ij}`, `lse_i = ln Σ_{U_i} e^{z_ij}`.
 //!
-//! The fast path computes `R(i) \ L(i)` cluster by cluster and `L(i)` separately, merged by LSE:
-//! the pieces are disjoint (a key has one cluster, the window is taken out of the cluster
-//! piece), so the merge is exactly this softmax. The pair count is the fast path's
+//! The fast path computes `R(i) \ F(i)` cluster by cluster, each pair's score lowered by
+//! `ln c_ij` (`c_ij` = clusters `i` and `j` share, so a pair met in several clusters weighs once
+//! in total), and `F(i)` separately, merged by LSE: exactly this softmax. The pair count is the fast path's
 //! ([`Routing::scored_pairs`]), so both implementations report the same cost.
 
 use super::{allowed, Routing};
@@ -41,7 +42,7 @@ pub fn forward(
                 // U_i: routed and allowed, or in the local window.
                 support.clear();
                 support.extend((0..p.s_kv).filter(|&j| {
-                    c.in_local(params, i, j) || (routes.routed(i, j) && allowed(params, i, j))
+                    c.in_fixed(params, i, j) || (routes.routed(i, j) && allowed(params, i, j))
                 }));
                 let row = (b * p.h + h) * p.s_q + i;
                 let o = &mut out.o[row * p.d_v..(row + 1) * p.d_v];

@@ -1,13 +1,14 @@
 //! The fast path of `routing`: per cluster, its keys and values gathered once (`n × D`,
 //! `n × D_v`, padded to whole tiles); its queries in tiles of [`ROW_TILE`] rows against tiles of
 //! up to [`KEY_TILE`] keys (under causal only the keys up to the tile's last position): a faer
-//! GEMM for the scores, the masks (causal, and the local window taken out), the shared online
+//! GEMM for the scores, the masks (causal; sinks and local window taken out; `− ln c_ij` when a
+//! pair shares several clusters), the shared online
 //! softmax ([`RowState`], vector `exp2`), a GEMM for `P·V`; each row's piece LSE-merged into
-//! its output. Then the local window of every row, in tiles of consecutive queries. One head
+//! its output. Then the sinks and local windows, in tiles of consecutive queries. One head
 //! per job, heads in parallel; a head is sequential, so the result is the same bits at any
 //! thread count.
 
-use super::{Routing, KEY_TILE, ROW_TILE};
+use super::{Routes, Routing, KEY_TILE, ROW_TILE};
 use crate::dispatch::{Inputs, OutputMut};
 use crate::mask::Mask;
 use crate::par::Par;
@@ -39,6 +40,8 @@ pub struct Work {
     st: [RowState; ROW_TILE],
     alpha: [f32; ROW_TILE],
     pos: [i64; ROW_TILE],
+    /// `ln c` for the duplicate correction, `c = 0..=r` (entry 0 unused).
+    ln_count: Vec<f32>,
 }
 
 impl Work {
@@ -52,6 +55,7 @@ impl Work {
             st: [RowState::EMPTY; ROW_TILE],
             alpha: [1.0; ROW_TILE],
             pos: [0; ROW_TILE],
+            ln_count: Vec::new(),
         }
     }
 
@@ -83,10 +87,10 @@ impl Kernel for Softmax<'_> {
 /// Which part of the support a call of [`Head::attend`] computes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Piece {
-    /// Keys of the rows' cluster: allowed by the mask and outside the local window.
+    /// Keys of the rows' cluster: allowed by the mask, not sinks, outside the local window.
     Cluster,
-    /// The local window `p − L < j ≤ p`.
-    Local,
+    /// The sinks and the local window `p − L < j ≤ p` (allowed by the mask).
+    Fixed,
 }
 
 /// What every piece of one head reads and writes.
@@ -102,10 +106,13 @@ struct Head<'a> {
 
 impl Head<'_> {
     /// Attention of `rows` (ascending) over `keys` (ascending) restricted to `piece`, merged by
-    /// log-sum-exp into `o` / `lse` (the head's rows).
+    /// log-sum-exp into `o` / `lse` (the head's rows). With `routes` (several clusters per query
+    /// and per key), each pair's score is lowered by `ln c_ij`.
+    #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
         w: &mut Work,
+        routes: Option<&Routes>,
         rows: &[u32],
         keys: &[u32],
         piece: Piece,
@@ -116,6 +123,7 @@ impl Head<'_> {
         let hk = self.h / self.p.group();
         let causal = matches!(self.params.mask, Mask::Causal);
         let local = self.cfg.local as i64;
+        let sink = self.cfg.sink as i64;
         let n = keys.len();
         for (t, &j) in keys.iter().enumerate() {
             self.inputs.k.read_row(self.b, hk, j as usize, 1.0, &mut w.k[t * d..(t + 1) * d]);
@@ -139,11 +147,7 @@ impl Head<'_> {
             }
             let (lo_pos, top) = (w.pos[0], w.pos[nr - 1]);
             // Keys a row of the tile may see (under causal: up to the last row's position).
-            let nk_all = if causal || piece == Piece::Local {
-                keys.partition_point(|&j| j as i64 <= top)
-            } else {
-                n
-            };
+            let nk_all = if causal { keys.partition_point(|&j| j as i64 <= top) } else { n };
             w.st[..nr].fill(RowState::EMPTY);
             w.acc[..nr * dv].fill(0.0);
             for k0 in (0..nk_all).step_by(KEY_TILE) {
@@ -159,23 +163,31 @@ impl Head<'_> {
                 }
                 // The tile needs masking unless every (row, key) is in the piece.
                 let whole = match piece {
-                    // Every key before every row's window, or (no mask) after every row.
-                    Piece::Cluster => last <= lo_pos - local || (!causal && first > top),
+                    // Every key a non-sink before every row's window, or (no mask) after every row.
+                    Piece::Cluster => {
+                        routes.is_none()
+                            && first >= sink
+                            && (last <= lo_pos - local || (!causal && first > top))
+                    }
                     // Every key inside every row's window.
-                    Piece::Local => first > top - local && last <= lo_pos,
+                    Piece::Fixed => first > top - local && last <= lo_pos,
                 };
                 for (r, srow) in w.s[..nr * wd].chunks_exact_mut(wd).enumerate() {
                     let pos = w.pos[r];
                     if !whole {
+                        let i = rt[r] as usize;
                         for (x, &j) in srow.iter_mut().zip(&keys[k0..k0 + nk]) {
-                            let j = j as i64;
-                            let in_window = j <= pos && j > pos - local;
-                            let keep = match piece {
-                                Piece::Cluster => (!causal || j <= pos) && !in_window,
-                                Piece::Local => in_window,
-                            };
-                            if !keep {
-                                *x = f32::NEG_INFINITY;
+                            let jj = j as i64;
+                            let seen = !causal || jj <= pos;
+                            let fixed = (jj <= pos && jj > pos - local) || (jj < sink && seen);
+                            match piece {
+                                Piece::Cluster if seen && !fixed => {
+                                    if let Some(rs) = routes {
+                                        *x -= w.ln_count[rs.shared(i, j as usize)];
+                                    }
+                                }
+                                Piece::Fixed if fixed => {}
+                                _ => *x = f32::NEG_INFINITY,
                             }
                         }
                     }
@@ -223,29 +235,29 @@ impl Head<'_> {
         o.fill(0.0);
         lse.fill(f32::NEG_INFINITY);
         let routes = cfg.routes(p, self.inputs, params, self.b, self.h);
+        // A pair can share several clusters only when queries and keys both have several.
+        let dup = routes.memberships > 1 && routes.key_memberships > 1;
+        w.ln_count = (0..=routes.memberships).map(|c| (c.max(1) as f32).ln()).collect();
         for c in 0..routes.clusters {
             let rows = routes.cluster_queries(c);
             if rows.is_empty() || routes.cluster_keys(c).is_empty() {
                 continue;
             }
-            self.attend(w, rows, routes.cluster_keys(c), Piece::Cluster, o, lse);
+            let rs = if dup { Some(&routes) } else { None };
+            self.attend(w, rs, rows, routes.cluster_keys(c), Piece::Cluster, o, lse);
         }
-        if cfg.local > 0 {
-            let mut rows: Vec<u32> = Vec::with_capacity(ROW_TILE);
-            let mut keys: Vec<u32> = Vec::with_capacity(ROW_TILE + cfg.local);
-            for i0 in (0..p.s_q).step_by(ROW_TILE) {
-                let i1 = (i0 + ROW_TILE).min(p.s_q);
-                let (lo, _) = cfg.local_range(params, p.s_kv, i0);
-                let (_, hi) = cfg.local_range(params, p.s_kv, i1 - 1);
-                if hi <= lo {
-                    continue;
-                }
-                rows.clear();
-                rows.extend(i0 as u32..i1 as u32);
-                keys.clear();
-                keys.extend(lo as u32..hi as u32);
-                self.attend(w, &rows, &keys, Piece::Local, o, lse);
+        let mut rows: Vec<u32> = Vec::with_capacity(ROW_TILE);
+        let mut keys: Vec<u32> = Vec::new();
+        let tile = cfg.fixed_tile();
+        for i0 in (0..p.s_q).step_by(tile) {
+            let i1 = (i0 + tile).min(p.s_q);
+            cfg.fixed_keys(params, p.s_kv, i0, i1, &mut keys);
+            if keys.is_empty() {
+                continue;
             }
+            rows.clear();
+            rows.extend(i0 as u32..i1 as u32);
+            self.attend(w, None, &rows, &keys, Piece::Fixed, o, lse);
         }
         cfg.scored_pairs(&routes, params, p.s_q, p.s_kv)
     }
