@@ -319,6 +319,13 @@ fn kmeans_finds_separated_directions_and_loaded_centroids_agree() {
         ..Routing::with_centroids(Centroids::new(true_dirs, [1, c, d]).unwrap())
     };
     let a = run_method(&Fast(cfg.clone()), &x, &Params::default());
+    // Mass recall: each row keeps its own group, ≈ 40·e^2.25 / (40·e^2.25 + 120) ≈ 0.76 of the
+    // exact mass, and never more than all of it.
+    let (_, exact_lse) = x.exact(&Params::default());
+    let mass: Vec<f64> = a.1.iter().zip(&exact_lse).map(|(l, e)| (*l as f64 - e).exp()).collect();
+    assert!(mass.iter().all(|&m| m <= 1.0 + 1e-5), "mass above 1");
+    let mean = mass.iter().sum::<f64>() / n as f64;
+    assert!(mean > 0.7, "mean kept mass {mean}");
     let b = run_method(&Fast(loaded.clone()), &x, &Params::default());
     let e = run_method(&Reference(loaded), &x, &Params::default());
     assert_eq!(a.2, b.2);
@@ -351,4 +358,33 @@ fn parameters_and_rejections_are_typed() {
     let inputs = x.tensors();
     let prob = Problem::from_tensors(&inputs.q, &inputs.k, &inputs.v).unwrap();
     assert_eq!(m.unsupported(&prob, &p).len(), 1);
+}
+
+/// Spec §6.6.4: with loaded centroids (no seeded k-means) and no mask, permuting the tokens
+/// (queries with their keys and values) permutes the output rows.
+#[test]
+fn loaded_centroids_are_permutation_equivariant() {
+    let (n, d, c) = (60, 8, 5);
+    let x = qkv(9, [1, 1, 1], n, d);
+    let cents = qkv(10, [1, 1, 1], c, d).q;
+    let m = Fast(Routing {
+        local: 0,
+        ..Routing::with_centroids(Centroids::new(cents, [1, c, d]).unwrap())
+    });
+    let perm: Vec<usize> = (0..n).map(|t| (t * 7 + 3) % n).collect();
+    let mut y = x.clone();
+    for (t, &u) in perm.iter().enumerate() {
+        y.q[t * d..(t + 1) * d].copy_from_slice(&x.q[u * d..(u + 1) * d]);
+        y.k[t * d..(t + 1) * d].copy_from_slice(&x.k[u * d..(u + 1) * d]);
+        y.v[t * d..(t + 1) * d].copy_from_slice(&x.v[u * d..(u + 1) * d]);
+    }
+    let (a, la, pa) = run_method(&m, &x, &Params::default());
+    let (b, lb, _) = run_method(&m, &y, &Params::default());
+    assert!(pa > 0);
+    for (t, &u) in perm.iter().enumerate() {
+        assert!((lb[t] - la[u]).abs() < 1e-5, "lse row {t}");
+        for e in 0..d {
+            assert!((b[t * d + e] - a[u * d + e]).abs() < 1e-5, "row {t} col {e}");
+        }
+    }
 }
