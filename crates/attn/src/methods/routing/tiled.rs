@@ -172,26 +172,49 @@ impl Head<'_> {
                     // Every key inside every row's window.
                     Piece::Fixed => first > top - local && last <= lo_pos,
                 };
+                let kt = &keys[k0..k0 + nk];
+                // Keys are ascending: each part of a row's mask is a run of the tile.
+                let s_end = kt.partition_point(|&j| (j as i64) < sink); // sinks: [0, s_end)
+                let ninf = f32::NEG_INFINITY;
                 for (r, srow) in w.s[..nr * wd].chunks_exact_mut(wd).enumerate() {
                     let pos = w.pos[r];
-                    if !whole {
-                        let i = rt[r] as usize;
-                        for (x, &j) in srow.iter_mut().zip(&keys[k0..k0 + nk]) {
-                            let jj = j as i64;
-                            let seen = !causal || jj <= pos;
-                            let fixed = (jj <= pos && jj > pos - local) || (jj < sink && seen);
-                            match piece {
-                                Piece::Cluster if seen && !fixed => {
-                                    if let Some(rs) = routes {
-                                        *x -= w.ln_count[rs.shared(i, j as usize)];
-                                    }
+                    // Keys ≤ pos: [0, a); keys ≤ pos − L: [0, b); the window is [b, a).
+                    let a = kt.partition_point(|&j| j as i64 <= pos);
+                    let b = kt.partition_point(|&j| j as i64 <= pos - local);
+                    match (piece, routes) {
+                        _ if whole => {}
+                        (Piece::Cluster, Some(rs)) => {
+                            let i = rt[r] as usize;
+                            for (t, (x, &j)) in srow[..nk].iter_mut().zip(kt).enumerate() {
+                                let seen = !causal || t < a;
+                                let fixed = (t >= b && t < a) || (t < s_end && seen);
+                                if seen && !fixed {
+                                    *x -= w.ln_count[rs.shared(i, j as usize)];
+                                } else {
+                                    *x = ninf;
                                 }
-                                Piece::Fixed if fixed => {}
-                                _ => *x = f32::NEG_INFINITY,
                             }
                         }
+                        (Piece::Cluster, None) => {
+                            // Sinks, then the window and (causal) every later key.
+                            srow[..s_end].fill(ninf);
+                            let lo = b.max(s_end);
+                            if causal {
+                                srow[lo..nk].fill(ninf);
+                            } else if a > lo {
+                                srow[lo..a].fill(ninf);
+                            }
+                        }
+                        (Piece::Fixed, _) => {
+                            // Keep the sinks seen, [0, sk), and the window [b, a).
+                            let sk = if causal { s_end.min(a) } else { s_end };
+                            if b > sk {
+                                srow[sk..b].fill(ninf);
+                            }
+                            srow[a.max(sk)..nk].fill(ninf);
+                        }
                     }
-                    srow[nk..].fill(f32::NEG_INFINITY);
+                    srow[nk..].fill(ninf);
                 }
                 dispatch(
                     self.level,
