@@ -137,7 +137,9 @@ fn rows_sum_to_one_and_empty_rows_are_zero() {
     let mut x = qkv(3, [1, 2, 2], 90, 16);
     x.v.iter_mut().for_each(|v| *v = 1.0);
     for params in [Params::default(), Params::causal()] {
-        for spec in ["routing:window=10", "routing-reference:window=10,memberships=2,local=3"] {
+        for spec in
+            ["routing:window=10,local=1", "routing-reference:window=10,memberships=2,local=3"]
+        {
             let out = x.run(spec, &params).unwrap();
             assert!(out.o.iter().all(|o| (o - 1.0).abs() < 1e-5), "{spec} {:?}", params.mask);
             assert!(out.lse.iter().all(|l| l.is_finite()));
@@ -209,7 +211,7 @@ fn weights_stay_inside_the_clusters_and_the_window() {
         // The fast path scores whole tiles: at least the support (a pair sharing two clusters
         // is scored twice). With one cluster per token, fewer than dense.
         assert!(stats.computed_pairs >= support, "{} < {support}", stats.computed_pairs);
-        let one = Routing { window: 12, ..Routing::DEFAULT };
+        let one = Routing { window: 12, local: 1, ..Routing::DEFAULT };
         let stats = Fast(one)
             .forward(&p, &inputs, &r, Par::Seq, OutputMut { o: &mut o, lse: &mut lse })
             .unwrap();
@@ -268,9 +270,9 @@ fn causal_rows_ignore_future_keys_bitwise() {
 fn the_seed_decides_the_output() {
     let x = qkv(6, [2, 2, 2], 128, 16);
     for params in [Params::default(), Params::causal()] {
-        let a = x.run("routing:window=16,seed=3", &params).unwrap();
-        let b = x.run("routing:window=16,seed=3", &params).unwrap();
-        let c = x.run("routing:window=16,seed=4", &params).unwrap();
+        let a = x.run("routing:window=16,local=1,seed=3", &params).unwrap();
+        let b = x.run("routing:window=16,local=1,seed=3", &params).unwrap();
+        let c = x.run("routing:window=16,local=1,seed=4", &params).unwrap();
         assert_eq!(a.o, b.o);
         assert_eq!(a.lse, b.lse);
         assert_eq!(a.stats, b.stats);

@@ -56,7 +56,8 @@ pub struct Routing {
 
 impl Routing {
     /// Defaults: `C = ⌈S_kv/512⌉` (official window), 10 k-means iterations (port), one cluster per
-    /// query and per key, the diagonal as local window, no sinks, seed 0, centroids fitted on the
+    /// query and per key, a local window of 256 (the port's local attention window, spec §6.3; the
+    /// paper pairs routing heads with local heads), no sinks, seed 0, centroids fitted on the
     /// input.
     pub const DEFAULT: Routing = Routing {
         clusters: 0,
@@ -64,7 +65,7 @@ impl Routing {
         iters: 10,
         memberships: 1,
         key_memberships: 1,
-        local: 1,
+        local: 256,
         sink: 0,
         seed: 0,
         centroids: None,
@@ -207,7 +208,7 @@ impl SparseConfig for Routing {
             ParamInfo {
                 name: "local",
                 value: self.local.to_string(),
-                doc: "local window L: keys p-L < j <= p are always seen (1 = the diagonal; 0 = none)",
+                doc: "local window L: keys p-L < j <= p are always seen (256, the port's local window; 1 = the diagonal; 0 = none)",
             },
             ParamInfo {
                 name: "sink",
