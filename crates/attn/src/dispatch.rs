@@ -300,6 +300,17 @@ pub fn parse_param<T: std::str::FromStr>(method: &str, key: &str, value: &str) -
     })
 }
 
+/// The error for a value of `key` that parses but is out of range (helper for
+/// [`Method::with_params`]); `detail` says what is allowed.
+pub fn bad_param(method: &str, key: &str, value: &str, detail: &str) -> Error {
+    Error::BadParam {
+        method: method.into(),
+        key: key.into(),
+        value: value.into(),
+        detail: detail.into(),
+    }
+}
+
 /// The error for a key `method` does not have (helper for [`Method::with_params`]).
 pub fn unknown_param(method: &str, key: &str, known: &[ParamInfo]) -> Error {
     Error::UnknownParam {

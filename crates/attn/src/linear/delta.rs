@@ -20,6 +20,8 @@
 use super::{axpy, dot, keys_seen};
 use crate::error::{Error, Result};
 use crate::par::Par;
+use crate::primitives::simd::exp2_scalar;
+use std::f32::consts::LOG2_E;
 use std::sync::Mutex;
 
 /// One head's inputs, rows contiguous: `q: [S_q, K]`, `k: [T, K]`, `v: [T, V]`, `g, beta: [T]`.
@@ -167,7 +169,7 @@ pub fn step(
     // One pass decays row r of the state and adds k_r × (decayed row) to u = S'ᵀk.
     u.fill(0.0);
     for (r, &kr) in kn.iter().enumerate() {
-        let a = g[if g.len() > 1 { r } else { 0 }].exp();
+        let a = exp2_scalar(g[if g.len() > 1 { r } else { 0 }] * LOG2_E);
         for (u, x) in u.iter_mut().zip(&mut state[r * dv..(r + 1) * dv]) {
             *x *= a;
             *u += kr * *x;
@@ -243,13 +245,148 @@ fn dot3(x: &[f32], y: &[f32], e: &[f32]) -> f32 {
 /// The chunkwise-parallel form (UT representation, see the module doc) with chunks of `chunk`
 /// tokens. Returns the `q·k` scores computed inside chunks (rows × their in-chunk keys).
 ///
+/// Self-attention prefill (`S_q = T`, row `i` reads keys `0..=i`) runs as tiles of matrix
+/// products ([`chunked_tiles`]); other row layouts run token by token ([`chunked_rows`]). Both
+/// compute the same equations.
+pub fn chunked(
+    cfg: &Config,
+    h: &Head,
+    chunk: usize,
+    state: &mut [f32],
+    o: &mut [f32],
+    lse: &mut [f32],
+) -> u64 {
+    let (s_q, t) = (h.s_q(), h.t());
+    if s_q == t && t > 0 && keys_seen(cfg.q_offset, 0, t) == 1 {
+        chunked_tiles(cfg, h, chunk, state, o, lse)
+    } else {
+        chunked_rows(cfg, h, chunk, state, o, lse)
+    }
+}
+
+/// The largest decay `|γ|` (natural log, per channel) one tile of [`chunked_tiles`] may span:
+/// its factors `e^{±γ}` then stay inside f32 range (`e^{60} ≈ 1.1e26`). A chunk whose decay grows
+/// past it is cut short there (down to one token), so any gate is handled.
+const MAX_SPAN: f32 = 60.0;
+
+/// The chunked form as matrix products, for self-attention prefill (row `a` reads keys
+/// `0..=a`). For a tile of `n` tokens with in-tile cumulative log-decays `γ_a` (one per key
+/// channel, or one for all):
+///
+/// ```text
+/// K̃ = k̂ ⊙ e^{γ_a},  Q̃ = s q̂ ⊙ e^{γ_a},  K̆ = k̂ ⊙ e^{−γ_b}          (row-wise, per channel)
+/// [A′; P] = [K̃; Q̃] K̆ᵀ          A′_ab = Σ_r k̂_ar k̂_br e^{γ_ar − γ_br}   (one GEMM, 2n × n)
+/// [X; Y]  = [K̃; Q̃] S₀                                                   (one GEMM, 2n × V)
+/// ũ_a     = β_a (v_a − X_a) − Σ_{b<a} β_a A′_ab ũ_b                      (forward substitution)
+/// o_a     = Y_a + Σ_{b ≤ a} P_ab ũ_b                                     (GEMM, P lower-triangular)
+/// S       = diag(e^{γ_n}) S₀ + (k̂ ⊙ e^{γ_n − γ_b})ᵀ Ũ                   (GEMM)
+/// ```
+///
+/// — the equations of [`chunked_rows`] with the decays factored per channel so that the pairwise
+/// products become matrix products. `e^{±γ}` are bounded by [`MAX_SPAN`].
+pub fn chunked_tiles(
+    cfg: &Config,
+    h: &Head,
+    chunk: usize,
+    state: &mut [f32],
+    o: &mut [f32],
+    lse: &mut [f32],
+) -> u64 {
+    use crate::primitives::gemm::{gemm, gemm_at_add, gemm_bt};
+    let (dk, dv, t) = (h.dk, h.dv, h.t());
+    let c = chunk.max(1);
+    let gw = h.g.len() / t;
+    let ch = |r: usize| if gw > 1 { r } else { 0 };
+    let mut gam = vec![0.0f32; c * gw]; // γ_a of the tile: [n, gw]
+    let mut kq = vec![0.0f32; 2 * c * dk]; // [K̃; Q̃]: [2n, K]
+    let mut kb = vec![0.0f32; c * dk]; // K̆, then k̂ ⊙ e^{γ_n − γ_b}: [n, K]
+    let mut sc = vec![0.0f32; 2 * c * c]; // [A′; P]: [2n, n]
+    let mut xy = vec![0.0f32; 2 * c * dv]; // [X; Y]: [2n, V]
+    let mut u = vec![0.0f32; c * dv]; // Ũ: [n, V]
+    let mut row = vec![0.0f32; dk];
+    let (mut ea, mut eb) = (vec![0.0f32; gw], vec![0.0f32; gw]); // e^{γ_a}, e^{−γ_a}
+    let mut pairs = 0u64;
+    let mut c0 = 0;
+    while c0 < t {
+        // The tile: up to `c` tokens, cut where the decay would pass MAX_SPAN.
+        let mut n = 0;
+        while n < c.min(t - c0) {
+            let g = &h.g[(c0 + n) * gw..(c0 + n + 1) * gw];
+            let (prev, cur) = gam.split_at_mut(n * gw);
+            let cur = &mut cur[..gw];
+            for (r, (x, &gr)) in cur.iter_mut().zip(g).enumerate() {
+                *x = if n == 0 { gr } else { prev[(n - 1) * gw + r] + gr };
+            }
+            if n > 0 && cur.iter().any(|x| x.abs() > MAX_SPAN) {
+                break;
+            }
+            n += 1;
+        }
+        for a in 0..n {
+            let ga = &gam[a * gw..(a + 1) * gw];
+            for ((e, ei), &x) in ea.iter_mut().zip(eb.iter_mut()).zip(ga) {
+                (*e, *ei) = (exp2_scalar(x * LOG2_E), exp2_scalar(-x * LOG2_E));
+            }
+            l2n32(&h.k[(c0 + a) * dk..(c0 + a + 1) * dk], cfg.l2norm, 1.0, &mut row);
+            let (kt, kv) = (&mut kq[a * dk..(a + 1) * dk], &mut kb[a * dk..(a + 1) * dk]);
+            for r in 0..dk {
+                kt[r] = row[r] * ea[ch(r)];
+                kv[r] = row[r] * eb[ch(r)];
+            }
+            l2n32(&h.q[(c0 + a) * dk..(c0 + a + 1) * dk], cfg.l2norm, cfg.scale, &mut row);
+            let qt = &mut kq[(n + a) * dk..(n + a + 1) * dk];
+            for r in 0..dk {
+                qt[r] = row[r] * ea[ch(r)];
+            }
+        }
+        gemm_bt(&mut sc, &kq, &kb, [2 * n, dk, n], false);
+        gemm(&mut xy, &kq, state, [2 * n, dk, dv], false);
+        // ũ by forward substitution through I + A (A_ab = β_a A′_ab, b < a).
+        for a in 0..n {
+            let beta = h.beta[c0 + a];
+            let (done, ua) = u.split_at_mut(a * dv);
+            let ua = &mut ua[..dv];
+            let (v, x) = (&h.v[(c0 + a) * dv..(c0 + a + 1) * dv], &xy[a * dv..(a + 1) * dv]);
+            ua.iter_mut().zip(v.iter().zip(x)).for_each(|(y, (&v, &x))| *y = beta * (v - x));
+            for b in 0..a {
+                axpy(ua, -beta * sc[a * n + b], &done[b * dv..(b + 1) * dv]);
+            }
+        }
+        // o = Y + tril(P) Ũ.
+        let p = &mut sc[n * n..2 * n * n];
+        for a in 0..n {
+            p[a * n + a + 1..(a + 1) * n].fill(0.0);
+        }
+        let orows = &mut o[c0 * dv..(c0 + n) * dv];
+        orows.copy_from_slice(&xy[n * dv..2 * n * dv]);
+        gemm(orows, p, &u, [n, n, dv], true);
+        lse[c0..c0 + n].fill(0.0);
+        pairs += (n * (n + 1) / 2) as u64;
+        // S = diag(e^{γ_n}) S₀ + (k̂ ⊙ e^{γ_n − γ_b})ᵀ Ũ.
+        let last = &gam[(n - 1) * gw..n * gw];
+        ea.iter_mut().zip(last).for_each(|(e, &x)| *e = exp2_scalar(x * LOG2_E));
+        for r in 0..dk {
+            let e = ea[ch(r)];
+            state[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= e);
+        }
+        for kv in kb[..n * dk].chunks_exact_mut(dk) {
+            kv.iter_mut().enumerate().for_each(|(r, x)| *x *= ea[ch(r)]);
+        }
+        gemm_at_add(state, &kb, &u, [n, dk, dv]);
+        c0 += n;
+    }
+    pairs
+}
+
+/// The chunked form token by token, for any row layout (`S_q ≠ T`, query offsets).
+///
 /// Inside a chunk, token `a` is processed in order: the pairwise decays `e_b = e^{γ_a − γ_b}`
 /// (`b ≤ a`, one value or one per channel) are kept as running products `e_b ← α_a e_b`, so the
 /// only exponentials are `α_a = e^{g_a}` and no factor ever exceeds 1. The pseudo-value
 /// `ũ_a = β_a (v_a − S₀ᵀ(e^{γ_a} ⊙ k̂_a)) − Σ_{b<a} A_ab ũ_b` is the forward substitution of
 /// `(I + A) Ũ = diag(β)(V − (e^{γ} ⊙ K̂) S₀)`, i.e. `U − W S₀` without forming `W`; rows whose last
 /// key is `a` are then read at once.
-pub fn chunked(
+pub fn chunked_rows(
     cfg: &Config,
     h: &Head,
     chunk: usize,
@@ -285,7 +422,7 @@ pub fn chunked(
         pa.fill(1.0);
         for a in 0..n {
             for (al, &g) in alpha.iter_mut().zip(&h.g[(c0 + a) * gw..(c0 + a + 1) * gw]) {
-                *al = g.exp();
+                *al = exp2_scalar(g * LOG2_E);
             }
             for (p, &al) in pa.iter_mut().zip(&alpha) {
                 *p *= al;

@@ -19,6 +19,8 @@ use crate::par::Par;
 use crate::params::{Params, Resolved};
 use crate::problem::Problem;
 use crate::tensor::DType;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// Which implementation runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +96,41 @@ pub fn positive(method: &str, key: &str, value: &str) -> Result<usize> {
 /// The error for an unknown key of `C` (helper for [`SparseConfig::set`]).
 pub fn unknown<C: SparseConfig>(c: &C, key: &str) -> Error {
     unknown_param(C::NAME, key, &c.params())
+}
+
+/// Runs `f(work, b, h, o, lse)` once for every (batch, query head) with that head's rows of the
+/// output (`o: [S_q, D_v]`, `lse: [S_q]`). Heads go round-robin to the workers of `par`, each
+/// with its own scratch from `init`; one worker computes a head start to end, so results do not
+/// depend on the thread count. Returns the sum of what `f` returns (computed pairs, say).
+///
+/// The SIMD level is a thread-local choice: callers read [`crate::primitives::simd::Level::current`] before
+/// and hand it to `f`.
+pub fn for_each_head<W>(
+    p: &Problem,
+    par: Par,
+    out: OutputMut,
+    init: impl Fn() -> W + Sync,
+    f: impl Fn(&mut W, usize, usize, &mut [f32], &mut [f32]) -> u64 + Sync,
+) -> u64 {
+    let heads = p.b * p.h;
+    if heads == 0 || p.s_q == 0 {
+        return 0;
+    }
+    let slots: Vec<Mutex<(&mut [f32], &mut [f32])>> =
+        out.o.chunks_mut(p.s_q * p.d_v).zip(out.lse.chunks_mut(p.s_q)).map(Mutex::new).collect();
+    let total = AtomicU64::new(0);
+    let jobs = par.threads().min(heads);
+    par.run(jobs, |wk| {
+        let mut work = init();
+        let mut sum = 0;
+        for bh in (wk..heads).step_by(jobs) {
+            let mut slot = slots[bh].lock().unwrap_or_else(|e| e.into_inner());
+            let (o, lse) = &mut *slot;
+            sum += f(&mut work, bh / p.h, bh % p.h, o, lse);
+        }
+        total.fetch_add(sum, Ordering::Relaxed);
+    });
+    total.into_inner()
 }
 
 /// True when the mask is causal (the only structured mask MInference's patterns are defined for).

@@ -5,13 +5,12 @@
 //! [`crate::linear::gated_delta_rule`]. See README.md.
 
 use crate::dispatch::{
-    parse_param, unknown_param, Capabilities, Exactness, Inputs, Method, OutputMut, ParamInfo,
-    Reason, Stats,
+    bad_param, parse_param, Inputs, Method, OutputMut, ParamInfo, Reason, Stats,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::linear::delta::{self, Config, Head};
 use crate::mask::{Mask, MaskKind};
-use crate::methods::linear::{capabilities, positive, run_heads, Form};
+use crate::methods::linear::{positive, run_heads, Form, LinearConfig};
 use crate::par::Par;
 use crate::params::{Params, Resolved};
 use crate::problem::Problem;
@@ -36,41 +35,22 @@ impl GatedDeltaNet {
     }
 }
 
-fn bad(m: &str, k: &str, v: &str, detail: &str) -> Error {
-    Error::BadParam { method: m.into(), key: k.into(), value: v.into(), detail: detail.into() }
-}
+impl LinearConfig for GatedDeltaNet {
+    const NAMES: [&'static str; 3] =
+        ["gated-deltanet", "gated-deltanet-recurrent", "gated-deltanet-reference"];
+    const FAMILY: &'static str = "gated_deltanet";
+    const DESCRIPTIONS: [&'static str; 3] = [
+        "Gated DeltaNet delta rule, chunkwise UT form (constant gates; not softmax)",
+        "Gated DeltaNet delta rule, one token at a time (decode form)",
+        "Gated DeltaNet delta rule, naive recurrence in f64",
+    ];
+    const MASKS: &'static [MaskKind] = &[MaskKind::Causal];
 
-impl Method for GatedDeltaNet {
-    fn name(&self) -> &'static str {
-        match self.form {
-            Form::Chunked => "gated-deltanet",
-            Form::Recurrent => "gated-deltanet-recurrent",
-            Form::Reference => "gated-deltanet-reference",
-        }
+    fn form(&self) -> Form {
+        self.form
     }
-    fn family(&self) -> &'static str {
-        "gated_deltanet"
-    }
-    fn description(&self) -> &'static str {
-        match self.form {
-            Form::Chunked => {
-                "Gated DeltaNet delta rule, chunkwise UT form (constant gates; not softmax)"
-            }
-            Form::Recurrent => "Gated DeltaNet delta rule, one token at a time (decode form)",
-            Form::Reference => "Gated DeltaNet delta rule, naive recurrence in f64",
-        }
-    }
-    fn exactness(&self) -> Exactness {
-        Exactness::NotSoftmax
-    }
-    fn is_reference(&self) -> bool {
-        self.form == Form::Reference
-    }
-    fn capabilities(&self) -> Capabilities {
-        capabilities(&[MaskKind::Causal])
-    }
-    fn unsupported(&self, p: &Problem, params: &Params) -> Vec<Reason> {
-        let mut r = crate::dispatch::check_capabilities(&self.capabilities(), p, params);
+    fn unsupported(&self, _p: &Problem, params: &Params) -> Vec<Reason> {
+        let mut r = Vec::new();
         if matches!(params.mask, Mask::None) {
             r.push(Reason::Other(
                 "the delta rule is a causal recurrence: it needs the causal mask".into(),
@@ -97,32 +77,29 @@ impl Method for GatedDeltaNet {
             },
         ]
     }
-    fn with_params(&self, kv: &[(&str, &str)]) -> Result<Box<dyn Method>> {
-        let mut m = *self;
-        let name = self.name();
-        for &(k, v) in kv {
-            match k {
-                "decay" => {
-                    let x: f32 = parse_param(name, k, v)?;
-                    if !(x > 0.0 && x <= 1.0) {
-                        return Err(bad(name, k, v, "must be in (0, 1]"));
-                    }
-                    m.decay = x;
+    fn set(&mut self, k: &str, v: &str) -> Result<bool> {
+        let name = Method::name(self);
+        match k {
+            "decay" => {
+                let x: f32 = parse_param(name, k, v)?;
+                if !(x > 0.0 && x <= 1.0) {
+                    return Err(bad_param(name, k, v, "must be in (0, 1]"));
                 }
-                "beta" => {
-                    let x: f32 = parse_param(name, k, v)?;
-                    if !(0.0..=1.0).contains(&x) {
-                        return Err(bad(name, k, v, "must be in [0, 1]"));
-                    }
-                    m.beta = x;
-                }
-                "chunk" => m.chunk = positive(name, k, v)?,
-                _ => return Err(unknown_param(name, k, &self.params())),
+                self.decay = x;
             }
+            "beta" => {
+                let x: f32 = parse_param(name, k, v)?;
+                if !(0.0..=1.0).contains(&x) {
+                    return Err(bad_param(name, k, v, "must be in [0, 1]"));
+                }
+                self.beta = x;
+            }
+            "chunk" => self.chunk = positive(name, k, v)?,
+            _ => return Ok(false),
         }
-        Ok(Box::new(m))
+        Ok(true)
     }
-    fn scratch_bytes(&self, p: &Problem, _: &Resolved, par: Par) -> usize {
+    fn scratch_bytes(&self, p: &Problem, par: Par) -> usize {
         let c = self.chunk;
         let per = (p.s_q + p.s_kv) * p.d
             + p.s_kv * (p.d_v + 2)

@@ -16,7 +16,7 @@ pub mod reference;
 use crate::dispatch::{parse_param, Inputs, OutputMut, ParamInfo, Reason, Stats};
 use crate::error::{Error, Result};
 use crate::mask::{Mask, MaskKind};
-use crate::methods::pattern::{is_causal, positive, unknown, Exec, SparseConfig};
+use crate::methods::pattern::{for_each_head, is_causal, positive, unknown, Exec, SparseConfig};
 use crate::par::Par;
 use crate::params::{Params, Resolved};
 use crate::primitives::merge::merge_weights;
@@ -24,8 +24,6 @@ use crate::primitives::simd::{dispatch, exp2_scalar, Kernel, Level, Simd};
 use crate::problem::Problem;
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef};
 use plan::{Head, Piece};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 /// `hyper`: sortLSH heavy blocks + sampled columns (HyperAttention).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,52 +299,37 @@ impl Hyper {
         par: Par,
         out: OutputMut,
     ) -> Result<u64> {
-        let heads = p.b * p.h;
-        if heads == 0 || p.s_q == 0 {
+        if p.b * p.h == 0 || p.s_q == 0 {
             return Ok(0);
         }
         out.o.fill(0.0);
         out.lse.fill(f32::NEG_INFINITY);
         let causal = is_causal(&params.mask);
         let w = plan::projection(self.seed, self.projections, p.d);
-        let slots: Vec<Mutex<(&mut [f32], &mut [f32])>> = out
-            .o
-            .chunks_mut(p.s_q * p.d_v)
-            .zip(out.lse.chunks_mut(p.s_q))
-            .map(Mutex::new)
-            .collect();
-        let pairs = AtomicU64::new(0);
-        let jobs = par.threads().min(heads);
         let level = Level::current();
-        par.run(jobs, |wk| {
-            let mut work = Work::new(p.d, p.d_v);
-            for bh in (wk..heads).step_by(jobs) {
-                let mut g = slots[bh].lock().unwrap_or_else(|e| e.into_inner());
-                let (o, lse) = &mut *g;
-                let (b, h) = (bh / p.h, bh % p.h);
-                let ctx = Ctx { p, inputs, scale: params.scale, b, h, level };
-                let mut n = 0u64;
-                for piece in self.plan_head(&w, p, inputs, causal, b, h) {
-                    n += piece.pairs();
-                    match piece {
-                        Piece::Causal { lo, hi } => {
-                            let idx: Vec<u32> = (lo as u32..hi as u32).collect();
-                            ctx.attend(&mut work, &idx, &idx, true, 0.0, o, lse);
-                        }
-                        Piece::Dense { rows, keys } => {
-                            let r: Vec<u32> = (rows.0 as u32..rows.1 as u32).collect();
-                            let k: Vec<u32> = (keys.0 as u32..keys.1 as u32).collect();
-                            ctx.attend(&mut work, &r, &k, false, 0.0, o, lse);
-                        }
-                        Piece::Gather { rows, keys, ln_weight } => {
-                            ctx.attend(&mut work, &rows, &keys, false, ln_weight, o, lse);
-                        }
+        let work = || Work::new(p.d, p.d_v);
+        Ok(for_each_head(p, par, out, work, |work, b, h, o, lse| {
+            let ctx = Ctx { p, inputs, scale: params.scale, b, h, level };
+            let mut n = 0u64;
+            for piece in self.plan_head(&w, p, inputs, causal, b, h) {
+                n += piece.pairs();
+                match piece {
+                    Piece::Causal { lo, hi } => {
+                        let idx: Vec<u32> = (lo as u32..hi as u32).collect();
+                        ctx.attend(work, &idx, &idx, true, 0.0, o, lse);
+                    }
+                    Piece::Dense { rows, keys } => {
+                        let r: Vec<u32> = (rows.0 as u32..rows.1 as u32).collect();
+                        let k: Vec<u32> = (keys.0 as u32..keys.1 as u32).collect();
+                        ctx.attend(work, &r, &k, false, 0.0, o, lse);
+                    }
+                    Piece::Gather { rows, keys, ln_weight } => {
+                        ctx.attend(work, &rows, &keys, false, ln_weight, o, lse);
                     }
                 }
-                pairs.fetch_add(n, Ordering::Relaxed);
             }
-        });
-        Ok(pairs.into_inner())
+            n
+        }))
     }
 }
 

@@ -6,13 +6,12 @@
 //! gates is [`crate::linear::gated_delta_rule`] with `g: [B, T, H, K]`. See README.md.
 
 use crate::dispatch::{
-    parse_param, unknown_param, Capabilities, Exactness, Inputs, Method, OutputMut, ParamInfo,
-    Reason, Stats,
+    bad_param, parse_param, Inputs, Method, OutputMut, ParamInfo, Reason, Stats,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::linear::delta::{self, Config, Head};
 use crate::mask::{Mask, MaskKind};
-use crate::methods::linear::{capabilities, positive, run_heads, Form};
+use crate::methods::linear::{positive, run_heads, Form, LinearConfig};
 use crate::par::Par;
 use crate::params::{Params, Resolved};
 use crate::problem::Problem;
@@ -49,41 +48,21 @@ impl Kda {
     }
 }
 
-fn bad(m: &str, k: &str, v: &str, detail: &str) -> Error {
-    Error::BadParam { method: m.into(), key: k.into(), value: v.into(), detail: detail.into() }
-}
+impl LinearConfig for Kda {
+    const NAMES: [&'static str; 3] = ["kda", "kda-recurrent", "kda-reference"];
+    const FAMILY: &'static str = "kda";
+    const DESCRIPTIONS: [&'static str; 3] = [
+        "Kimi Delta Attention (channel-wise gates), chunkwise UT form (constant gates; not softmax)",
+        "Kimi Delta Attention, one token at a time (decode form)",
+        "Kimi Delta Attention, naive recurrence in f64",
+    ];
+    const MASKS: &'static [MaskKind] = &[MaskKind::Causal];
 
-impl Method for Kda {
-    fn name(&self) -> &'static str {
-        match self.form {
-            Form::Chunked => "kda",
-            Form::Recurrent => "kda-recurrent",
-            Form::Reference => "kda-reference",
-        }
+    fn form(&self) -> Form {
+        self.form
     }
-    fn family(&self) -> &'static str {
-        "kda"
-    }
-    fn description(&self) -> &'static str {
-        match self.form {
-            Form::Chunked => {
-                "Kimi Delta Attention (channel-wise gates), chunkwise UT form (constant gates; not softmax)"
-            }
-            Form::Recurrent => "Kimi Delta Attention, one token at a time (decode form)",
-            Form::Reference => "Kimi Delta Attention, naive recurrence in f64",
-        }
-    }
-    fn exactness(&self) -> Exactness {
-        Exactness::NotSoftmax
-    }
-    fn is_reference(&self) -> bool {
-        self.form == Form::Reference
-    }
-    fn capabilities(&self) -> Capabilities {
-        capabilities(&[MaskKind::Causal])
-    }
-    fn unsupported(&self, p: &Problem, params: &Params) -> Vec<Reason> {
-        let mut r = crate::dispatch::check_capabilities(&self.capabilities(), p, params);
+    fn unsupported(&self, _p: &Problem, params: &Params) -> Vec<Reason> {
+        let mut r = Vec::new();
         if matches!(params.mask, Mask::None) {
             r.push(Reason::Other(
                 "the delta rule is a causal recurrence: it needs the causal mask".into(),
@@ -115,44 +94,44 @@ impl Method for Kda {
             },
         ]
     }
-    fn with_params(&self, kv: &[(&str, &str)]) -> Result<Box<dyn Method>> {
-        let mut m = *self;
-        let name = self.name();
-        for &(k, v) in kv {
-            match k {
-                "decay_min" | "decay_max" => {
-                    let x: f32 = parse_param(name, k, v)?;
-                    if !(x > 0.0 && x <= 1.0) {
-                        return Err(bad(name, k, v, "must be in (0, 1]"));
-                    }
-                    if k == "decay_min" {
-                        m.decay_min = x;
-                    } else {
-                        m.decay_max = x;
-                    }
+    fn set(&mut self, k: &str, v: &str) -> Result<bool> {
+        let name = Method::name(self);
+        match k {
+            "decay_min" | "decay_max" => {
+                let x: f32 = parse_param(name, k, v)?;
+                if !(x > 0.0 && x <= 1.0) {
+                    return Err(bad_param(name, k, v, "must be in (0, 1]"));
                 }
-                "beta" => {
-                    let x: f32 = parse_param(name, k, v)?;
-                    if !(0.0..=1.0).contains(&x) {
-                        return Err(bad(name, k, v, "must be in [0, 1]"));
-                    }
-                    m.beta = x;
+                if k == "decay_min" {
+                    self.decay_min = x;
+                } else {
+                    self.decay_max = x;
                 }
-                "chunk" => m.chunk = positive(name, k, v)?,
-                _ => return Err(unknown_param(name, k, &self.params())),
             }
+            "beta" => {
+                let x: f32 = parse_param(name, k, v)?;
+                if !(0.0..=1.0).contains(&x) {
+                    return Err(bad_param(name, k, v, "must be in [0, 1]"));
+                }
+                self.beta = x;
+            }
+            "chunk" => self.chunk = positive(name, k, v)?,
+            _ => return Ok(false),
         }
-        if m.decay_min > m.decay_max {
-            return Err(bad(
-                name,
+        Ok(true)
+    }
+    fn validate(&self) -> Result<()> {
+        if self.decay_min > self.decay_max {
+            return Err(bad_param(
+                Method::name(self),
                 "decay_min",
-                &m.decay_min.to_string(),
-                &format!("must not exceed decay_max = {}", m.decay_max),
+                &self.decay_min.to_string(),
+                &format!("must not exceed decay_max = {}", self.decay_max),
             ));
         }
-        Ok(Box::new(m))
+        Ok(())
     }
-    fn scratch_bytes(&self, p: &Problem, _: &Resolved, par: Par) -> usize {
+    fn scratch_bytes(&self, p: &Problem, par: Par) -> usize {
         let c = self.chunk;
         let per =
             (p.s_q + p.s_kv) * p.d + p.s_kv * (p.d_v + 1) + p.d * p.d_v + c * (3 * p.d + p.d_v + 1);

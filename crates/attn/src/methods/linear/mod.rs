@@ -3,18 +3,18 @@
 //! every linear-family method shares ([`run_heads`]). See README.md.
 
 use crate::dispatch::{
-    parse_param, unknown_param, Capabilities, Exactness, Inputs, Method, OutputMut, ParamInfo,
-    Reason, Stats,
+    bad_param, parse_param, unknown_param, Capabilities, Exactness, Inputs, Method, OutputMut,
+    ParamInfo, Reason, Stats,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::linear::vanilla::{self, Config, Head, State};
 use crate::linear::FeatureMap;
 use crate::mask::{Mask, MaskKind};
+use crate::methods::pattern::for_each_head;
 use crate::par::Par;
 use crate::params::{Params, Resolved};
 use crate::problem::Problem;
 use crate::tensor::DType;
-use std::sync::Mutex;
 
 /// Which of the three forms an implementation runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,33 +61,18 @@ pub fn run_heads(
     out: OutputMut,
     f: impl Fn(&[f32], &[f32], &[f32], &mut [f32], &mut [f32]) -> u64 + Sync,
 ) -> u64 {
-    let heads = p.b * p.h;
     let (d, dv, sq, skv, g) = (p.d, p.d_v, p.s_q, p.s_kv, p.group());
-    let jobs = par.threads().min(heads).max(1);
-    let slots: Vec<Mutex<(&mut [f32], &mut [f32])>> =
-        out.o.chunks_mut(sq * dv).zip(out.lse.chunks_mut(sq)).map(Mutex::new).collect();
-    let total = Mutex::new(0u64);
-    par.run(jobs, |w| {
-        let mut qb = vec![0.0f32; sq * d];
-        let mut kb = vec![0.0f32; skv * d];
-        let mut vb = vec![0.0f32; skv * dv];
-        let mut sum = 0;
-        for hd in (w..heads).step_by(jobs) {
-            let (b, h) = (hd / p.h, hd % p.h);
-            for s in 0..sq {
-                inputs.q.read_row(b, h, s, 1.0, &mut qb[s * d..(s + 1) * d]);
-            }
-            for s in 0..skv {
-                inputs.k.read_row(b, h / g, s, 1.0, &mut kb[s * d..(s + 1) * d]);
-                inputs.v.read_row(b, h / g, s, 1.0, &mut vb[s * dv..(s + 1) * dv]);
-            }
-            let mut slot = slots[hd].lock().unwrap_or_else(|e| e.into_inner());
-            let (o, lse) = &mut *slot;
-            sum += f(&qb, &kb, &vb, o, lse);
+    let buffers = || (vec![0.0f32; sq * d], vec![0.0f32; skv * d], vec![0.0f32; skv * dv]);
+    for_each_head(p, par, out, buffers, |(qb, kb, vb), b, h, o, lse| {
+        for s in 0..sq {
+            inputs.q.read_row(b, h, s, 1.0, &mut qb[s * d..(s + 1) * d]);
         }
-        *total.lock().unwrap_or_else(|e| e.into_inner()) += sum;
-    });
-    total.into_inner().unwrap_or_else(|e| e.into_inner())
+        for s in 0..skv {
+            inputs.k.read_row(b, h / g, s, 1.0, &mut kb[s * d..(s + 1) * d]);
+            inputs.v.read_row(b, h / g, s, 1.0, &mut vb[s * dv..(s + 1) * dv]);
+        }
+        f(qb, kb, vb, o, lse)
+    })
 }
 
 /// Kernelised linear attention.
@@ -110,37 +95,134 @@ impl Linear {
     }
 }
 
-impl Method for Linear {
+/// The configuration of one linear-family method: names, parameters, and how each of its three
+/// forms runs. Every `LinearConfig` is a registered [`Method`] (the blanket implementation below
+/// supplies names, capabilities, parameter parsing and exactness from it), so a method folder
+/// holds only what is its own.
+pub trait LinearConfig: Copy + std::fmt::Debug + Send + Sync + 'static {
+    /// Registry names of the chunked, recurrent and reference forms, in that order.
+    const NAMES: [&'static str; 3];
+    /// Family folder.
+    const FAMILY: &'static str;
+    /// One line per form for `attn list`, in the order of [`LinearConfig::NAMES`].
+    const DESCRIPTIONS: [&'static str; 3];
+    /// Mask kinds the method is defined for.
+    const MASKS: &'static [MaskKind];
+
+    /// Which form this value runs.
+    fn form(&self) -> Form;
+
+    /// Current parameter values.
+    fn params(&self) -> Vec<ParamInfo>;
+
+    /// Sets one parameter from its text; `Ok(false)` when `key` is not one of this method's.
+    ///
+    /// # Errors
+    /// [`crate::Error::BadParam`].
+    fn set(&mut self, key: &str, value: &str) -> Result<bool>;
+
+    /// Checks constraints between parameters after they are all set (default none).
+    ///
+    /// # Errors
+    /// [`crate::Error::BadParam`].
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Reasons beyond the capability table (default none).
+    fn unsupported(&self, _p: &Problem, _params: &Params) -> Vec<Reason> {
+        Vec::new()
+    }
+
+    /// Scratch bytes of a call.
+    fn scratch_bytes(&self, p: &Problem, par: Par) -> usize;
+
+    /// Computes the method into `out` in the form [`LinearConfig::form`] names.
+    ///
+    /// # Errors
+    /// None expected after the capability check; typed errors otherwise.
+    fn forward(
+        &self,
+        p: &Problem,
+        inputs: &Inputs,
+        params: &Resolved,
+        par: Par,
+        out: OutputMut,
+    ) -> Result<Stats>;
+}
+
+const fn form_index(f: Form) -> usize {
+    match f {
+        Form::Chunked => 0,
+        Form::Recurrent => 1,
+        Form::Reference => 2,
+    }
+}
+
+impl<C: LinearConfig> Method for C {
     fn name(&self) -> &'static str {
-        match self.form {
-            Form::Chunked => "linear",
-            Form::Recurrent => "linear-recurrent",
-            Form::Reference => "linear-reference",
-        }
+        C::NAMES[form_index(self.form())]
     }
     fn family(&self) -> &'static str {
-        "linear"
+        C::FAMILY
     }
     fn description(&self) -> &'static str {
-        match self.form {
-            Form::Chunked => {
-                "kernelised linear attention φ(q)·φ(k), chunkwise-parallel (not softmax)"
-            }
-            Form::Recurrent => "kernelised linear attention, one token at a time (decode form)",
-            Form::Reference => "kernelised linear attention, naive quadratic form in f64",
-        }
+        C::DESCRIPTIONS[form_index(self.form())]
     }
     fn exactness(&self) -> Exactness {
         Exactness::NotSoftmax
     }
     fn is_reference(&self) -> bool {
-        self.form == Form::Reference
+        self.form() == Form::Reference
     }
     fn capabilities(&self) -> Capabilities {
-        capabilities(&[MaskKind::None, MaskKind::Causal])
+        capabilities(C::MASKS)
     }
     fn unsupported(&self, p: &Problem, params: &Params) -> Vec<Reason> {
-        crate::dispatch::check_capabilities(&self.capabilities(), p, params)
+        let mut r = crate::dispatch::check_capabilities(&self.capabilities(), p, params);
+        r.extend(LinearConfig::unsupported(self, p, params));
+        r
+    }
+    fn params(&self) -> Vec<ParamInfo> {
+        LinearConfig::params(self)
+    }
+    fn with_params(&self, kv: &[(&str, &str)]) -> Result<Box<dyn Method>> {
+        let mut m = *self;
+        for &(k, v) in kv {
+            if !m.set(k, v)? {
+                return Err(unknown_param(self.name(), k, &LinearConfig::params(self)));
+            }
+        }
+        m.validate()?;
+        Ok(Box::new(m))
+    }
+    fn scratch_bytes(&self, p: &Problem, _: &Resolved, par: Par) -> usize {
+        LinearConfig::scratch_bytes(self, p, par)
+    }
+    fn forward(
+        &self,
+        p: &Problem,
+        inputs: &Inputs,
+        params: &Resolved,
+        par: Par,
+        out: OutputMut,
+    ) -> Result<Stats> {
+        LinearConfig::forward(self, p, inputs, params, par, out)
+    }
+}
+
+impl LinearConfig for Linear {
+    const NAMES: [&'static str; 3] = ["linear", "linear-recurrent", "linear-reference"];
+    const FAMILY: &'static str = "linear";
+    const DESCRIPTIONS: [&'static str; 3] = [
+        "kernelised linear attention φ(q)·φ(k), chunkwise-parallel (not softmax)",
+        "kernelised linear attention, one token at a time (decode form)",
+        "kernelised linear attention, naive quadratic form in f64",
+    ];
+    const MASKS: &'static [MaskKind] = &[MaskKind::None, MaskKind::Causal];
+
+    fn form(&self) -> Form {
+        self.form
     }
     fn params(&self) -> Vec<ParamInfo> {
         vec![
@@ -161,26 +243,20 @@ impl Method for Linear {
             },
         ]
     }
-    fn with_params(&self, kv: &[(&str, &str)]) -> Result<Box<dyn Method>> {
-        let mut m = *self;
-        for &(k, v) in kv {
-            match k {
-                "map" => {
-                    m.map = FeatureMap::parse(v).ok_or_else(|| Error::BadParam {
-                        method: self.name().into(),
-                        key: k.into(),
-                        value: v.into(),
-                        detail: "expected identity, elu1, elu or relu".into(),
-                    })?
-                }
-                "norm" => m.norm = parse_param(self.name(), k, v)?,
-                "chunk" => m.chunk = positive(self.name(), k, v)?,
-                _ => return Err(unknown_param(self.name(), k, &self.params())),
+    fn set(&mut self, k: &str, v: &str) -> Result<bool> {
+        let name = Method::name(self);
+        match k {
+            "map" => {
+                self.map = FeatureMap::parse(v)
+                    .ok_or_else(|| bad_param(name, k, v, "expected identity, elu1, elu or relu"))?
             }
+            "norm" => self.norm = parse_param(name, k, v)?,
+            "chunk" => self.chunk = positive(name, k, v)?,
+            _ => return Ok(false),
         }
-        Ok(Box::new(m))
+        Ok(true)
     }
-    fn scratch_bytes(&self, p: &Problem, _: &Resolved, par: Par) -> usize {
+    fn scratch_bytes(&self, p: &Problem, par: Par) -> usize {
         let per = (p.s_q + p.s_kv) * p.d + p.s_kv * p.d_v + p.s_kv * p.d + p.d * (p.d_v + 1);
         4 * per * par.threads().min(p.b * p.h).max(1)
     }

@@ -2,18 +2,15 @@
 //! registered forms (`nalaformer` chunked, `nalaformer-recurrent`, `nalaformer-reference`).
 //! See README.md.
 
-use crate::dispatch::{
-    parse_param, unknown_param, Capabilities, Exactness, Inputs, Method, OutputMut, ParamInfo,
-    Reason, Stats,
-};
-use crate::error::{Error, Result};
+use crate::dispatch::{bad_param, parse_param, Inputs, Method, OutputMut, ParamInfo, Stats};
+use crate::error::Result;
 use crate::linear::nala::{self, key_features, query_features};
 use crate::linear::vanilla::{self, State};
 use crate::linear::FeatureMap;
 use crate::mask::{Mask, MaskKind};
-use crate::methods::linear::{capabilities, positive, run_heads, Form};
+use crate::methods::linear::{positive, run_heads, Form, LinearConfig};
 use crate::par::Par;
-use crate::params::{Params, Resolved};
+use crate::params::Resolved;
 use crate::problem::Problem;
 
 /// Norm-aware linear attention.
@@ -36,41 +33,18 @@ impl Nalaformer {
     }
 }
 
-fn bad(m: &str, k: &str, v: &str, detail: &str) -> Error {
-    Error::BadParam { method: m.into(), key: k.into(), value: v.into(), detail: detail.into() }
-}
+impl LinearConfig for Nalaformer {
+    const NAMES: [&'static str; 3] = ["nalaformer", "nalaformer-recurrent", "nalaformer-reference"];
+    const FAMILY: &'static str = "nalaformer";
+    const DESCRIPTIONS: [&'static str; 3] = [
+        "NaLaFormer norm-aware linear attention (query-norm exponent, sign-split maps), chunked (not softmax)",
+        "NaLaFormer norm-aware linear attention, one token at a time (decode form)",
+        "NaLaFormer norm-aware linear attention, naive quadratic form in f64",
+    ];
+    const MASKS: &'static [MaskKind] = &[MaskKind::None, MaskKind::Causal];
 
-impl Method for Nalaformer {
-    fn name(&self) -> &'static str {
-        match self.form {
-            Form::Chunked => "nalaformer",
-            Form::Recurrent => "nalaformer-recurrent",
-            Form::Reference => "nalaformer-reference",
-        }
-    }
-    fn family(&self) -> &'static str {
-        "nalaformer"
-    }
-    fn description(&self) -> &'static str {
-        match self.form {
-            Form::Chunked => {
-                "NaLaFormer norm-aware linear attention (query-norm exponent, sign-split maps), chunked (not softmax)"
-            }
-            Form::Recurrent => "NaLaFormer norm-aware linear attention, one token at a time (decode form)",
-            Form::Reference => "NaLaFormer norm-aware linear attention, naive quadratic form in f64",
-        }
-    }
-    fn exactness(&self) -> Exactness {
-        Exactness::NotSoftmax
-    }
-    fn is_reference(&self) -> bool {
-        self.form == Form::Reference
-    }
-    fn capabilities(&self) -> Capabilities {
-        capabilities(&[MaskKind::None, MaskKind::Causal])
-    }
-    fn unsupported(&self, p: &Problem, params: &Params) -> Vec<Reason> {
-        crate::dispatch::check_capabilities(&self.capabilities(), p, params)
+    fn form(&self) -> Form {
+        self.form
     }
     fn params(&self) -> Vec<ParamInfo> {
         vec![
@@ -91,32 +65,29 @@ impl Method for Nalaformer {
             },
         ]
     }
-    fn with_params(&self, kv: &[(&str, &str)]) -> Result<Box<dyn Method>> {
-        let mut m = *self;
-        let name = self.name();
-        for &(k, v) in kv {
-            match k {
-                "lambda" => {
-                    let x: f32 = parse_param(name, k, v)?;
-                    if !(x.is_finite() && x > 0.0) {
-                        return Err(bad(name, k, v, "must be finite and > 0"));
-                    }
-                    m.lambda = x;
+    fn set(&mut self, k: &str, v: &str) -> Result<bool> {
+        let name = Method::name(self);
+        match k {
+            "lambda" => {
+                let x: f32 = parse_param(name, k, v)?;
+                if !(x.is_finite() && x > 0.0) {
+                    return Err(bad_param(name, k, v, "must be finite and > 0"));
                 }
-                "eps" => {
-                    let x: f32 = parse_param(name, k, v)?;
-                    if !(x.is_finite() && x >= 0.0) {
-                        return Err(bad(name, k, v, "must be finite and ≥ 0"));
-                    }
-                    m.eps = x;
-                }
-                "chunk" => m.chunk = positive(name, k, v)?,
-                _ => return Err(unknown_param(name, k, &self.params())),
+                self.lambda = x;
             }
+            "eps" => {
+                let x: f32 = parse_param(name, k, v)?;
+                if !(x.is_finite() && x >= 0.0) {
+                    return Err(bad_param(name, k, v, "must be finite and ≥ 0"));
+                }
+                self.eps = x;
+            }
+            "chunk" => self.chunk = positive(name, k, v)?,
+            _ => return Ok(false),
         }
-        Ok(Box::new(m))
+        Ok(true)
     }
-    fn scratch_bytes(&self, p: &Problem, _: &Resolved, par: Par) -> usize {
+    fn scratch_bytes(&self, p: &Problem, par: Par) -> usize {
         let f = 2 * p.d;
         let per =
             (p.s_q + p.s_kv) * p.d + p.s_kv * p.d_v + (p.s_q + 2 * p.s_kv) * f + f * (p.d_v + 1);

@@ -13,13 +13,13 @@ pub mod reference;
 use crate::dispatch::{parse_param, Inputs, OutputMut, ParamInfo, Stats};
 use crate::error::{Error, Result};
 use crate::mask::{Mask, MaskKind};
-use crate::methods::pattern::{dot_fixed, unknown, Exec, SparseConfig};
+use crate::methods::pattern::{dot_fixed, for_each_head, unknown, Exec, SparseConfig};
 use crate::par::Par;
 use crate::params::Resolved;
+use crate::primitives::gemm::{gemm, gemm_at_add, gemm_bt};
 use crate::primitives::rng::{purpose, Key, Stream};
 use crate::primitives::simd::{dispatch, exp2_scalar, Kernel, Level, Simd};
 use crate::problem::Problem;
-use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -272,32 +272,6 @@ impl Work {
     }
 }
 
-/// `dst (n×k) = a (n×d) · bᵀ` with `b` row-major `k × d`, or accumulated (`add`), in one thread.
-fn gemm_bt(dst: &mut [f32], a: &[f32], b: &[f32], [n, d, k]: [usize; 3], add: bool) {
-    let dst = MatMut::from_row_major_slice_mut(&mut dst[..n * k], n, k);
-    let lhs = MatRef::from_row_major_slice(&a[..n * d], n, d);
-    let rhs = MatRef::from_row_major_slice(&b[..k * d], k, d).transpose();
-    let acc = if add { Accum::Add } else { Accum::Replace };
-    matmul(dst, acc, lhs, rhs, 1.0f32, faer::Par::Seq);
-}
-
-/// `dst (n×k) (+)= a (n×d) · b (d×k)`, both row-major, in one thread.
-fn gemm(dst: &mut [f32], a: &[f32], b: &[f32], [n, d, k]: [usize; 3], add: bool) {
-    let dst = MatMut::from_row_major_slice_mut(&mut dst[..n * k], n, k);
-    let lhs = MatRef::from_row_major_slice(&a[..n * d], n, d);
-    let rhs = MatRef::from_row_major_slice(&b[..d * k], d, k);
-    let acc = if add { Accum::Add } else { Accum::Replace };
-    matmul(dst, acc, lhs, rhs, 1.0f32, faer::Par::Seq);
-}
-
-/// `dst (d×k) += aᵀ · b` with `a` row-major `n × d` and `b` row-major `n × k`, in one thread.
-fn gemm_at_add(dst: &mut [f32], a: &[f32], b: &[f32], [n, d, k]: [usize; 3]) {
-    let dst = MatMut::from_row_major_slice_mut(&mut dst[..d * k], d, k);
-    let lhs = MatRef::from_row_major_slice(&a[..n * d], n, d).transpose();
-    let rhs = MatRef::from_row_major_slice(&b[..n * k], n, k);
-    matmul(dst, Accum::Add, lhs, rhs, 1.0f32, faer::Par::Seq);
-}
-
 /// Stabilises `n` rows of exponents in place: each row `a` becomes `exp(a − max a)` (entries in
 /// `(0, 1]`, the largest exactly 1), and `c[i] = max a − |x_i|²/2` is its log-scale, so that
 /// `φ(x_i) = exp(c[i] − ½ ln m)·row_i`. Vectorised at the caller's [`Level`].
@@ -496,27 +470,18 @@ impl Performer {
         out: OutputMut,
     ) -> Result<()> {
         let maps: Vec<Arc<FeatureMap>> = (0..p.h).map(|h| self.feature_map(p.d, h)).collect();
-        let heads = p.b * p.h;
-        if heads == 0 || p.s_q == 0 {
-            return Ok(());
-        }
-        let slots: Vec<Mutex<(&mut [f32], &mut [f32])>> = out
-            .o
-            .chunks_mut(p.s_q * p.d_v)
-            .zip(out.lse.chunks_mut(p.s_q))
-            .map(Mutex::new)
-            .collect();
-        let jobs = par.threads().min(heads);
         // The caller's level (a thread-local choice) for every worker.
         let level = Level::current();
-        par.run(jobs, |w| {
-            for bh in (w..heads).step_by(jobs) {
-                let mut g = slots[bh].lock().unwrap_or_else(|e| e.into_inner());
-                let (o, lse) = &mut *g;
-                let (b, h) = (bh / p.h, bh % p.h);
+        for_each_head(
+            p,
+            par,
+            out,
+            || (),
+            |_, b, h, o, lse| {
                 self.head(&maps[h], p, inputs, params, b, h, level, o, lse);
-            }
-        });
+                0
+            },
+        );
         Ok(())
     }
 }

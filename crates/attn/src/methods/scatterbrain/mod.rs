@@ -14,13 +14,13 @@ pub mod reference;
 use crate::dispatch::{parse_param, Inputs, OutputMut, ParamInfo, Stats};
 use crate::error::{Error, Result};
 use crate::mask::{Mask, MaskKind};
-use crate::methods::pattern::{dot_fixed, unknown, Exec, SparseConfig};
+use crate::methods::pattern::{dot_fixed, for_each_head, unknown, Exec, SparseConfig};
 use crate::methods::performer::{FeatureMap, Performer};
 use crate::par::Par;
 use crate::params::Resolved;
 use crate::primitives::simd::{dispatch, Kernel, Level, Simd};
 use crate::problem::Problem;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// `scatterbrain`: exact attention on a local window of `window` keys, Performer with `features`
 /// random features elsewhere.
@@ -344,8 +344,7 @@ impl Scatterbrain {
         par: Par,
         out: OutputMut,
     ) -> Result<()> {
-        let heads = p.b * p.h;
-        if heads == 0 || p.s_q == 0 {
+        if p.b * p.h == 0 || p.s_q == 0 {
             return Ok(());
         }
         let low_rank = self.needs_low_rank(p, params);
@@ -353,25 +352,22 @@ impl Scatterbrain {
         let maps: Vec<Option<Arc<FeatureMap>>> =
             (0..p.h).map(|h| low_rank.then(|| perf.feature_map(p.d, h))).collect();
         let empty = FeatureMap::draw(Default::default(), 0, p.d, false);
-        let slots: Vec<Mutex<(&mut [f32], &mut [f32])>> = out
-            .o
-            .chunks_mut(p.s_q * p.d_v)
-            .zip(out.lse.chunks_mut(p.s_q))
-            .map(Mutex::new)
-            .collect();
         // Workers run at the caller's level (a thread-local setting).
         let level = Level::current();
-        let jobs = par.threads().min(heads);
-        par.run(jobs, |w| {
-            for bh in (w..heads).step_by(jobs) {
-                let mut g = slots[bh].lock().unwrap_or_else(|e| e.into_inner());
-                let (o, lse) = &mut *g;
-                let (b, h) = (bh / p.h, bh % p.h);
+        for_each_head(
+            p,
+            par,
+            out,
+            || (),
+            |_, b, h, o, lse| {
                 let fm = maps[h].as_deref().unwrap_or(&empty);
-                let k = HeadKernel { cfg: self, fm, low_rank, p, inputs, params, b, h, o, lse };
-                dispatch(level, k);
-            }
-        });
+                dispatch(
+                    level,
+                    HeadKernel { cfg: self, fm, low_rank, p, inputs, params, b, h, o, lse },
+                );
+                0
+            },
+        );
         Ok(())
     }
 }

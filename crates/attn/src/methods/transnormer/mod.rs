@@ -12,14 +12,13 @@
 pub mod diag;
 
 use crate::dispatch::{
-    parse_param, unknown_param, Capabilities, Exactness, Inputs, Method, OutputMut, ParamInfo,
-    Reason, Stats,
+    bad_param, parse_param, Inputs, Method, OutputMut, ParamInfo, Reason, Stats,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::linear::vanilla::{self, State};
 use crate::linear::FeatureMap;
 use crate::mask::{Mask, MaskKind};
-use crate::methods::linear::{capabilities, positive, run_heads, Form};
+use crate::methods::linear::{positive, run_heads, Form, LinearConfig};
 use crate::par::Par;
 use crate::params::{Params, Resolved};
 use crate::problem::Problem;
@@ -131,41 +130,22 @@ impl Transnormer {
     }
 }
 
-fn bad(m: &str, k: &str, v: &str, detail: &str) -> Error {
-    Error::BadParam { method: m.into(), key: k.into(), value: v.into(), detail: detail.into() }
-}
+impl LinearConfig for Transnormer {
+    const NAMES: [&'static str; 3] =
+        ["transnormer", "transnormer-recurrent", "transnormer-reference"];
+    const FAMILY: &'static str = "transnormer";
+    const DESCRIPTIONS: [&'static str; 3] = [
+        "transNormer NormAttention (no scale, no denominator, post-norm) or DiagAttention (mode=diag), chunked (not softmax)",
+        "transNormer Norm/DiagAttention, one token at a time (decode form)",
+        "transNormer Norm/DiagAttention, naive quadratic form in f64",
+    ];
+    const MASKS: &'static [MaskKind] = &[MaskKind::None, MaskKind::Causal];
 
-impl Method for Transnormer {
-    fn name(&self) -> &'static str {
-        match self.form {
-            Form::Chunked => "transnormer",
-            Form::Recurrent => "transnormer-recurrent",
-            Form::Reference => "transnormer-reference",
-        }
+    fn form(&self) -> Form {
+        self.form
     }
-    fn family(&self) -> &'static str {
-        "transnormer"
-    }
-    fn description(&self) -> &'static str {
-        match self.form {
-            Form::Chunked => {
-                "transNormer NormAttention (no scale, no denominator, post-norm) or DiagAttention (mode=diag), chunked (not softmax)"
-            }
-            Form::Recurrent => "transNormer Norm/DiagAttention, one token at a time (decode form)",
-            Form::Reference => "transNormer Norm/DiagAttention, naive quadratic form in f64",
-        }
-    }
-    fn exactness(&self) -> Exactness {
-        Exactness::NotSoftmax
-    }
-    fn is_reference(&self) -> bool {
-        self.form == Form::Reference
-    }
-    fn capabilities(&self) -> Capabilities {
-        capabilities(&[MaskKind::None, MaskKind::Causal])
-    }
-    fn unsupported(&self, p: &Problem, params: &Params) -> Vec<Reason> {
-        let mut r = crate::dispatch::check_capabilities(&self.capabilities(), p, params);
+    fn unsupported(&self, _p: &Problem, params: &Params) -> Vec<Reason> {
+        let mut r = Vec::new();
         if self.mode == Mode::Diag && matches!(params.mask, Mask::None) {
             r.push(Reason::Other(
                 "DiagAttention is causal inside its blocks: it needs the causal mask".into(),
@@ -218,51 +198,48 @@ impl Method for Transnormer {
             },
         ]
     }
-    fn with_params(&self, kv: &[(&str, &str)]) -> Result<Box<dyn Method>> {
-        let mut m = *self;
-        let name = self.name();
-        for &(k, v) in kv {
-            match k {
-                "mode" => {
-                    m.mode = match v {
-                        "norm" => Mode::Norm,
-                        "diag" => Mode::Diag,
-                        _ => return Err(bad(name, k, v, "expected norm or diag")),
-                    }
+    fn set(&mut self, k: &str, v: &str) -> Result<bool> {
+        let name = Method::name(self);
+        match k {
+            "mode" => {
+                self.mode = match v {
+                    "norm" => Mode::Norm,
+                    "diag" => Mode::Diag,
+                    _ => return Err(bad_param(name, k, v, "expected norm or diag")),
                 }
-                "map" => {
-                    m.map = FeatureMap::parse(v)
-                        .ok_or_else(|| bad(name, k, v, "expected elu1, elu, relu or identity"))?
-                }
-                "diag" => {
-                    m.diag = match v {
-                        "softmax" => diag::Kernel::Softmax,
-                        "relu" => diag::Kernel::Relu,
-                        _ => return Err(bad(name, k, v, "expected softmax or relu")),
-                    }
-                }
-                "block" => m.block = positive(name, k, v)?,
-                "norm" => {
-                    m.norm = match v {
-                        "srms" => PostNorm::Srms,
-                        "layernorm" => PostNorm::LayerNorm,
-                        _ => return Err(bad(name, k, v, "expected srms or layernorm")),
-                    }
-                }
-                "eps" => {
-                    let x: f32 = parse_param(name, k, v)?;
-                    if !(x.is_finite() && x >= 0.0) {
-                        return Err(bad(name, k, v, "must be finite and ≥ 0"));
-                    }
-                    m.eps = x;
-                }
-                "chunk" => m.chunk = positive(name, k, v)?,
-                _ => return Err(unknown_param(name, k, &self.params())),
             }
+            "map" => {
+                self.map = FeatureMap::parse(v)
+                    .ok_or_else(|| bad_param(name, k, v, "expected elu1, elu, relu or identity"))?
+            }
+            "diag" => {
+                self.diag = match v {
+                    "softmax" => diag::Kernel::Softmax,
+                    "relu" => diag::Kernel::Relu,
+                    _ => return Err(bad_param(name, k, v, "expected softmax or relu")),
+                }
+            }
+            "block" => self.block = positive(name, k, v)?,
+            "norm" => {
+                self.norm = match v {
+                    "srms" => PostNorm::Srms,
+                    "layernorm" => PostNorm::LayerNorm,
+                    _ => return Err(bad_param(name, k, v, "expected srms or layernorm")),
+                }
+            }
+            "eps" => {
+                let x: f32 = parse_param(name, k, v)?;
+                if !(x.is_finite() && x >= 0.0) {
+                    return Err(bad_param(name, k, v, "must be finite and ≥ 0"));
+                }
+                self.eps = x;
+            }
+            "chunk" => self.chunk = positive(name, k, v)?,
+            _ => return Ok(false),
         }
-        Ok(Box::new(m))
+        Ok(true)
     }
-    fn scratch_bytes(&self, p: &Problem, _: &Resolved, par: Par) -> usize {
+    fn scratch_bytes(&self, p: &Problem, par: Par) -> usize {
         let per = (p.s_q + 2 * p.s_kv) * p.d + p.s_kv * p.d_v + p.d * (p.d_v + 1) + self.block;
         4 * per * par.threads().min(p.b * p.h).max(1)
     }
