@@ -11,9 +11,9 @@ use crate::error::{Error, Result};
 use crate::mask::Mask;
 use crate::methods::pattern::dot_fixed;
 use crate::params::Resolved;
+use crate::primitives::gemm::gemm_bt;
 use crate::primitives::rng::{purpose, Key, Stream};
 use crate::problem::Problem;
-use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef};
 
 /// Loaded centroids `[H, C, D]` (one set per query head), stored as unit vectors.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,8 +163,9 @@ fn unit_rows(x: &crate::tensor::TensorRef, b: usize, h: usize, n: usize, d: usiz
 const SIM_ROWS: usize = 256;
 
 /// Calls `f(t, sims)` for every row `t` of `x` (`n × D`) with its dot products with the rows of
-/// `mu` (`C × D`): one faer GEMM per [`SIM_ROWS`] rows (single-threaded; chunks start at
-/// multiples of `SIM_ROWS`, so a row's similarities depend only on the row, `mu` and `n`).
+/// `mu` (`C × D`): one GEMM (`primitives::gemm`, faer) per [`SIM_ROWS`] rows (single-threaded;
+/// chunks start at multiples of `SIM_ROWS`, so a row's similarities depend only on the row, `mu`
+/// and `n`).
 fn similarities(
     x: &[f32],
     mu: &[f32],
@@ -175,12 +176,9 @@ fn similarities(
     let c = mu.len() / d;
     let n = x.len() / d;
     buf.resize(SIM_ROWS * c, 0.0);
-    let rhs = MatRef::from_row_major_slice(mu, c, d).transpose();
     for t0 in (0..n).step_by(SIM_ROWS) {
         let m = (n - t0).min(SIM_ROWS);
-        let dst = MatMut::from_row_major_slice_mut(&mut buf[..m * c], m, c);
-        let lhs = MatRef::from_row_major_slice(&x[t0 * d..(t0 + m) * d], m, d);
-        matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, faer::Par::Seq);
+        gemm_bt(buf, &x[t0 * d..], mu, [m, d, c], false);
         for (r, sims) in buf[..m * c].chunks_exact(c).enumerate() {
             f(t0 + r, sims);
         }

@@ -1,7 +1,7 @@
 //! The fast path of `routing`: per cluster, its keys and values gathered once (`n × D`,
 //! `n × D_v`, padded to whole tiles); its queries in tiles of [`ROW_TILE`] rows against tiles of
 //! up to [`KEY_TILE`] keys (under causal only the keys up to the tile's last position): a faer
-//! GEMM for the scores, the masks (causal; sinks and local window taken out; `− ln c_ij` when a
+//! GEMM (`primitives::gemm`) for the scores, the masks (causal; sinks and local window taken out; `− ln c_ij` when a
 //! pair shares several clusters), the shared online
 //! softmax ([`RowState`], vector `exp2`), a GEMM for `P·V`; each row's piece LSE-merged into
 //! its output. Then the sinks and local windows, in tiles of consecutive queries. One head
@@ -11,15 +11,14 @@
 use super::{Routes, Routing, KEY_TILE, ROW_TILE};
 use crate::dispatch::{Inputs, OutputMut};
 use crate::mask::Mask;
+use crate::methods::pattern::for_each_head;
 use crate::par::Par;
 use crate::params::Resolved;
+use crate::primitives::gemm::{gemm, gemm_bt};
 use crate::primitives::merge::merge_weights;
 use crate::primitives::online_softmax::{RowState, LOG2_E};
 use crate::primitives::simd::{dispatch, Kernel, Level, Simd};
 use crate::problem::Problem;
-use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 /// Score columns are padded to this many (the widest SIMD register), so every row of a tile is
 /// whole registers for [`RowState::update`].
@@ -154,13 +153,8 @@ impl Head<'_> {
                 let nk = (nk_all - k0).min(KEY_TILE);
                 let wd = nk.div_ceil(PAD) * PAD;
                 let (first, last) = (keys[k0] as i64, keys[k0 + nk - 1] as i64);
-                {
-                    let dst = MatMut::from_row_major_slice_mut(&mut w.s[..nr * wd], nr, wd);
-                    let lhs = MatRef::from_row_major_slice(&w.q[..nr * d], nr, d);
-                    let rhs = MatRef::from_row_major_slice(&w.k[k0 * d..(k0 + wd) * d], wd, d)
-                        .transpose();
-                    matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, faer::Par::Seq);
-                }
+                // S = Q·Kᵀ: nr × wd.
+                gemm_bt(&mut w.s, &w.q, &w.k[k0 * d..], [nr, d, wd], false);
                 // The tile needs masking unless every (row, key) is in the piece.
                 let whole = match piece {
                     // Every key a non-sink before every row's window, or (no mask) after every row.
@@ -231,10 +225,8 @@ impl Head<'_> {
                         w.acc[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= a);
                     }
                 }
-                let dst = MatMut::from_row_major_slice_mut(&mut w.acc[..nr * dv], nr, dv);
-                let lhs = MatRef::from_row_major_slice(&w.s[..nr * wd], nr, wd);
-                let rhs = MatRef::from_row_major_slice(&w.v[k0 * dv..(k0 + wd) * dv], wd, dv);
-                matmul(dst, Accum::Add, lhs, rhs, 1.0f32, faer::Par::Seq);
+                // acc += P·V: nr × D_v.
+                gemm(&mut w.acc, &w.s, &w.v[k0 * dv..], [nr, wd, dv], true);
             }
             for (r, &i) in rt.iter().enumerate() {
                 let (inv_l, piece_lse) = w.st[r].finish();
@@ -286,7 +278,7 @@ impl Head<'_> {
     }
 }
 
-/// The fast path: heads in parallel over `par`; returns the pairs scored.
+/// The fast path: heads in parallel over `par` ([`for_each_head`]); returns the pairs scored.
 pub fn forward(
     cfg: &Routing,
     p: &Problem,
@@ -295,25 +287,13 @@ pub fn forward(
     par: Par,
     out: OutputMut,
 ) -> u64 {
-    let heads = p.b * p.h;
-    if heads == 0 || p.s_q == 0 {
-        return 0;
-    }
-    let slots: Vec<Mutex<(&mut [f32], &mut [f32])>> =
-        out.o.chunks_mut(p.s_q * p.d_v).zip(out.lse.chunks_mut(p.s_q)).map(Mutex::new).collect();
-    let pairs = AtomicU64::new(0);
     // Workers run at the caller's level (a thread-local setting).
     let level = Level::current();
-    let jobs = par.threads().min(heads);
-    par.run(jobs, |wk| {
-        let mut work = Work::new(p);
-        for bh in (wk..heads).step_by(jobs) {
-            let mut g = slots[bh].lock().unwrap_or_else(|e| e.into_inner());
-            let (o, lse) = &mut *g;
-            let (b, h) = (bh / p.h, bh % p.h);
-            let head = Head { cfg, p, inputs, params, b, h, level };
-            pairs.fetch_add(head.run(&mut work, o, lse), Ordering::Relaxed);
-        }
-    });
-    pairs.into_inner()
+    for_each_head(
+        p,
+        par,
+        out,
+        || Work::new(p),
+        |work, b, h, o, lse| Head { cfg, p, inputs, params, b, h, level }.run(work, o, lse),
+    )
 }
