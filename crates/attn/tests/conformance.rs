@@ -37,6 +37,8 @@ conformance! {
     hyper_reference => "hyper-reference",
     reformer => "reformer",
     reformer_reference => "reformer-reference",
+    routing => "routing",
+    routing_reference => "routing-reference",
     scatterbrain => "scatterbrain",
     scatterbrain_reference => "scatterbrain-reference",
     linear => "linear",

@@ -14,6 +14,7 @@ pub mod nalaformer;
 pub mod pattern;
 pub mod performer;
 pub mod reformer;
+pub mod routing;
 pub mod scatterbrain;
 pub mod sdpa;
 pub mod streaming;
@@ -43,6 +44,8 @@ static METHODS: &[&dyn Method] = &[
     &Reference(hyper::Hyper::DEFAULT),
     &Fast(reformer::Reformer::DEFAULT),
     &Reference(reformer::Reformer::DEFAULT),
+    &Fast(routing::Routing::DEFAULT),
+    &Reference(routing::Routing::DEFAULT),
     &Fast(scatterbrain::Scatterbrain::DEFAULT),
     &Reference(scatterbrain::Scatterbrain::DEFAULT),
     // Not softmax attention (linear / recurrent): run only when named, held to their own reference.
