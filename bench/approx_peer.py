@@ -1,28 +1,40 @@
 #!/usr/bin/env python3
-"""attn's Performer beside performer-pytorch on the same Q/K/V, in one run (issue 7).
+"""attn's approximate methods beside their Python peers on the same Q/K/V, in one run (issue 7).
 
-Inputs (as /work/shared/peers/approx/README.md §2 `gauss`): q, k ~ N(0, 1.5^2), v ~ N(0, 1),
-1 x 8 heads x N x 64, torch.Generator().manual_seed(1234), the first N rows of one 16384-long draw.
-Real MiniLM captures are used when MINILM_QKV points at the peers' `minilm_qkv.pt` (layer
-MINILM_LAYER, default 1, heads 0-7, head dim 32); otherwise that input is skipped and said so.
+The peers are run through the adapters of the workplace's peer harness (`peers.py` and
+`bench.py` in APPROX_PEERS_DIR, default ../shared/peers/approx next to the repository): the same
+constructor arguments, the same inputs, the same float64 references and the same error measure
+(relative Frobenius error of o over all heads and rows). Each peer setting is mapped to the attn
+method spec with the same budget:
 
-Both sides get the same budget: nb_features = m (default: the package default ⌊D ln D⌋, 266 at
-D = 64) for performer-pytorch's FastAttention and `performer:features=m` for attn. Error is the
-relative Frobenius error of o against exact softmax attention computed in float64 (chunked).
+| peer (setting)                  | attn spec                                                      |
+|---------------------------------|----------------------------------------------------------------|
+| performer (nb_features m)       | performer:features=m (m = ⌊D ln D⌋ when the peer's is None)    |
+| reformer_lsh (bucket c, R hashes)| reformer:chunk=c,n_hashes=R  (K := Q: shared-QK, keys normalised by both) |
+| hyper_attn (r, block, samples, min_seq_len) | hyper:projections=r,block=..,samples=..,min_seq_len=.. |
+| routing_kmeans (window w)       | routing:clusters=n/w,window=w (when attn has `routing`)        |
 
-Timing: the peer runs in this process with torch.set_num_threads(THREADS) (one warm-up call, then
-the median of REPS calls; no warm-up repeat when one call takes over 20 s); the attn side is
-`attn run --threads THREADS` on .npy copies of the same tensors, and the time is the kernel time
-that `attn run` prints (file I/O excluded), median of REPS runs. The machine may be shared:
-compare the two sides of one run, not across runs.
+Inputs: `gauss` (q, k ~ N(0, 1.5²), v ~ N(0, 1), 1 × 8 × n × 64, seed 1234, prefixes of one
+16384-long draw) and `minilm` (real all-MiniLM-L6-v2 captures, head_dim 32) when the harness's
+MINILM_QKV file exists; see the harness README §2.
+
+Timing: the peer runs in this process with torch.set_num_threads(THREADS), grad off; one call
+gives the output (seeded with torch.manual_seed(0)) and is repeated REPS times when it took under
+20 s (median of the repeats). The attn side is `attn run --threads THREADS` on .npy copies of the
+same tensors; its time is the kernel time `attn run` prints (file I/O excluded), median of REPS
+runs. Construction of a peer's module (random projections) is outside its timing; routing's
+k-means on the input is inside it (that is how the package works untrained), as is ours.
+The machine may be shared: compare the two sides of one row, not rows of different runs.
 
 Usage:
-    PYTHONPATH=<site with performer_pytorch> ~/.cache/attn-peers/venv/bin/python bench/approx_peer.py \
-        --attn target/release/attn --lengths 1024,4096,16384 --modes noncausal,causal --threads 2
-Prints one JSON object per (input, n, mode, side) and a markdown table at the end.
+    ~/.cache/attn-peers/venv/bin/python bench/approx_peer.py --attn target/release/attn \
+        --peers performer,reformer_lsh,hyper_attn --settings default,matched \
+        --lengths 4096,16384 --modes noncausal,causal --threads 2
+Prints one JSON object per row and a markdown table at the end.
 """
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -34,86 +46,78 @@ import time
 import numpy as np
 import torch
 
-H, D, NMAX, STD = 8, 64, 16384, 1.5
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEERS_DIR = os.environ.get("APPROX_PEERS_DIR",
+                           os.path.join(os.path.dirname(REPO), "shared", "peers", "approx"))
+sys.path.insert(0, PEERS_DIR)
+try:
+    import bench as harness  # noqa: E402  (the peer harness, not this file)
+    from peers import PEERS, build  # noqa: E402
+except ImportError as e:
+    sys.exit(f"approx_peer.py: the peer harness is not at {PEERS_DIR} ({e}); set APPROX_PEERS_DIR")
 
 
-def gauss(n):
-    g = torch.Generator().manual_seed(1234)
-    q = torch.randn(1, H, NMAX, D, generator=g) * STD
-    k = torch.randn(1, H, NMAX, D, generator=g) * STD
-    v = torch.randn(1, H, NMAX, D, generator=g)
-    return tuple(x[:, :, :n].contiguous().float() for x in (q, k, v))
+def attn_spec(peer, setting, n, d):
+    """The attn method spec with the peer setting's budget, or None when attn has no counterpart."""
+    s = PEERS[peer]["settings"][setting]
+    if peer == "performer":
+        m = s["nb_features"] or int(d * math.log(d))
+        return f"performer:features={m}"
+    if peer == "reformer_lsh":
+        return f"reformer:chunk={s['bucket_size']},n_hashes={s['n_hashes']}"
+    if peer == "hyper_attn":
+        return (f"hyper:projections={s['lsh_num_projs']},block={s['block_size']},"
+                f"samples={s['sample_size']},min_seq_len={s['min_seq_len']}")
+    if peer == "routing_kmeans":
+        w = s["window_size"]
+        return f"routing:clusters={max(1, n // w)},window={w}"
+    return None
 
 
-def minilm(n):
-    path = os.environ.get("MINILM_QKV")
-    if not path or not os.path.exists(path):
-        return None
-    t = torch.load(path)[int(os.environ.get("MINILM_LAYER", "1"))]
-    return tuple(t[x][:, :H, :n].contiguous().float() for x in ("q", "k", "v"))
+def time_peer(f, q, k, v, reps):
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    o = f(q, k, v)
+    times = [time.perf_counter() - t0]
+    if times[0] < 20:
+        times = []
+        for _ in range(reps):
+            torch.manual_seed(0)
+            t0 = time.perf_counter()
+            f(q, k, v)
+            times.append(time.perf_counter() - t0)
+    return o, statistics.median(times)
 
 
-def exact(q, k, v, causal, rows=512):
-    q64, k64, v64 = q.double(), k.double(), v.double()
-    n, d = q.shape[2], q.shape[3]
-    out = torch.empty_like(q64)
-    for r0 in range(0, n, rows):
-        r1 = min(n, r0 + rows)
-        s = (q64[:, :, r0:r1] @ k64.transpose(-1, -2)) * d ** -0.5
-        if causal:
-            i = torch.arange(r0, r1)[:, None]
-            j = torch.arange(k.shape[2])[None, :]
-            s.masked_fill_((j > i)[None, None], float("-inf"))
-        out[:, :, r0:r1] = torch.softmax(s, dim=-1) @ v64
-    return out
+def run_attn(attn, spec, q, k, v, causal, reps, threads, tmp):
+    paths = {}
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        paths[name] = os.path.join(tmp, f"{name}.npy")
+        np.save(paths[name], x.numpy())
+    out = os.path.join(tmp, "o.npy")
+    cmd = [attn, "run", "--method", spec, "--q", paths["q"], "--k", paths["k"], "--v", paths["v"],
+           "--out", out, "--threads", str(threads)] + (["--causal"] if causal else [])
+    times = []
+    for _ in range(reps):
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
+        times.append(float(re.search(r"([0-9.]+) ms on", r.stderr).group(1)) / 1e3)
+    return torch.from_numpy(np.load(out)), statistics.median(times)
 
 
 def rel(o, ref):
     return ((o.double() - ref).norm() / ref.norm()).item()
 
 
-def peer(q, k, v, causal, m, reps):
-    import warnings
-    warnings.filterwarnings("ignore")
-    from performer_pytorch import FastAttention
-    torch.manual_seed(0)
-    fa = FastAttention(dim_heads=q.shape[-1], nb_features=m, causal=causal)
-    t0 = time.perf_counter()
-    o = fa(q, k, v)
-    first = time.perf_counter() - t0
-    times = [first]
-    if first < 20:
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fa(q, k, v)
-            times.append(time.perf_counter() - t0)
-    return o, statistics.median(times), m or int(q.shape[-1] * np.log(q.shape[-1]))
-
-
-def ours(attn, q, k, v, causal, m, reps, threads, tmp):
-    paths = {}
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        paths[name] = os.path.join(tmp, f"{name}.npy")
-        np.save(paths[name], x.numpy())
-    out = os.path.join(tmp, "o.npy")
-    spec = "performer" + (f":features={m}" if m else "")
-    cmd = [attn, "run", "--method", spec, "--q", paths["q"], "--k", paths["k"], "--v", paths["v"],
-           "--out", out, "--threads", str(threads)] + (["--causal"] if causal else [])
-    times = []
-    for _ in range(reps):
-        r = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        times.append(float(re.search(r"([0-9.]+) ms on", r.stderr).group(1)) / 1e3)
-    return torch.from_numpy(np.load(out)), statistics.median(times)
-
-
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--attn", default="target/release/attn")
-    ap.add_argument("--lengths", default="1024,4096,16384")
+    ap.add_argument("--attn", default=os.path.join(REPO, "target/release/attn"))
+    ap.add_argument("--peers", default="performer,reformer_lsh,hyper_attn")
+    ap.add_argument("--settings", default="default,matched")
+    ap.add_argument("--lengths", default="4096,16384")
     ap.add_argument("--modes", default="noncausal,causal")
     ap.add_argument("--inputs", default="gauss,minilm")
-    ap.add_argument("--features", type=int, default=0, help="0 = package default ⌊D ln D⌋")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     a = ap.parse_args()
@@ -122,28 +126,53 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for inp in a.inputs.split(","):
+            if inp == "minilm" and not os.path.exists(harness.MINILM):
+                print(json.dumps({"input": inp, "status": f"skipped: {harness.MINILM} missing"}))
+                continue
             for n in map(int, a.lengths.split(",")):
-                qkv = gauss(n) if inp == "gauss" else minilm(n)
-                if qkv is None:
-                    print(json.dumps({"input": inp, "status": "skipped: MINILM_QKV not set or missing"}))
-                    break
-                q, k, v = qkv
+                q, k, v = harness.load_input(inp, n)
+                d = q.shape[-1]
                 for mode in a.modes.split(","):
                     causal = mode == "causal"
-                    ref = exact(q, k, v, causal)
-                    load = os.getloadavg()[0]
-                    po, pt, m = peer(q, k, v, causal, a.features or None, a.reps)
-                    oo, ot = ours(a.attn, q, k, v, causal, a.features, a.reps, a.threads, tmp)
-                    row = {"input": inp, "n": n, "mode": mode, "features": m, "threads": a.threads,
-                           "peer_err": rel(po, ref), "peer_s": pt, "attn_err": rel(oo, ref),
-                           "attn_s": ot, "speedup": pt / ot, "load1_before": load}
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
-    print("\n| input | n | mode | m | performer-pytorch err | attn err | performer-pytorch s | attn s | speed-up |")
-    print("|---|---|---|---|---|---|---|---|---|")
+                    for peer in a.peers.split(","):
+                        info = PEERS[peer]
+                        if mode not in info["modes"]:
+                            continue
+                        kind = info["kind"]
+                        ref = harness.get_reference(inp, n, mode, kind, q, k, v)
+                        # Shared-QK peers get K := Q on both sides (attn normalises keys itself).
+                        kk = q if kind == "sharedqk" else k
+                        for setting in a.settings.split(","):
+                            if setting not in info["settings"]:
+                                continue
+                            spec = attn_spec(peer, setting, n, d)
+                            row = {"input": inp, "n": n, "mode": mode, "peer": peer,
+                                   "setting": setting, "attn_spec": spec, "threads": a.threads,
+                                   "load1_before": os.getloadavg()[0]}
+                            try:
+                                f = build(peer, setting, n, q.shape[1], d, causal)
+                                po, pt = time_peer(f, q, kk, v, a.reps)
+                                row.update(peer_err=rel(po, ref), peer_s=pt)
+                            except Exception as e:  # a peer that cannot run here is reported
+                                row.update(peer_status=f"failed: {type(e).__name__}: {e}"[:300])
+                            if spec is not None:
+                                try:
+                                    oo, ot = run_attn(a.attn, spec, q, kk, v, causal, a.reps,
+                                                      a.threads, tmp)
+                                    row.update(attn_err=rel(oo, ref), attn_s=ot)
+                                except Exception as e:
+                                    row.update(attn_status=f"failed: {e}"[:300])
+                            if "peer_s" in row and "attn_s" in row:
+                                row["speedup"] = row["peer_s"] / row["attn_s"]
+                            print(json.dumps(row), flush=True)
+                            rows.append(row)
+    print("\n| input | n | mode | peer (setting) | attn spec | peer err | attn err | peer s | attn s | speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    fmt = lambda r, key, f: f.format(r[key]) if key in r else "—"
     for r in rows:
-        print(f"| {r['input']} | {r['n']} | {r['mode']} | {r['features']} | {r['peer_err']:.3f} | "
-              f"{r['attn_err']:.3f} | {r['peer_s']:.3f} | {r['attn_s']:.3f} | {r['speedup']:.1f}x |")
+        print(f"| {r['input']} | {r['n']} | {r['mode']} | {r['peer']} ({r['setting']}) | "
+              f"`{r['attn_spec']}` | {fmt(r, 'peer_err', '{:.3f}')} | {fmt(r, 'attn_err', '{:.3f}')} | "
+              f"{fmt(r, 'peer_s', '{:.3f}')} | {fmt(r, 'attn_s', '{:.3f}')} | {fmt(r, 'speedup', '{:.1f}x')} |")
 
 
 if __name__ == "__main__":

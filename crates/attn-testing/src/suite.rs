@@ -50,6 +50,8 @@ pub const LEVEL_INDEPENDENT: &[(&str, &str)] = &[
     ("transnormer-recurrent", "attn::linear::vanilla and transnormer::diag: plain loops"),
     ("nalaformer", "attn::linear::nala and ::vanilla: plain loops"),
     ("nalaformer-recurrent", "attn::linear::nala and ::vanilla: plain loops"),
+    ("titans-memory", "methods::titans_memory: plain loops and faer GEMMs (faer's own dispatch)"),
+    ("titans-memory-recurrent", "methods::titans_memory: plain loops"),
 ];
 
 /// Failures printed in full by the final panic.

@@ -37,6 +37,8 @@ conformance! {
     hyper_reference => "hyper-reference",
     reformer => "reformer",
     reformer_reference => "reformer-reference",
+    routing => "routing",
+    routing_reference => "routing-reference",
     scatterbrain => "scatterbrain",
     scatterbrain_reference => "scatterbrain-reference",
     sea => "sea",
@@ -56,6 +58,9 @@ conformance! {
     nalaformer => "nalaformer",
     nalaformer_recurrent => "nalaformer-recurrent",
     nalaformer_reference => "nalaformer-reference",
+    titans_memory => "titans-memory",
+    titans_memory_recurrent => "titans-memory-recurrent",
+    titans_memory_reference => "titans-memory-reference",
 }
 
 /// The sparse methods at budgets far below the grid's lengths, so that the fast paths meet real

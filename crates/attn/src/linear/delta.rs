@@ -283,7 +283,7 @@ const MAX_SPAN: f32 = 60.0;
 /// ```
 ///
 /// — the equations of [`chunked_rows`] with the decays factored per channel so that the pairwise
-/// products become matrix products. `e^{±γ}` are bounded by [`MAX_SPAN`].
+/// products become matrix products. `e^{±γ}` are bounded by `MAX_SPAN`.
 pub fn chunked_tiles(
     cfg: &Config,
     h: &Head,

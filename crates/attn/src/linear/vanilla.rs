@@ -179,7 +179,130 @@ pub fn recurrent(cfg: &Config, h: &Head, state: &mut State, o: &mut [f32], lse: 
 /// read the state before the chunk plus the chunk's keys up to their own (quadratic inside the
 /// chunk); then the chunk is added to the state. Non-causal: the state of every key, read once
 /// per row. Returns the scores computed inside chunks.
+///
+/// Causal self-attention prefill (`S_q = S_kv`, row `i` reads keys `0..=i`) and non-causal calls
+/// run as tiles of matrix products ([`chunked_tiles`]); other row layouts row by row
+/// ([`chunked_rows`]). Both compute the same equations.
 pub fn chunked(
+    cfg: &Config,
+    h: &Head,
+    chunk: usize,
+    state: &mut State,
+    o: &mut [f32],
+    lse: &mut [f32],
+) -> u64 {
+    let (s_q, s_kv) = (h.s_q(), h.s_kv());
+    let aligned = s_q == s_kv && s_kv > 0 && keys_seen(cfg.q_offset, 0, s_kv) == 1;
+    if (cfg.causal && aligned) || (!cfg.causal && s_kv > 0) {
+        chunked_tiles(cfg, h, chunk, state, o, lse)
+    } else {
+        chunked_rows(cfg, h, chunk, state, o, lse)
+    }
+}
+
+/// [`chunked`] as matrix products (one faer GEMM per step, one thread). Causal (rows aligned with
+/// keys), per chunk of `n` tokens with features `Φq = s·φ(Q)`, `Φk = φ(K)`:
+///
+/// ```text
+/// P   = tril(Φq Φkᵀ)                          (in-chunk scores, row a sees keys b ≤ a)
+/// num = Φq S + P V,   den = Φq z + P·1 + ε (n_before + a + 1)
+/// S  += Φkᵀ V,        z  += Φkᵀ 1
+/// ```
+///
+/// Non-causal: the state of all keys by the same update, then every row reads it
+/// (`num = Φq S`, `den = Φq z + ε n`), 64 rows per product.
+pub fn chunked_tiles(
+    cfg: &Config,
+    h: &Head,
+    chunk: usize,
+    state: &mut State,
+    o: &mut [f32],
+    lse: &mut [f32],
+) -> u64 {
+    use crate::primitives::gemm::{gemm, gemm_at_add, gemm_bt};
+    let (dk, dv, s_q, s_kv) = (h.dk, h.dv, h.s_q(), h.s_kv());
+    let c = chunk.max(1);
+    let mut fq = vec![0.0f32; c * dk];
+    let mut fk = vec![0.0f32; c * dk];
+    let mut p = vec![0.0f32; c * c];
+    let mut num = vec![0.0f32; c * dv];
+    let mut pairs = 0u64;
+    let features = |x: &[f32], alpha: f32, dst: &mut [f32]| {
+        dst.iter_mut().zip(x).for_each(|(d, &x)| *d = alpha * cfg.map.apply(x));
+    };
+    let add_keys = |state: &mut State, fk: &[f32], v: &[f32], n: usize| {
+        gemm_at_add(&mut state.s, fk, v, [n, dk, dv]);
+        for f in fk[..n * dk].chunks_exact(dk) {
+            state.z.iter_mut().zip(f).for_each(|(z, &x)| *z += x);
+        }
+        state.n += n as u64;
+    };
+    if cfg.causal {
+        let mut c0 = 0;
+        while c0 < s_kv {
+            let n = c.min(s_kv - c0);
+            features(&h.q[c0 * dk..(c0 + n) * dk], cfg.scale, &mut fq[..n * dk]);
+            features(&h.k[c0 * dk..(c0 + n) * dk], 1.0, &mut fk[..n * dk]);
+            let v = &h.v[c0 * dv..(c0 + n) * dv];
+            gemm(&mut num, &fq, &state.s, [n, dk, dv], false);
+            gemm_bt(&mut p, &fq, &fk, [n, dk, n], false);
+            for a in 0..n {
+                p[a * n + a + 1..(a + 1) * n].fill(0.0);
+            }
+            gemm(&mut num, &p, v, [n, n, dv], true);
+            for a in 0..n {
+                let den = dot(&fq[a * dk..(a + 1) * dk], &state.z)
+                    + p[a * n..a * n + a + 1].iter().sum::<f32>()
+                    + cfg.eps * (state.n + a as u64 + 1) as f32;
+                let row = c0 + a;
+                lse[row] = finish(
+                    cfg,
+                    &num[a * dv..(a + 1) * dv],
+                    den,
+                    true,
+                    &mut o[row * dv..(row + 1) * dv],
+                );
+            }
+            pairs += (n * (n + 1) / 2) as u64;
+            add_keys(state, &fk, v, n);
+            c0 += n;
+        }
+        return pairs;
+    }
+    // Non-causal: every key into the state, then every row reads it.
+    let mut c0 = 0;
+    while c0 < s_kv {
+        let n = c.min(s_kv - c0);
+        features(&h.k[c0 * dk..(c0 + n) * dk], 1.0, &mut fk[..n * dk]);
+        add_keys(state, &fk, &h.v[c0 * dv..(c0 + n) * dv], n);
+        c0 += n;
+    }
+    // The row-by-row form counts the last chunk's keys as in-chunk scores for every row.
+    let last = s_kv - (s_kv - 1) / c * c;
+    let mut r0 = 0;
+    while r0 < s_q {
+        let n = c.min(s_q - r0);
+        features(&h.q[r0 * dk..(r0 + n) * dk], cfg.scale, &mut fq[..n * dk]);
+        gemm(&mut num, &fq, &state.s, [n, dk, dv], false);
+        for a in 0..n {
+            let den = dot(&fq[a * dk..(a + 1) * dk], &state.z) + cfg.eps * state.n as f32;
+            let row = r0 + a;
+            lse[row] = finish(
+                cfg,
+                &num[a * dv..(a + 1) * dv],
+                den,
+                true,
+                &mut o[row * dv..(row + 1) * dv],
+            );
+        }
+        pairs += (n * last) as u64;
+        r0 += n;
+    }
+    pairs
+}
+
+/// [`chunked`] row by row, for any row layout.
+pub fn chunked_rows(
     cfg: &Config,
     h: &Head,
     chunk: usize,

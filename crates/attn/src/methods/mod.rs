@@ -14,10 +14,12 @@ pub mod nalaformer;
 pub mod pattern;
 pub mod performer;
 pub mod reformer;
+pub mod routing;
 pub mod scatterbrain;
 pub mod sdpa;
 pub mod sea;
 pub mod streaming;
+pub mod titans_memory;
 pub mod transnormer;
 pub mod vertical_slash;
 
@@ -43,6 +45,8 @@ static METHODS: &[&dyn Method] = &[
     &Reference(hyper::Hyper::DEFAULT),
     &Fast(reformer::Reformer::DEFAULT),
     &Reference(reformer::Reformer::DEFAULT),
+    &Fast(routing::Routing::DEFAULT),
+    &Reference(routing::Routing::DEFAULT),
     &Fast(scatterbrain::Scatterbrain::DEFAULT),
     &Reference(scatterbrain::Scatterbrain::DEFAULT),
     &Fast(sea::Sea::DEFAULT),
@@ -63,6 +67,9 @@ static METHODS: &[&dyn Method] = &[
     &nalaformer::Nalaformer::new(linear::Form::Chunked),
     &nalaformer::Nalaformer::new(linear::Form::Recurrent),
     &nalaformer::Nalaformer::new(linear::Form::Reference),
+    &titans_memory::TitansMemory::new(linear::Form::Chunked),
+    &titans_memory::TitansMemory::new(linear::Form::Recurrent),
+    &titans_memory::TitansMemory::new(linear::Form::Reference),
 ];
 
 /// The implementation named by `spec` (`name` or `name:key=value,...`) from [`registry`].

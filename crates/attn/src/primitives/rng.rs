@@ -34,8 +34,10 @@ pub mod purpose {
     pub const SAMPLES: u64 = 5;
     /// Cluster initialisation (Routing).
     pub const CLUSTERS: u64 = 6;
+    /// Initial weights of a neural memory's hidden layers (Titans).
+    pub const MEMORY_INIT: u64 = 7;
     /// SEA's training-free estimator: the random projection of queries and keys.
-    pub const SEA_PROJECTION: u64 = 7;
+    pub const SEA_PROJECTION: u64 = 8;
 }
 
 /// The key of one stream.

@@ -44,7 +44,7 @@ pub fn capabilities(masks: &'static [MaskKind]) -> Capabilities {
 /// Parses a positive integer parameter.
 ///
 /// # Errors
-/// [`Error::BadParam`].
+/// [`crate::Error::BadParam`].
 pub fn positive(method: &str, key: &str, value: &str) -> Result<usize> {
     crate::methods::pattern::positive(method, key, value)
 }

@@ -235,6 +235,91 @@ struct HeadKernel<'a> {
     lse: &'a mut [f32],
 }
 
+/// `s[..w] = Σ_e q_e · tile[e·w..(e+1)·w]` (`tile`: D × w, `w` a multiple of `S::LANES`): four
+/// registers of columns at a time, kept in registers over the `D` rows. Each column is one fused
+/// multiply-add chain in the order of `e`, so the scores are the same bits at every level.
+#[inline(always)]
+unsafe fn tile_scores<S: Simd>(q: &[f32], tile: &[f32], w: usize, s: &mut [f32]) {
+    // SAFETY: the caller runs this at level S (`dispatch`); every pointer stays in its slice.
+    unsafe {
+        let (l, tp) = (S::LANES, tile.as_ptr());
+        let mut c = 0;
+        while c + 4 * l <= w {
+            let (mut a0, mut a1, mut a2, mut a3) =
+                (S::splat(0.0), S::splat(0.0), S::splat(0.0), S::splat(0.0));
+            for (e, &qe) in q.iter().enumerate() {
+                let (x, p) = (S::splat(qe), tp.add(e * w + c));
+                a0 = S::fma(x, S::load(p), a0);
+                a1 = S::fma(x, S::load(p.add(l)), a1);
+                a2 = S::fma(x, S::load(p.add(2 * l)), a2);
+                a3 = S::fma(x, S::load(p.add(3 * l)), a3);
+            }
+            let o = s.as_mut_ptr().add(c);
+            S::store(o, a0);
+            S::store(o.add(l), a1);
+            S::store(o.add(2 * l), a2);
+            S::store(o.add(3 * l), a3);
+            c += 4 * l;
+        }
+        while c < w {
+            let mut a = S::splat(0.0);
+            for (e, &qe) in q.iter().enumerate() {
+                a = S::fma(S::splat(qe), S::load(tp.add(e * w + c)), a);
+            }
+            S::store(s.as_mut_ptr().add(c), a);
+            c += l;
+        }
+    }
+}
+
+/// `acc = Σ_j p_j · rows_j` over the rows (`D_v` each) with `p_j ≠ 0`: blocks of up to four
+/// registers of `acc` kept in registers over the rows, the tail of `D_v` in scalars.
+#[inline(always)]
+unsafe fn weighted_rows<S: Simd>(p: &[f32], rows: &[f32], dv: usize, acc: &mut [f32]) {
+    // SAFETY: the caller runs this at level S (`dispatch`); every pointer stays in its slice.
+    unsafe {
+        let (l, rp) = (S::LANES, rows.as_ptr());
+        let mut c = 0;
+        while c + 4 * l <= dv {
+            let (mut a0, mut a1, mut a2, mut a3) =
+                (S::splat(0.0), S::splat(0.0), S::splat(0.0), S::splat(0.0));
+            for (j, &pj) in p.iter().enumerate() {
+                if pj != 0.0 {
+                    let (x, r) = (S::splat(pj), rp.add(j * dv + c));
+                    a0 = S::fma(x, S::load(r), a0);
+                    a1 = S::fma(x, S::load(r.add(l)), a1);
+                    a2 = S::fma(x, S::load(r.add(2 * l)), a2);
+                    a3 = S::fma(x, S::load(r.add(3 * l)), a3);
+                }
+            }
+            let o = acc.as_mut_ptr().add(c);
+            S::store(o, a0);
+            S::store(o.add(l), a1);
+            S::store(o.add(2 * l), a2);
+            S::store(o.add(3 * l), a3);
+            c += 4 * l;
+        }
+        while c + l <= dv {
+            let mut a = S::splat(0.0);
+            for (j, &pj) in p.iter().enumerate() {
+                if pj != 0.0 {
+                    a = S::fma(S::splat(pj), S::load(rp.add(j * dv + c)), a);
+                }
+            }
+            S::store(acc.as_mut_ptr().add(c), a);
+            c += l;
+        }
+        for (e, a) in acc.iter_mut().enumerate().skip(c) {
+            *a = p
+                .iter()
+                .enumerate()
+                .filter(|(_, &pj)| pj != 0.0)
+                .map(|(j, &pj)| pj * rows[j * dv + e])
+                .fold(0.0, |s, x| s + x);
+        }
+    }
+}
+
 impl Kernel for HeadKernel<'_> {
     /// Pairs scored.
     type Output = u64;
@@ -255,6 +340,8 @@ impl Kernel for HeadKernel<'_> {
         let mut v = vec![0.0f32; n * dv];
         // N × R: the chunk of each token in every round (token-major, for c_ij).
         let mut cid = vec![0u32; n * nr];
+        // N × R: the chunk before it (a key in either is a neighbour of the token).
+        let mut pid = vec![0u32; n * nr];
         for t in 0..n {
             inputs.q.read_row(b, h, t, params.scale, &mut q[t * d..(t + 1) * d]);
             let kt = &mut k[t * d..(t + 1) * d];
@@ -265,6 +352,7 @@ impl Kernel for HeadKernel<'_> {
             inputs.v.read_row(b, hk, t, 1.0, &mut v[t * dv..(t + 1) * dv]);
             for r in 0..nr {
                 cid[t * nr + r] = rounds.chunk_of[r * n + t];
+                pid[t * nr + r] = rounds.prev(rounds.chunk_of[r * n + t] as usize) as u32;
             }
         }
         // ln c for the duplicate correction, c = 1..=R.
@@ -298,14 +386,10 @@ impl Kernel for HeadKernel<'_> {
                 }
                 for &i in &order[own.clone()] {
                     let i = i as usize;
-                    // Scores over the tile: one pass over its D rows.
                     let s = &mut sc[..w];
-                    s.fill(0.0);
-                    for (e, &qe) in q[i * d..(i + 1) * d].iter().enumerate() {
-                        let row = &tile[e * w..(e + 1) * w];
-                        s.iter_mut().zip(row).for_each(|(x, kk)| *x += qe * kk);
-                    }
-                    let ci = &cid[i * nr..(i + 1) * nr];
+                    // SAFETY: dispatched at level S; `tile` is D × w, w a multiple of S::LANES.
+                    unsafe { tile_scores::<S>(&q[i * d..(i + 1) * d], &tile[..d * w], w, s) };
+                    let (ci, pi) = (&cid[i * nr..(i + 1) * nr], &pid[i * nr..(i + 1) * nr]);
                     let mut any = false;
                     for (x, &j) in s.iter_mut().zip(&cols[..width]) {
                         if j == i || !allowed(params, i, j) {
@@ -318,10 +402,9 @@ impl Kernel for HeadKernel<'_> {
                             let cj = &cid[j * nr..(j + 1) * nr];
                             let count: usize = ci
                                 .iter()
+                                .zip(pi)
                                 .zip(cj)
-                                .map(|(&a, &b)| {
-                                    (b == a || b as usize == rounds.prev(a as usize)) as usize
-                                })
+                                .map(|((&a, &pa), &b)| ((b == a) | (b == pa)) as usize)
                                 .sum();
                             *x -= ln_count[count];
                         }
@@ -333,13 +416,8 @@ impl Kernel for HeadKernel<'_> {
                     let mut st = RowState::EMPTY;
                     // SAFETY: dispatched at level S; w is a multiple of S::LANES.
                     unsafe { st.update::<S>(s, LOG2_E) };
-                    acc.fill(0.0);
-                    for (col, &pj) in s[..width].iter().enumerate() {
-                        if pj != 0.0 {
-                            let vj = &vt[col * dv..(col + 1) * dv];
-                            acc.iter_mut().zip(vj).for_each(|(a, x)| *a += pj * x);
-                        }
-                    }
+                    // SAFETY: dispatched at level S; `vt` holds `width` rows of D_v.
+                    unsafe { weighted_rows::<S>(&s[..width], &vt[..width * dv], dv, &mut acc) };
                     let (inv_l, lse_r) = st.finish();
                     let (wa, wb, merged) = merge_weights(lse[i], lse_r);
                     let wb = wb * inv_l;

@@ -1,0 +1,231 @@
+//! The chunked (mini-batch parallel) form in f32: per chunk of `n ≤ b` tokens, every gradient is
+//! taken at the chunk-start weights `M_0`, so the chunk's forward and backward passes are GEMMs
+//! over its `n` tokens, and the momentum and decay scans collapse to one weighted sum of the
+//! per-token gradients (README "Chunked form"):
+//!
+//! ```text
+//! S_n = p_0 S_prev + Σ_a p_a u_a,                p_a = Π_{s>a} η_s
+//! M_n = d_0' M_0 + η_1 r_1 S_prev + Σ_a r_a u_a,  d_a = Π_{s>a} (1 − α_s),  r_a = d_a + η_{a+1} r_{a+1}
+//! ```
+//!
+//! with `u_a = −θ_a g_a x_aᵀ` per layer (`d_0' = Π_s (1 − α_s)`, indices 1-based in the README).
+//! Every coefficient is a product of factors in `[0, 1]`: no division, no overflow, and an
+//! underflow only where the true value is below `f32::MIN_POSITIVE`.
+
+use super::memory::{l2n32, lse_of, reads_after, Config, FlushSubnormals, Head, Shape, State};
+use super::recurrent::{self, Work};
+use crate::primitives::gemm::{gemm, gemm_at_add, gemm_bt};
+
+/// Rows per retrieval batch at least (queries are read in GEMM batches of this many or of the
+/// chunk length, whichever is larger).
+const MIN_ROWS: usize = 16;
+
+/// Per-head buffers for up to `rows` tokens or queries at once.
+struct Bufs {
+    rows: usize,
+    xs: Vec<f32>, // layer inputs, block l = [rows, w_l] at rows·Σ_{i<l} w_i
+    ds: Vec<f32>, // σ' of the pre-activations that became xs (l ≥ 1), same layout
+    y: Vec<f32>,  // [rows, D_v]
+    gs: Vec<f32>, // errors at each layer's output, block l = [rows, w_{l+1}] at rows·Σ_{i<l} w_{i+1}
+    gc: Vec<f32>, // a scaled copy of one block of gs
+    r: Vec<f32>,  // M coefficients [rows]
+    p: Vec<f32>,  // S coefficients [rows]
+}
+
+fn xoff(sh: &Shape, l: usize) -> usize {
+    (0..l).map(|i| sh.width(i)).sum()
+}
+
+fn goff(sh: &Shape, l: usize) -> usize {
+    (0..l).map(|i| sh.width(i + 1)).sum()
+}
+
+impl Bufs {
+    fn new(sh: &Shape, rows: usize) -> Self {
+        let (nx, ng) = (xoff(sh, sh.layers), goff(sh, sh.layers));
+        Self {
+            rows,
+            xs: vec![0.0; rows * nx],
+            ds: vec![0.0; rows * nx],
+            y: vec![0.0; rows * sh.dv],
+            gs: vec![0.0; rows * ng],
+            gc: vec![0.0; rows * sh.max_width()],
+            r: vec![0.0; rows],
+            p: vec![0.0; rows],
+        }
+    }
+
+    /// Floats held for `rows`.
+    fn len(sh: &Shape, rows: usize) -> usize {
+        rows * (2 * xoff(sh, sh.layers) + sh.dv + goff(sh, sh.layers) + sh.max_width() + 2)
+    }
+
+    /// `M_w` on the `m` rows in block 0 of `xs`, into `y` (keeping every layer's input and σ').
+    fn forward(&mut self, cfg: &Config, w: &[f32], m: usize) {
+        let sh = &cfg.shape;
+        for l in 0..sh.layers {
+            let (wo, wi, off) = (sh.width(l + 1), sh.width(l), sh.offset(l));
+            let xo = self.rows * xoff(sh, l);
+            let wl = &w[off..off + wo * wi];
+            if l + 1 == sh.layers {
+                gemm_bt(&mut self.y, &self.xs[xo..], wl, [m, wi, wo], false);
+            } else {
+                let (xin, xout) = self.xs.split_at_mut(self.rows * xoff(sh, l + 1));
+                gemm_bt(xout, &xin[xo..], wl, [m, wi, wo], false);
+                let d = &mut self.ds[self.rows * xoff(sh, l + 1)..][..m * wo];
+                for (a, d) in xout[..m * wo].iter_mut().zip(d) {
+                    (*a, *d) = cfg.act.eval(*a);
+                }
+            }
+        }
+    }
+
+    /// Rows `i0..i1` of the head read weights `w`.
+    fn read_rows(
+        &mut self,
+        cfg: &Config,
+        w: &[f32],
+        q: &[f32],
+        o: &mut [f32],
+        [i0, i1]: [usize; 2],
+    ) {
+        let (dk, dv) = (cfg.shape.dk, cfg.shape.dv);
+        let mut a = i0;
+        while a < i1 {
+            let m = self.rows.min(i1 - a);
+            for r in 0..m {
+                let row = &q[(a + r) * dk..(a + r + 1) * dk];
+                l2n32(row, cfg.l2norm, &mut self.xs[r * dk..(r + 1) * dk]);
+            }
+            self.forward(cfg, w, m);
+            o[a * dv..(a + m) * dv].copy_from_slice(&self.y[..m * dv]);
+            a += m;
+        }
+    }
+
+    /// Stores the `n` tokens starting at key `j` (a whole chunk, or its first `n` tokens) into
+    /// `st`, whose `start` equals `mem` (a chunk boundary).
+    fn store_chunk(&mut self, cfg: &Config, h: &Head, st: &mut State, j: usize, n: usize) {
+        let sh = &cfg.shape;
+        let (dk, dv, rows) = (sh.dk, sh.dv, self.rows);
+        // Forward at M_0 over the chunk's keys: X_l [n, w_l], Y [n, D_v].
+        for a in 0..n {
+            l2n32(
+                &h.k[(j + a) * dk..(j + a + 1) * dk],
+                cfg.l2norm,
+                &mut self.xs[a * dk..(a + 1) * dk],
+            );
+        }
+        self.forward(cfg, &st.start, n);
+        // Backward: G_{L−1} = 2(Y − V), G_{l−1} = (G_l W_l) ⊙ σ'(Z_{l−1}).
+        let last = rows * goff(sh, sh.layers - 1);
+        for (g, (&y, &v)) in self.gs[last..last + n * dv]
+            .iter_mut()
+            .zip(self.y.iter().zip(&h.v[j * dv..(j + n) * dv]))
+        {
+            *g = 2.0 * (y - v);
+        }
+        for l in (1..sh.layers).rev() {
+            let (wo, wi, off) = (sh.width(l + 1), sh.width(l), sh.offset(l));
+            let (lo, hi) = self.gs.split_at_mut(rows * goff(sh, l));
+            let gprev = &mut lo[rows * goff(sh, l - 1)..][..n * wi];
+            gemm(gprev, hi, &st.start[off..off + wo * wi], [n, wo, wi], false);
+            let d = &self.ds[rows * xoff(sh, l)..][..n * wi];
+            gprev.iter_mut().zip(d).for_each(|(g, &d)| *g *= d);
+        }
+        // Scan coefficients, backwards through the chunk (f64, rounded once).
+        let (gl, gm, ga) = (h.gates.lr, h.gates.momentum, h.gates.decay);
+        let (mut d, mut p, mut r_next) = (1.0f64, 1.0f64, 0.0f64);
+        for a in (0..n).rev() {
+            let eta_next = if a + 1 < n { gm[j + a + 1] as f64 } else { 0.0 };
+            let r = d + eta_next * r_next;
+            let theta = gl[j + a] as f64;
+            self.r[a] = (-theta * r) as f32;
+            self.p[a] = (-theta * p) as f32;
+            r_next = r;
+            d *= 1.0 - ga[j + a] as f64;
+            p *= gm[j + a] as f64;
+        }
+        let (d0, r0, p0) = (d as f32, (gm[j] as f64 * r_next) as f32, p as f32);
+        // M_n = d0 M_0 + r0 S_prev + Σ_a r_a u_a, then S_n = p0 S_prev + Σ_a p_a u_a.
+        for (m, &s) in st.mem.iter_mut().zip(&st.mom) {
+            *m = d0 * *m + r0 * s;
+        }
+        st.mom.iter_mut().for_each(|s| *s *= p0);
+        for l in 0..sh.layers {
+            let (wo, wi, off) = (sh.width(l + 1), sh.width(l), sh.offset(l));
+            let g = &self.gs[rows * goff(sh, l)..][..n * wo];
+            let x = &self.xs[rows * xoff(sh, l)..][..n * wi];
+            for (dst, coef) in [(&mut st.mem, &self.r), (&mut st.mom, &self.p)] {
+                for (a, (gc, gr)) in
+                    self.gc[..n * wo].chunks_exact_mut(wo).zip(g.chunks_exact(wo)).enumerate()
+                {
+                    let c = coef[a];
+                    gc.iter_mut().zip(gr).for_each(|(d, &g)| *d = c * g);
+                }
+                gemm_at_add(&mut dst[off..off + wo * wi], &self.gc, x, [n, wo, wi]);
+            }
+        }
+        st.filled = n;
+        st.keys += n as u64;
+    }
+}
+
+/// Floats of scratch one head of [`chunked`] allocates for `t` keys.
+pub fn scratch_floats(shape: &Shape, chunk: usize, t: usize) -> usize {
+    let rows = chunk.max(1).min(t.max(1)).max(MIN_ROWS);
+    Bufs::len(shape, rows) + Work::len(shape)
+}
+
+/// The chunked form over one head: same function as [`super::reference::reference`] (same
+/// `state` in and out). A state that ends mid-chunk is first completed token by token. Returns 0.
+pub fn chunked(cfg: &Config, h: &Head, st: &mut State, o: &mut [f32], lse: &mut [f32]) -> u64 {
+    let (dk, dv, b) = (cfg.shape.dk, cfg.shape.dv, cfg.chunk.max(1));
+    let (s_q, t) = (h.q.len() / dk, h.k.len() / dk);
+    let _ftz = FlushSubnormals::new();
+    let stored = st.keys;
+    for (i, l) in lse.iter_mut().enumerate().take(s_q) {
+        *l = lse_of(cfg.q_offset, i, t, stored);
+    }
+    let mut bufs = Bufs::new(&cfg.shape, b.min(t.max(1)).max(MIN_ROWS));
+    let mut work = Work::new(&cfg.shape);
+    // The first row whose read position is at least `j`.
+    let first_at = |j: usize, from: usize| {
+        (from..s_q).find(|&i| reads_after(cfg.q_offset, i, t) >= j).unwrap_or(s_q)
+    };
+    let mut i = 0;
+    let mut j = 0;
+    // Finish a chunk the state left open, token by token.
+    while j < t && st.filled > 0 && st.filled < b {
+        while i < s_q && reads_after(cfg.q_offset, i, t) == j {
+            let (q, oi) = (&h.q[i * dk..(i + 1) * dk], &mut o[i * dv..(i + 1) * dv]);
+            recurrent::read(cfg, st.readable(b), q, oi, &mut work);
+            i += 1;
+        }
+        let g = [h.gates.lr[j], h.gates.momentum[j], h.gates.decay[j]];
+        recurrent::step(
+            cfg,
+            st,
+            &h.k[j * dk..(j + 1) * dk],
+            &h.v[j * dv..(j + 1) * dv],
+            g,
+            &mut work,
+        );
+        j += 1;
+    }
+    while j < t {
+        if st.filled >= b {
+            st.start.copy_from_slice(&st.mem);
+            st.filled = 0;
+        }
+        let n = b.min(t - j);
+        // Rows reading at positions j..j+n read the chunk-start weights.
+        let i1 = first_at(j + n, i);
+        bufs.read_rows(cfg, &st.start, h.q, o, [i, i1]);
+        i = i1;
+        bufs.store_chunk(cfg, h, st, j, n);
+        j += n;
+    }
+    bufs.read_rows(cfg, st.readable(b), h.q, o, [i, s_q]);
+    0
+}

@@ -1,0 +1,296 @@
+//! The memory network `M` (an MLP whose weights are the state), its decode state, and the rules
+//! the three forms share: which memory a query row reads, and the seeded initial weights.
+//!
+//! Weights are one flat `[P_M]` vector: layer `l` is `W_l: [w_{l+1}, w_l]` row-major (out × in)
+//! at [`Shape::offset`]`(l)`, with widths `w_0 = D` (keys), `w_1 … w_{L−1} = hidden`,
+//! `w_L = D_v` (values). `M(x) = W_{L−1} σ(… σ(W_0 x))`: no bias, σ between layers.
+
+use crate::primitives::rng::{purpose, Key, Stream};
+
+/// The non-linearity between memory layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Act {
+    /// `x · Φ(x)` in its tanh form `½ x (1 + tanh(√(2/π)(x + 0.044715 x³)))`.
+    Gelu,
+    /// `x · sigmoid(x)`.
+    Silu,
+}
+
+const GELU_C: f64 = 0.797_884_560_802_865_4; // √(2/π)
+const GELU_A: f64 = 0.044_715;
+
+impl Act {
+    /// `(σ(x), σ'(x))` in f64.
+    #[inline]
+    pub fn eval_f64(self, x: f64) -> (f64, f64) {
+        match self {
+            Act::Gelu => {
+                let t = (GELU_C * (x + GELU_A * x * x * x)).tanh();
+                let d = 0.5 * (1.0 + t)
+                    + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * x * x);
+                (0.5 * x * (1.0 + t), d)
+            }
+            Act::Silu => {
+                let s = 1.0 / (1.0 + (-x).exp());
+                (x * s, s * (1.0 + x * (1.0 - s)))
+            }
+        }
+    }
+
+    /// `(σ(x), σ'(x))` in f32.
+    #[inline]
+    pub fn eval(self, x: f32) -> (f32, f32) {
+        match self {
+            Act::Gelu => {
+                let (c, a) = (GELU_C as f32, GELU_A as f32);
+                let t = (c * (x + a * x * x * x)).tanh();
+                let d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * a * x * x);
+                (0.5 * x * (1.0 + t), d)
+            }
+            Act::Silu => {
+                let s = 1.0 / (1.0 + (-x).exp());
+                (x * s, s * (1.0 + x * (1.0 - s)))
+            }
+        }
+    }
+
+    /// The name used in method specs (`gelu`, `silu`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Act::Gelu => "gelu",
+            Act::Silu => "silu",
+        }
+    }
+
+    /// Parses [`Act::name`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "gelu" => Some(Act::Gelu),
+            "silu" | "swish" => Some(Act::Silu),
+            _ => None,
+        }
+    }
+}
+
+/// The memory MLP's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// `D`: key/query width (the memory's input).
+    pub dk: usize,
+    /// `D_v`: value width (the memory's output).
+    pub dv: usize,
+    /// Width of the hidden layers (unused when `layers = 1`).
+    pub hidden: usize,
+    /// `L_M ≥ 1`: number of weight matrices (`1` = linear memory `M ∈ R^{D_v×D}`).
+    pub layers: usize,
+}
+
+impl Shape {
+    /// `w_l`, `l ∈ 0..=L`.
+    #[inline]
+    pub fn width(&self, l: usize) -> usize {
+        if l == 0 {
+            self.dk
+        } else if l == self.layers {
+            self.dv
+        } else {
+            self.hidden
+        }
+    }
+
+    /// Start of `W_l` in the flat weights.
+    pub fn offset(&self, l: usize) -> usize {
+        (0..l).map(|i| self.width(i + 1) * self.width(i)).sum()
+    }
+
+    /// `P_M`: number of weights.
+    pub fn params(&self) -> usize {
+        self.offset(self.layers)
+    }
+
+    /// The widest layer (buffer sizing).
+    pub fn max_width(&self) -> usize {
+        (0..=self.layers).map(|l| self.width(l)).max().unwrap_or(0)
+    }
+}
+
+/// The memory's initial weights for `seed`: every layer but the last Xavier-uniform
+/// (`U(−a, a)`, `a = √(6 / (fan_in + fan_out))`) from the counter-based stream
+/// `(seed, layer l, head 0, MEMORY_INIT)`, the last layer zero, so the empty memory retrieves
+/// `0` (and a linear memory starts at `M = 0`). One initial memory for every head.
+pub fn init(shape: &Shape, seed: u64) -> Vec<f32> {
+    let mut w = vec![0.0f32; shape.params()];
+    for l in 0..shape.layers - 1 {
+        let (fo, fi) = (shape.width(l + 1), shape.width(l));
+        let a = (6.0 / (fi + fo) as f64).sqrt();
+        let rng =
+            Stream::new(Key { seed, layer: l as u64, head: 0, purpose: purpose::MEMORY_INIT });
+        let off = shape.offset(l);
+        for (i, x) in w[off..off + fo * fi].iter_mut().enumerate() {
+            *x = ((2.0 * rng.uniform_at(i as u64) - 1.0) * a) as f32;
+        }
+    }
+    w
+}
+
+/// The memory of one head between calls (decode state). Invariant: `filled = 0` ⇒
+/// `start = mem`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct State {
+    /// Weights at the start of the current chunk (`M_0`): every gradient of the chunk is taken
+    /// here, and the chunk's queries read it.
+    pub start: Vec<f32>,
+    /// Weights after the last stored token (`M_t`).
+    pub mem: Vec<f32>,
+    /// Momentum ("past surprise") after the last stored token (`S_t`).
+    pub mom: Vec<f32>,
+    /// Tokens of the current chunk already stored (`0 ..= chunk`; `chunk` = the chunk is complete
+    /// and the next token starts a new one).
+    pub filled: usize,
+    /// Tokens stored since the state was created.
+    pub keys: u64,
+}
+
+impl State {
+    /// A fresh memory at `init`, no momentum.
+    pub fn new(init: &[f32]) -> Self {
+        Self {
+            start: init.to_vec(),
+            mem: init.to_vec(),
+            mom: vec![0.0; init.len()],
+            filled: 0,
+            keys: 0,
+        }
+    }
+
+    /// The weights a query reads now: the memory before the chunk that holds the next key
+    /// (`mem` when the current chunk is complete, else `start`).
+    pub fn readable(&self, chunk: usize) -> &[f32] {
+        if self.filled >= chunk {
+            &self.mem
+        } else {
+            &self.start
+        }
+    }
+}
+
+/// How many of the call's `t` keys query row `i` reads after: its position `p = q_offset + i`
+/// clamped to `[0, t]` (strict causality: key `p` itself is not yet stored).
+#[inline]
+pub fn reads_after(q_offset: i64, i: usize, t: usize) -> usize {
+    (q_offset + i as i64).clamp(0, t as i64) as usize
+}
+
+/// `lse` of row `i`: `0` when it may see a key (or the state already holds keys), `−∞` otherwise.
+#[inline]
+pub fn lse_of(q_offset: i64, i: usize, t: usize, stored: u64) -> f32 {
+    if crate::linear::keys_seen(q_offset, i, t) > 0 || stored > 0 {
+        0.0
+    } else {
+        f32::NEG_INFINITY
+    }
+}
+
+/// Per-token gates, each `[T]`: learning rate `θ_t ≥ 0`, momentum `η_t ∈ [0, 1)`, forgetting
+/// `α_t ∈ [0, 1]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Gates<'a> {
+    /// `θ_t`.
+    pub lr: &'a [f32],
+    /// `η_t`.
+    pub momentum: &'a [f32],
+    /// `α_t`.
+    pub decay: &'a [f32],
+}
+
+/// One head's inputs, rows contiguous: `q: [S_q, D]`, `k: [T, D]`, `v: [T, D_v]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    /// Queries (raw: L2-normalised by the kernels when `l2norm`).
+    pub q: &'a [f32],
+    /// Keys (raw).
+    pub k: &'a [f32],
+    /// Values.
+    pub v: &'a [f32],
+    /// Gates per key.
+    pub gates: Gates<'a>,
+}
+
+/// What one call computes beyond the inputs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Config {
+    /// The memory network.
+    pub shape: Shape,
+    /// Its non-linearity.
+    pub act: Act,
+    /// Mini-batch (chunk) length `b`: gradients inside a chunk are taken at the chunk-start
+    /// weights, and queries read the memory before their chunk. Part of the function.
+    pub chunk: usize,
+    /// L2-normalise q and k.
+    pub l2norm: bool,
+    /// Absolute position of query row 0 (row `i` reads the memory after `q_offset + i` keys).
+    pub q_offset: i64,
+}
+
+/// `x / ‖x‖` (when `on`) into `dst`, the norm taken in f64 (as the delta rule's).
+pub(crate) fn l2n32(x: &[f32], on: bool, dst: &mut [f32]) {
+    let inv = if on {
+        let n = x.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>().sqrt();
+        (1.0 / n.max(1e-6)) as f32
+    } else {
+        1.0
+    };
+    for (d, &a) in dst.iter_mut().zip(x) {
+        *d = a * inv;
+    }
+}
+
+/// `x / ‖x‖` (when `on`) in f64.
+pub(crate) fn l2n64(x: &[f32], on: bool) -> Vec<f64> {
+    let n = if on { x.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>().sqrt() } else { 1.0 };
+    let inv = if on { 1.0 / n.max(1e-6) } else { 1.0 };
+    x.iter().map(|&a| a as f64 * inv).collect()
+}
+
+/// Flush-to-zero and denormals-are-zero on this thread while alive (x86-64; elsewhere nothing).
+///
+/// A memory that forgets (`α > 0`) shrinks toward its all-zero state, and its weights, momentum
+/// and gradients can reach the subnormal range, where every f32 operation costs ~100× (measured:
+/// a 2-layer memory with `α = 0.01` took 342 s at 64k tokens instead of ~25 s). The fast forms
+/// therefore treat subnormals as zero; the f64 reference is unaffected (its subnormals start at
+/// 1e-308), and outputs differ from it only below `f32::MIN_POSITIVE`.
+pub(crate) struct FlushSubnormals {
+    #[cfg(target_arch = "x86_64")]
+    old: u32,
+}
+
+impl FlushSubnormals {
+    /// Sets FTZ (MXCSR bit 15) and DAZ (bit 6), keeping the old control word.
+    pub(crate) fn new() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut old: u32 = 0;
+            // SAFETY: stmxcsr/ldmxcsr read and write the SSE control word of this thread only;
+            // the pointers are to live local u32s.
+            unsafe {
+                std::arch::asm!("stmxcsr [{}]", in(reg) &mut old as *mut u32, options(nostack));
+                let new = old | 0x8040;
+                std::arch::asm!("ldmxcsr [{}]", in(reg) &new as *const u32, options(nostack, readonly));
+            }
+            Self { old }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Self {}
+    }
+}
+
+impl Drop for FlushSubnormals {
+    fn drop(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: restores the control word read in `new` on the same thread (the guard is not
+        // Send: it holds no data that would let it move, and it lives in one kernel call).
+        unsafe {
+            std::arch::asm!("ldmxcsr [{}]", in(reg) &self.old as *const u32, options(nostack, readonly));
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! Routing Transformer attention (spec §6 (f)): one cluster gives exact attention; the fast path
+//! equals the f64 reference over the same routing at small windows; rows sum to 1; every key in
+//! a query's support is routed there or local; causality (bitwise); the seed decides the
+//! output; loaded centroids; the k-means finds well-separated directions; typed errors.
+
+use attn::methods::pattern::{Fast, Reference};
+use attn::methods::routing::{Centroids, Routing};
+use attn::{Error, Inputs, Mask, Method, OutputMut, Par, Params, Problem, Registry, TensorRef};
+use attn_testing::cases::{case, MaskSpec};
+use attn_testing::Qkv;
+use attn_testing::{run_suite_with, SuiteConfig};
+
+fn qkv(seed: u64, heads: [usize; 3], n: usize, d: usize) -> Qkv {
+    Qkv::gaussian(seed, heads, [n, n], d, 1.0)
+}
+
+/// Spec §0.5: rtol 1e-4 / atol 1e-5 against the f64 exact result.
+fn assert_close(what: &str, got: &[f32], want: &[f64]) {
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let err = (*g as f64 - w).abs();
+        assert!(err <= 1e-5 + 1e-4 * w.abs(), "{what}[{i}]: {g} vs exact {w}");
+    }
+}
+
+/// Runs a method object (not from the registry) on `x`.
+fn run_method(m: &dyn Method, x: &Qkv, params: &Params) -> (Vec<f32>, Vec<f32>, u64) {
+    let inputs = x.tensors();
+    let p = Problem::from_tensors(&inputs.q, &inputs.k, &inputs.v).unwrap();
+    let r = params.resolve(&p).unwrap();
+    assert!(m.unsupported(&p, params).is_empty(), "{:?}", m.unsupported(&p, params));
+    let mut o = vec![f32::NAN; p.out_len()];
+    let mut lse = vec![f32::NAN; p.lse_len()];
+    let stats =
+        m.forward(&p, &inputs, &r, Par::Seq, OutputMut { o: &mut o, lse: &mut lse }).unwrap();
+    (o, lse, stats.computed_pairs)
+}
+
+/// Budget = everything: one cluster holds every key, so each query sees every allowed key
+/// (whatever the local window) — exact attention, also with GQA, S_q ≠ S_kv, a query offset and
+/// both masks; `memberships = C` does the same with several clusters.
+#[test]
+fn one_cluster_is_exact_attention() {
+    let mut cases = vec![qkv(1, [2, 4, 2], 37, 16), qkv(2, [1, 1, 1], 70, 8)];
+    let mut short = Qkv::gaussian(3, [1, 2, 1], [9, 30], 16, 1.0);
+    short.v.iter_mut().for_each(|v| *v *= 2.0);
+    cases.push(short);
+    for x in &cases {
+        for params in
+            [Params::default(), Params::causal(), Params { q_offset: Some(5), ..Params::causal() }]
+        {
+            let (eo, el) = x.exact(&params);
+            for spec in [
+                "routing:clusters=1",
+                "routing:clusters=1,local=0",
+                "routing:clusters=1,local=7",
+                "routing-reference:clusters=1,local=3",
+                "routing:clusters=4,memberships=4,iters=3",
+                "routing-reference:clusters=3,memberships=3,local=0",
+                "routing:clusters=5,memberships=2,key_memberships=4,sink=4,local=2",
+                "routing:clusters=2,key_memberships=2,sink=100",
+                // A window as long as the keys: ⌈S_kv / window⌉ = 1.
+                "routing:window=100",
+            ] {
+                let out = x.run(spec, &params).unwrap();
+                let what = format!("{spec} {:?} {:?}", x.shape_q, params.q_offset);
+                assert_close(&format!("{what} o"), &out.o, &eo);
+                assert_close(&format!("{what} lse"), &out.lse, &el);
+            }
+        }
+    }
+}
+
+/// Small windows, several clusters and memberships, local windows that overlap the clusters,
+/// partial tiles, rows before every key: the fast path equals the reference at every SIMD level
+/// and thread count (bitwise across thread counts), through the conformance suite.
+#[test]
+fn fast_equals_reference_at_small_windows() {
+    const SMALL: Routing = Routing {
+        clusters: 0,
+        window: 8,
+        iters: 3,
+        memberships: 1,
+        key_memberships: 1,
+        local: 4,
+        sink: 0,
+        seed: 7,
+        centroids: None,
+    };
+    const MULTI: Routing = Routing {
+        clusters: 5,
+        window: 512,
+        iters: 2,
+        memberships: 2,
+        key_memberships: 1,
+        local: 0,
+        sink: 0,
+        seed: 1,
+        centroids: None,
+    };
+    // Pairs sharing several clusters (the −ln c_ij correction), sinks overlapping the windows.
+    const DUP: Routing = Routing {
+        clusters: 6,
+        window: 512,
+        iters: 2,
+        memberships: 3,
+        key_memberships: 2,
+        local: 5,
+        sink: 3,
+        seed: 2,
+        centroids: None,
+    };
+    static REG: &[&dyn Method] = &[&Fast(SMALL), &Reference(SMALL)];
+    static REG2: &[&dyn Method] = &[&Fast(MULTI), &Reference(MULTI)];
+    static REG3: &[&dyn Method] = &[&Fast(DUP), &Reference(DUP)];
+    let cases = vec![
+        case(1, [2, 1], [23, 23], 16),
+        case(2, [4, 2], [141, 141], 32).mask(MaskSpec::Causal),
+        case(1, [1, 1], [100, 100], 8).mask(MaskSpec::Causal).offset(3),
+        case(1, [1, 1], [30, 30], 8).mask(MaskSpec::Causal).offset(-4),
+        case(1, [2, 2], [17, 300], 16).mask(MaskSpec::Causal),
+        case(1, [1, 1], [1, 65], 8),
+    ];
+    for reg in [REG, REG2, REG3] {
+        let reg = Registry::new(reg);
+        let m = reg.get("routing").unwrap();
+        let cfg = SuiteConfig { registry: reg, cases: cases.clone(), ..SuiteConfig::for_method(m) };
+        let cov = run_suite_with(m, &cfg);
+        assert_eq!(cov.cases, cases.len());
+    }
+}
+
+/// Implied probabilities are positive and rows sum to 1 (`V = 1` ⇒ `o = 1`); every row has a
+/// key with the default local window of 1 (its own position) under causal; with no local
+/// window a causal row whose clusters hold no earlier key is empty (`o = 0`, `lse = −∞`).
+#[test]
+fn rows_sum_to_one_and_empty_rows_are_zero() {
+    let mut x = qkv(3, [1, 2, 2], 90, 16);
+    x.v.iter_mut().for_each(|v| *v = 1.0);
+    for params in [Params::default(), Params::causal()] {
+        for spec in
+            ["routing:window=10,local=1", "routing-reference:window=10,memberships=2,local=3"]
+        {
+            let out = x.run(spec, &params).unwrap();
+            assert!(out.o.iter().all(|o| (o - 1.0).abs() < 1e-5), "{spec} {:?}", params.mask);
+            assert!(out.lse.iter().all(|l| l.is_finite()));
+        }
+    }
+    // Row 0 under causal without a local window sees key 0 only if both share a cluster.
+    let out = x.run("routing:window=10,local=0", &Params::causal()).unwrap();
+    let empty = out.lse.iter().filter(|l| **l == f32::NEG_INFINITY).count();
+    for (r, l) in out.lse.iter().enumerate() {
+        let o = &out.o[r * 16..(r + 1) * 16];
+        if *l == f32::NEG_INFINITY {
+            assert!(o.iter().all(|&v| v == 0.0));
+        } else {
+            assert!(o.iter().all(|&v| (v - 1.0).abs() < 1e-5));
+        }
+    }
+    assert!(empty > 0, "some early causal row should find no key of its cluster");
+}
+
+/// The support is the routing: with `V = one-hot(position)` each output row is the row's
+/// attention weights, which must vanish outside the keys sharing a cluster with it, the sinks and
+/// the local window; the pair count covers the support and stays below dense.
+#[test]
+fn weights_stay_inside_the_clusters_and_the_window() {
+    let (n, d) = (96, 16);
+    let mut x = Qkv::gaussian(4, [1, 1, 1], [n, n], d, 1.0);
+    // D_v = N: v_j = e_j.
+    x.shape_kv = [1, 1, n, d];
+    let mut v = vec![0.0f32; n * n];
+    (0..n).for_each(|j| v[j * n + j] = 1.0);
+    let inputs = Inputs {
+        q: TensorRef::new(&x.q[..], x.shape_q).unwrap(),
+        k: TensorRef::new(&x.k[..], x.shape_kv).unwrap(),
+        v: TensorRef::new(&v[..], [1, 1, n, n]).unwrap(),
+    };
+    let p = Problem::from_tensors(&inputs.q, &inputs.k, &inputs.v).unwrap();
+    for params in [Params::default(), Params::causal()] {
+        let r = params.resolve(&p).unwrap();
+        let cfg = Routing {
+            window: 12,
+            local: 5,
+            sink: 2,
+            memberships: 2,
+            key_memberships: 2,
+            ..Routing::DEFAULT
+        };
+        let routes = cfg.routes(&p, &inputs, &r, 0, 0);
+        assert_eq!(routes.clusters, 8);
+        let mut o = vec![f32::NAN; n * n];
+        let mut lse = vec![f32::NAN; n];
+        let stats = Fast(cfg.clone())
+            .forward(&p, &inputs, &r, Par::Seq, OutputMut { o: &mut o, lse: &mut lse })
+            .unwrap();
+        let mut support = 0u64;
+        for i in 0..n {
+            let row = &o[i * n..(i + 1) * n];
+            assert!((row.iter().map(|&w| w as f64).sum::<f64>() - 1.0).abs() < 1e-5);
+            for (j, &w) in row.iter().enumerate() {
+                let causal_ok = !matches!(params.mask, Mask::Causal) || j <= i;
+                let inside = ((routes.routed(i, j) || j < 2) && causal_ok) || (j <= i && j + 5 > i);
+                support += inside as u64;
+                if inside {
+                    assert!(w > 0.0, "row {i} key {j}: in the support but weight 0");
+                } else {
+                    assert_eq!(w, 0.0, "row {i} key {j}: outside the support");
+                }
+            }
+        }
+        // The fast path scores whole tiles: at least the support (a pair sharing two clusters
+        // is scored twice). With one cluster per token, fewer than dense.
+        assert!(stats.computed_pairs >= support, "{} < {support}", stats.computed_pairs);
+        let one = Routing { window: 12, local: 1, ..Routing::DEFAULT };
+        let stats = Fast(one)
+            .forward(&p, &inputs, &r, Par::Seq, OutputMut { o: &mut o, lse: &mut lse })
+            .unwrap();
+        assert!(stats.computed_pairs < (n * n / 2) as u64, "{}", stats.computed_pairs);
+    }
+}
+
+/// Causality: changing the keys and values after a row leaves the row bitwise unchanged (the
+/// k-means sees the queries and only the keys every row may see; a key's cluster is its own
+/// nearest centroid). A row before every key (negative offset) is empty.
+#[test]
+fn causal_rows_ignore_future_keys_bitwise() {
+    let (n, d) = (200, 16);
+    let x = qkv(5, [1, 2, 1], n, d);
+    for spec in [
+        "routing:window=16,local=4",
+        "routing:clusters=3,memberships=2",
+        "routing-reference:window=20",
+    ] {
+        let base = x.run(spec, &Params::causal()).unwrap();
+        let cut = 123;
+        let mut y = x.clone();
+        for j in cut..n {
+            for e in 0..d {
+                y.k[j * d + e] = -3.0 * y.k[j * d + e] + 1.0;
+                y.v[j * d + e] -= 1.0;
+            }
+        }
+        let moved = y.run(spec, &Params::causal()).unwrap();
+        let mut later_changed = 0;
+        for h in 0..2 {
+            for i in 0..n {
+                let r = h * n + i;
+                let same = base.o[r * d..(r + 1) * d] == moved.o[r * d..(r + 1) * d]
+                    && base.lse[r] == moved.lse[r];
+                if i < cut {
+                    assert!(same, "{spec}: head {h} row {i} changed");
+                } else if !same {
+                    later_changed += 1;
+                }
+            }
+        }
+        assert!(later_changed >= n - cut, "{spec}: only {later_changed} later rows changed");
+    }
+    let out =
+        x.run("routing:window=16", &Params { q_offset: Some(-2), ..Params::causal() }).unwrap();
+    for h in 0..2 {
+        for i in 0..2 {
+            assert_eq!(out.lse[h * n + i], f32::NEG_INFINITY);
+            assert!(out.o[(h * n + i) * d..][..d].iter().all(|&v| v == 0.0));
+        }
+    }
+}
+
+#[test]
+fn the_seed_decides_the_output() {
+    let x = qkv(6, [2, 2, 2], 128, 16);
+    for params in [Params::default(), Params::causal()] {
+        let a = x.run("routing:window=16,local=1,seed=3", &params).unwrap();
+        let b = x.run("routing:window=16,local=1,seed=3", &params).unwrap();
+        let c = x.run("routing:window=16,local=1,seed=4", &params).unwrap();
+        assert_eq!(a.o, b.o);
+        assert_eq!(a.lse, b.lse);
+        assert_eq!(a.stats, b.stats);
+        assert_ne!(a.o, c.o);
+    }
+}
+
+/// Tokens drawn around `C` well-separated directions: the k-means recovers the directions
+/// (cosine > 0.99, spec §6.6.3) and routes each token to its own group, so each query attends
+/// exactly to the keys of its group; loaded centroids (the true directions, any scale) give the
+/// same routing and output.
+#[test]
+fn kmeans_finds_separated_directions_and_loaded_centroids_agree() {
+    let (c, per, d) = (4usize, 40usize, 16usize);
+    let n = c * per;
+    // Direction g: e_{4g} + small noise; token t belongs to group t % c.
+    let noise = qkv(7, [1, 1, 1], n, d);
+    let mut x = noise.clone();
+    for t in 0..n {
+        let g = t % c;
+        for e in 0..d {
+            let base = if e == 4 * g { 3.0 } else { 0.0 };
+            x.q[t * d + e] = base + 0.05 * noise.q[t * d + e];
+            x.k[t * d + e] = base + 0.05 * noise.k[t * d + e];
+        }
+    }
+    let inputs = x.tensors();
+    let p = Problem::from_tensors(&inputs.q, &inputs.k, &inputs.v).unwrap();
+    let r = Params::default().resolve(&p).unwrap();
+    let cfg = Routing { clusters: c, local: 0, ..Routing::DEFAULT };
+    let routes = cfg.routes(&p, &inputs, &r, 0, 0);
+    for g in 0..c {
+        let best =
+            routes.centroids.chunks(d).map(|m| m[4 * g] as f64).fold(f64::NEG_INFINITY, f64::max);
+        assert!(best > 0.99, "direction {g}: best cosine {best}");
+    }
+    for t in 0..n {
+        for u in 0..n {
+            assert_eq!(routes.routed(t, u), t % c == u % c, "query {t} key {u}");
+        }
+    }
+    let mut true_dirs = vec![0.0f32; c * d];
+    (0..c).for_each(|g| true_dirs[g * d + 4 * g] = 0.5 + g as f32);
+    let loaded = Routing {
+        local: 0,
+        ..Routing::with_centroids(Centroids::new(true_dirs, [1, c, d]).unwrap())
+    };
+    let a = run_method(&Fast(cfg.clone()), &x, &Params::default());
+    // Mass recall: each row keeps its own group, ≈ 40·e^2.25 / (40·e^2.25 + 120) ≈ 0.76 of the
+    // exact mass, and never more than all of it.
+    let (_, exact_lse) = x.exact(&Params::default());
+    let mass: Vec<f64> = a.1.iter().zip(&exact_lse).map(|(l, e)| (*l as f64 - e).exp()).collect();
+    assert!(mass.iter().all(|&m| m <= 1.0 + 1e-5), "mass above 1");
+    let mean = mass.iter().sum::<f64>() / n as f64;
+    assert!(mean > 0.7, "mean kept mass {mean}");
+    let b = run_method(&Fast(loaded.clone()), &x, &Params::default());
+    let e = run_method(&Reference(loaded), &x, &Params::default());
+    assert_eq!(a.2, b.2);
+    assert_close("loaded o", &b.0, &e.0.iter().map(|&v| v as f64).collect::<Vec<_>>());
+    for (u, v) in a.0.iter().zip(&b.0) {
+        assert!((u - v).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn parameters_and_rejections_are_typed() {
+    let x = qkv(8, [1, 1, 1], 8, 8);
+    let p = Params::default();
+    assert!(matches!(x.run("routing:window=0", &p), Err(Error::BadParam { .. })));
+    assert!(matches!(x.run("routing:memberships=0", &p), Err(Error::BadParam { .. })));
+    assert!(matches!(x.run("routing:iters=-1", &p), Err(Error::BadParam { .. })));
+    assert!(matches!(x.run("routing:clusters=100000", &p), Err(Error::BadParam { .. })));
+    assert!(matches!(x.run("routing:buckets=2", &p), Err(Error::UnknownParam { .. })));
+    let window = Params::default().with_mask(Mask::sliding_window(4));
+    assert!(matches!(x.run("routing", &window), Err(Error::Unsupported { .. })));
+    assert!(x.run("routing:clusters=3,window=2,iters=0,memberships=2,local=0,seed=5", &p).is_ok());
+    // Loaded centroids: typed shape errors, and a head/dimension mismatch is a stated reason.
+    assert!(matches!(Centroids::new(vec![1.0; 5], [1, 2, 3]), Err(Error::Shape { .. })));
+    assert!(matches!(Centroids::new(vec![0.0; 6], [1, 2, 3]), Err(Error::Shape { .. })));
+    assert!(matches!(
+        Centroids::new(vec![1.0, f32::NAN, 1.0], [1, 1, 3]),
+        Err(Error::NonFinite { .. })
+    ));
+    let m = Fast(Routing::with_centroids(Centroids::new(vec![1.0; 12], [2, 2, 3]).unwrap()));
+    let inputs = x.tensors();
+    let prob = Problem::from_tensors(&inputs.q, &inputs.k, &inputs.v).unwrap();
+    assert_eq!(m.unsupported(&prob, &p).len(), 1);
+}
+
+/// Spec §6.6.4: with loaded centroids (no seeded k-means) and no mask, permuting the tokens
+/// (queries with their keys and values) permutes the output rows.
+#[test]
+fn loaded_centroids_are_permutation_equivariant() {
+    let (n, d, c) = (60, 8, 5);
+    let x = qkv(9, [1, 1, 1], n, d);
+    let cents = qkv(10, [1, 1, 1], c, d).q;
+    let m = Fast(Routing {
+        local: 0,
+        ..Routing::with_centroids(Centroids::new(cents, [1, c, d]).unwrap())
+    });
+    let perm: Vec<usize> = (0..n).map(|t| (t * 7 + 3) % n).collect();
+    let mut y = x.clone();
+    for (t, &u) in perm.iter().enumerate() {
+        y.q[t * d..(t + 1) * d].copy_from_slice(&x.q[u * d..(u + 1) * d]);
+        y.k[t * d..(t + 1) * d].copy_from_slice(&x.k[u * d..(u + 1) * d]);
+        y.v[t * d..(t + 1) * d].copy_from_slice(&x.v[u * d..(u + 1) * d]);
+    }
+    let (a, la, pa) = run_method(&m, &x, &Params::default());
+    let (b, lb, _) = run_method(&m, &y, &Params::default());
+    assert!(pa > 0);
+    for (t, &u) in perm.iter().enumerate() {
+        assert!((lb[t] - la[u]).abs() < 1e-5, "lse row {t}");
+        for e in 0..d {
+            assert!((b[t * d + e] - a[u * d + e]).abs() < 1e-5, "row {t} col {e}");
+        }
+    }
+}
