@@ -12,7 +12,7 @@ method spec with the same budget:
 | performer (nb_features m)       | performer:features=m (m = ⌊D ln D⌋ when the peer's is None)    |
 | reformer_lsh (bucket c, R hashes)| reformer:chunk=c,n_hashes=R  (K := Q: shared-QK, keys normalised by both) |
 | hyper_attn (r, block, samples, min_seq_len) | hyper:projections=r,block=..,samples=..,min_seq_len=.. |
-| routing_kmeans (window w)       | routing:clusters=n/w,window=w (when attn has `routing`)        |
+| routing_kmeans (window w)       | routing:clusters=n/w,window=w,local=1 (routed heads only)      |
 
 Inputs: `gauss` (q, k ~ N(0, 1.5²), v ~ N(0, 1), 1 × 8 × n × 64, seed 1234, prefixes of one
 16384-long draw) and `minilm` (real all-MiniLM-L6-v2 captures, head_dim 32) when the harness's
@@ -70,7 +70,8 @@ def attn_spec(peer, setting, n, d):
                 f"samples={s['sample_size']},min_seq_len={s['min_seq_len']}")
     if peer == "routing_kmeans":
         w = s["window_size"]
-        return f"routing:clusters={max(1, n // w)},window={w}"
+        # The peer's routed heads alone: no local window beyond the diagonal (local=1).
+        return f"routing:clusters={max(1, n // w)},window={w},local=1"
     return None
 
 
@@ -113,7 +114,7 @@ def rel(o, ref):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--attn", default=os.path.join(REPO, "target/release/attn"))
-    ap.add_argument("--peers", default="performer,reformer_lsh,hyper_attn")
+    ap.add_argument("--peers", default="performer,reformer_lsh,hyper_attn,routing_kmeans")
     ap.add_argument("--settings", default="default,matched")
     ap.add_argument("--lengths", default="4096,16384")
     ap.add_argument("--modes", default="noncausal,causal")
