@@ -27,9 +27,12 @@ pub fn query_features(q: &[f32], lambda: f32, dst: &mut [f32]) {
     let p = lambda * (0.5 + (norm as f32).tanh());
     let inv = if norm > 0.0 { (1.0 / norm) as f32 } else { 0.0 };
     for (r, &x) in q.iter().enumerate() {
+        // One power per channel, of a non-negative base (a negative base sends libm's powf to
+        // its slow invalid-argument path when both sides are evaluated).
         let u = x * inv;
-        dst[r] = if u > 0.0 { u.powf(p) } else { 0.0 };
-        dst[d + r] = if u < 0.0 { (-u).powf(p) } else { 0.0 };
+        let a = u.abs();
+        let v = if a > 0.0 { a.powf(p) } else { 0.0 };
+        (dst[r], dst[d + r]) = if u > 0.0 { (v, 0.0) } else { (0.0, v) };
     }
 }
 
