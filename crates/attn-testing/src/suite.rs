@@ -54,6 +54,21 @@ pub const LEVEL_INDEPENDENT: &[(&str, &str)] = &[
     ("titans-memory-recurrent", "methods::titans_memory: plain loops"),
 ];
 
+/// Implementations whose work per token grows with `D²` (a memory MLP read and written at every
+/// token), with the reason. [`SuiteConfig::for_method`] runs them on the grid cases whose
+/// `B·H·S_kv·D·D_v` is at most [`HEAVY_WORK_CAP`]: that drops only the case that fills
+/// `sdpa-flash`'s K/V packing groups (2 × 20 heads × 1000 keys at D = 256), which alone took two
+/// thirds of their time (f64 reference plus three thread counts), and exercises nothing of theirs.
+/// Their forms are also checked against each other up to S = 4096 in `tests/titans.rs`.
+pub const HEAVY: &[(&str, &str)] = &[
+    ("titans-memory", "2-layer memory MLP, hidden 2·D, a gradient step per chunk"),
+    ("titans-memory-recurrent", "2-layer memory MLP, hidden 2·D, a gradient step per token"),
+    ("titans-memory-reference", "2-layer memory MLP in f64 plain loops, per token"),
+];
+
+/// The largest `B·H·S_kv·D·D_v` of a case run for a [`HEAVY`] implementation.
+pub const HEAVY_WORK_CAP: usize = 1 << 30;
+
 /// Failures printed in full by the final panic.
 pub const MAX_SHOWN: usize = 12;
 
@@ -79,13 +94,16 @@ pub struct SuiteConfig {
 impl SuiteConfig {
     /// The configuration for `m`: the grid in force (restricted to case names containing
     /// `ATTN_CASE_FILTER` when set), every available level (the current one only for
-    /// [`LEVEL_INDEPENDENT`] implementations) and `Seq`, `Rayon(2)`, `Rayon(3)`.
+    /// [`LEVEL_INDEPENDENT`] implementations) and `Seq`, `Rayon(2)`, `Rayon(3)`; [`HEAVY`]
+    /// implementations get the cases within [`HEAVY_WORK_CAP`].
     /// References (plain loops, no SIMD, no threads by contract) run once, sequentially.
     pub fn for_method(m: &dyn Method) -> Self {
         let filter = std::env::var("ATTN_CASE_FILTER").ok();
+        let heavy = HEAVY.iter().any(|(n, _)| *n == m.name());
         let cases = grid()
             .into_iter()
             .filter(|c| filter.as_ref().is_none_or(|f| c.name().contains(f.as_str())))
+            .filter(|c| !heavy || c.b * c.h * c.s_kv * c.d * c.d_v <= HEAVY_WORK_CAP)
             .collect();
         let (levels, pars) = if m.is_reference() {
             (vec![Level::current()], vec![Par::Seq])

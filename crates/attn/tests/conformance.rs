@@ -156,6 +156,9 @@ fn every_registered_implementation_has_a_test() {
     for (name, _) in attn_testing::suite::LEVEL_INDEPENDENT {
         assert!(registry().get(name).is_ok(), "{name} is LEVEL_INDEPENDENT but not registered");
     }
+    for (name, _) in attn_testing::suite::HEAVY {
+        assert!(registry().get(name).is_ok(), "{name} is HEAVY but not registered");
+    }
 }
 
 /// transNormer's DiagAttention mode (the registered instances run NormAttention) on the grid, with
