@@ -212,7 +212,13 @@ Examples:
   attn run --q q.npy --k k.npy --v v.npy --causal --out o.npy --lse lse.npy
   attn run --inputs qkv.safetensors --out o.safetensors --lse --threads 2
   attn run --method sdpa-reference --q a.safetensors:query --k a.safetensors:key \\
-           --v a.safetensors:value --window 127,0 --out o.npy")]
+           --v a.safetensors:value --window 127,0 --out o.npy
+Per-token gates and states (the linear family, fla's layout and meaning; --layout bshd is fla's
+[B, T, H, K]): --g, --beta, --initial-state and --final-state route gated-deltanet, kda and linear
+(any form: chunked, -recurrent, -reference) through attn::linear::{gated_delta_rule,
+linear_attention}; they need --causal, H_kv = H and S_q = S_kv.
+  attn run --method kda --layout bshd --causal --q q.npy --k k.npy --v v.npy --g g.npy \\
+           --beta beta.npy --initial-state s0.npy --final-state s1.npy --out o.npy")]
 pub struct RunArgs {
     /// Method name, or `auto` to let the registry choose (the choice and every rejection are
     /// printed on stderr)
@@ -273,6 +279,27 @@ pub struct RunArgs {
     /// Fail if q, k or v hold NaN or Inf (one extra pass over the inputs)
     #[arg(long)]
     pub check_finite: bool,
+
+    /// Per-token log-space decay gate g (fla's `g`, natural log, decay = exp(g)):
+    /// gated-deltanet [B, T, H], kda [B, T, H, K] (axes 1 and 2 swapped with --layout bhsd)
+    /// [default: the method's constant gates]
+    #[arg(long, value_name = "FILE[:NAME]")]
+    pub g: Option<String>,
+
+    /// Per-token write strength β (gated-deltanet, kda): [B, T, H] (axes 1 and 2 swapped with
+    /// --layout bhsd) [default: the method's constant β]
+    #[arg(long, value_name = "FILE[:NAME]")]
+    pub beta: Option<String>,
+
+    /// State before the first token (gated-deltanet, kda, linear with norm=false):
+    /// [B, H, K, V] f32, fla's layout in either --layout [default: zeros]
+    #[arg(long, value_name = "FILE[:NAME]")]
+    pub initial_state: Option<String>,
+
+    /// Write the state after the last token (gated-deltanet, kda, linear with norm=false):
+    /// [B, H, K, V] f32 to a .npy or .safetensors (tensor `final_state`) file
+    #[arg(long, value_name = "FILE")]
+    pub final_state: Option<PathBuf>,
 }
 
 /// A mask `attn check` can exercise.

@@ -310,6 +310,27 @@ pub struct RunConfig {
     pub out_format: Format,
     pub lse: LseDest,
     pub check_finite: bool,
+    /// Per-token gates and states (the linear family's fla-layout path).
+    pub state: StateIo,
+}
+
+/// `attn run`'s per-token gate, β and state files.
+#[derive(Debug, Clone, Default)]
+pub struct StateIo {
+    pub g: Option<Source>,
+    pub beta: Option<Source>,
+    pub initial_state: Option<Source>,
+    pub final_state: Option<(PathBuf, Format)>,
+}
+
+impl StateIo {
+    /// Whether any of the options is given.
+    pub fn any(&self) -> bool {
+        self.g.is_some()
+            || self.beta.is_some()
+            || self.initial_state.is_some()
+            || self.final_state.is_some()
+    }
 }
 
 impl RunConfig {
@@ -350,6 +371,21 @@ impl RunConfig {
             q_offset: a.q_offset,
         };
 
+        let opt_source =
+            |arg: &Option<String>, name: &str, tensor: &str| -> Result<Option<Source>> {
+                arg.as_deref()
+                    .map(|s| Source::parse(s, tensor).with_context(|| format!("--{name} {s}")))
+                    .transpose()
+            };
+        let state = StateIo {
+            g: opt_source(&a.g, "g", "g")?,
+            beta: opt_source(&a.beta, "beta", "beta")?,
+            initial_state: opt_source(&a.initial_state, "initial-state", "initial_state")?,
+            final_state: match &a.final_state {
+                Some(p) => Some((p.clone(), Format::of(p).context("--final-state")?)),
+                None => None,
+            },
+        };
         let out_format = Format::of(&a.out).context("--out")?;
         let lse = match &a.lse {
             None => LseDest::None,
@@ -374,6 +410,7 @@ impl RunConfig {
             out_format,
             lse,
             check_finite: a.check_finite,
+            state,
         })
     }
 }

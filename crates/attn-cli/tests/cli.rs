@@ -457,3 +457,282 @@ fn run_bad_input_fails_with_a_message() {
     let err = fails(&["run", "--q", s(&q), "--k", s(&k), "--v", s(&v), "--out", s(&out), "--lse"]);
     assert!(err.contains("--lse"), "{err}");
 }
+
+/// Files for the per-token path: q, k, v `[B, T, H, D]` (fla's layout), gates, β and a state.
+struct StateFiles {
+    dir: PathBuf,
+    shape: [usize; 5],
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    g: Vec<f32>,
+    gk: Vec<f32>,
+    beta: Vec<f32>,
+    s0: Vec<f32>,
+}
+
+impl StateFiles {
+    fn new(name: &str) -> Self {
+        let (b, t, h, dk, dv) = (1, 70, 2, 8, 4);
+        let d = dir(name);
+        let neg = |x: Vec<f32>| -> Vec<f32> { x.iter().map(|a| -0.05 - 0.5 * (a + 1.0)).collect() };
+        let f = Self {
+            q: values(b * t * h * dk, 31),
+            k: values(b * t * h * dk, 32),
+            v: values(b * t * h * dv, 33),
+            g: neg(values(b * t * h, 34)),
+            gk: neg(values(b * t * h * dk, 35)),
+            beta: values(b * t * h, 36).iter().map(|a| 0.5 * (a + 1.0)).collect(),
+            s0: values(b * h * dk * dv, 37),
+            dir: d,
+            shape: [b, t, h, dk, dv],
+        };
+        for (n, shape, x) in [
+            ("q", vec![b, t, h, dk], &f.q),
+            ("k", vec![b, t, h, dk], &f.k),
+            ("v", vec![b, t, h, dv], &f.v),
+            ("g", vec![b, t, h], &f.g),
+            ("gk", vec![b, t, h, dk], &f.gk),
+            ("beta", vec![b, t, h], &f.beta),
+            ("s0", vec![b, h, dk, dv], &f.s0),
+        ] {
+            write_npy(&f.path(n), &shape, x);
+        }
+        f
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.npy"))
+    }
+
+    /// `attn run --layout bshd --causal` on q, k, v plus `extra`; returns the arguments.
+    fn args<'a>(
+        &'a self,
+        paths: &'a [PathBuf; 5],
+        method: &'a str,
+        extra: &[&'a str],
+    ) -> Vec<&'a str> {
+        let mut a = vec![
+            "run",
+            "--threads",
+            "2",
+            "--method",
+            method,
+            "--layout",
+            "bshd",
+            "--causal",
+            "--q",
+        ];
+        a.extend([s(&paths[0]), "--k", s(&paths[1]), "--v", s(&paths[2]), "--out", s(&paths[3])]);
+        a.extend(extra);
+        a
+    }
+}
+
+#[test]
+fn run_per_token_gates_and_states_match_the_library() {
+    use attn::linear::LinearInputs;
+    use attn::linear::{gated_delta_rule, linear_attention, DeltaInputs, FeatureMap, Form};
+    let f = StateFiles::new("run-state");
+    let [b, t, h, dk, dv] = f.shape;
+    let paths = [f.path("q"), f.path("k"), f.path("v"), f.path("o"), f.path("s1")];
+    let (g, gk, beta, s0, s1) =
+        (f.path("g"), f.path("gk"), f.path("beta"), f.path("s0"), &paths[4]);
+    let forms =
+        [("", Form::Chunked(16)), ("-recurrent", Form::Recurrent), ("-reference", Form::Reference)];
+    for (family, gate, gpath) in [("gated-deltanet", &f.g, &g), ("kda", &f.gk, &gk)] {
+        for (suffix, form) in forms {
+            let method = format!("{family}{suffix}:chunk=16");
+            let extra = [
+                "--g",
+                s(gpath),
+                "--beta",
+                s(&beta),
+                "--initial-state",
+                s(&s0),
+                "--final-state",
+                s(s1),
+            ];
+            ok(&f.args(&paths, &method, &extra));
+            let x = DeltaInputs {
+                q: &f.q,
+                k: &f.k,
+                v: &f.v,
+                g: gate,
+                beta: &f.beta,
+                shape: f.shape,
+                scale: 1.0 / (dk as f32).sqrt(),
+                l2norm: true,
+            };
+            let (mut o, mut st) = (vec![0.0; b * t * h * dv], vec![0.0; b * h * dk * dv]);
+            gated_delta_rule(&x, Some(&f.s0), form, Par::Seq, &mut o, &mut st).unwrap();
+            let (os, got_o) = read_npy(&paths[3]);
+            let (ss, got_s) = read_npy(s1);
+            assert_eq!((os, ss), (vec![1, 70, 2, 4], vec![1, 2, 8, 4]), "{method}");
+            assert_eq!(got_o, o, "{method}: o");
+            assert_eq!(got_s, st, "{method}: final state");
+        }
+    }
+    // linear (φ = identity, no normaliser) with a state in and out.
+    for (suffix, form) in forms {
+        let method = format!("linear{suffix}:map=identity,norm=false,chunk=16");
+        ok(&f.args(&paths, &method, &["--initial-state", s(&s0), "--final-state", s(s1)]));
+        let x = LinearInputs {
+            q: &f.q,
+            k: &f.k,
+            v: &f.v,
+            shape: f.shape,
+            scale: 1.0 / (dk as f32).sqrt(),
+            map: FeatureMap::Identity,
+        };
+        let (mut o, mut st) = (vec![0.0; b * t * h * dv], vec![0.0; b * h * dk * dv]);
+        linear_attention(&x, Some(&f.s0), form, Par::Seq, &mut o, &mut st).unwrap();
+        assert_eq!(read_npy(&paths[3]).1, o, "{method}: o");
+        assert_eq!(read_npy(s1).1, st, "{method}: final state");
+    }
+    // Without --g/--beta the method's constant gates apply: equal to the registry path.
+    let reg = f.path("o_registry");
+    let no_state = [f.path("q"), f.path("k"), f.path("v"), reg.clone(), f.path("unused")];
+    ok(&f.args(&no_state, "kda-recurrent:beta=0.3", &[]));
+    ok(&f.args(&paths, "kda-recurrent:beta=0.3", &["--final-state", s(s1)]));
+    assert_eq!(read_npy(&reg).1, read_npy(&paths[3]).1);
+}
+
+#[test]
+fn run_per_token_layout_bhsd_swaps_token_and_head_axes() {
+    use attn::linear::{gated_delta_rule, DeltaInputs, Form};
+    let f = StateFiles::new("run-state-bhsd");
+    let [b, t, h, dk, dv] = f.shape;
+    // [B, T, H, W] → [B, H, T, W].
+    let swap = |x: &[f32], w: usize| -> Vec<f32> {
+        let mut y = vec![0.0; x.len()];
+        for s in 0..t {
+            for hh in 0..h {
+                y[(hh * t + s) * w..][..w].copy_from_slice(&x[(s * h + hh) * w..][..w]);
+            }
+        }
+        y
+    };
+    for (n, w, x) in
+        [("q", dk, &f.q), ("k", dk, &f.k), ("v", dv, &f.v), ("g", 1, &f.g), ("beta", 1, &f.beta)]
+    {
+        let shape = if w == 1 { vec![b, h, t] } else { vec![b, h, t, w] };
+        write_npy(&f.path(&format!("{n}_t")), &shape, &swap(x, w));
+    }
+    let (o, s1) = (f.path("o"), f.path("s1"));
+    ok(&[
+        "run",
+        "--threads",
+        "1",
+        "--method",
+        "gated-deltanet-recurrent",
+        "--causal",
+        "--q",
+        s(&f.path("q_t")),
+        "--k",
+        s(&f.path("k_t")),
+        "--v",
+        s(&f.path("v_t")),
+        "--g",
+        s(&f.path("g_t")),
+        "--beta",
+        s(&f.path("beta_t")),
+        "--initial-state",
+        s(&f.path("s0")),
+        "--final-state",
+        s(&s1),
+        "--out",
+        s(&o),
+    ]);
+    let x = DeltaInputs {
+        q: &f.q,
+        k: &f.k,
+        v: &f.v,
+        g: &f.g,
+        beta: &f.beta,
+        shape: f.shape,
+        scale: 1.0 / (dk as f32).sqrt(),
+        l2norm: true,
+    };
+    let (mut want_o, mut want_s) = (vec![0.0; b * t * h * dv], vec![0.0; b * h * dk * dv]);
+    gated_delta_rule(&x, Some(&f.s0), Form::Recurrent, Par::Seq, &mut want_o, &mut want_s).unwrap();
+    let (shape, got) = read_npy(&o);
+    assert_eq!(shape, vec![1, 2, 70, 4]);
+    assert_eq!(got, swap(&want_o, dv));
+    assert_eq!(read_npy(&s1).1, want_s);
+}
+
+#[test]
+fn run_per_token_bad_shapes_and_options_fail_with_typed_messages() {
+    let f = StateFiles::new("run-state-bad");
+    let paths = [f.path("q"), f.path("k"), f.path("v"), f.path("o"), f.path("s1")];
+    let (g, gk, beta, s0) = (f.path("g"), f.path("gk"), f.path("beta"), f.path("s0"));
+    let run = |method: &str, extra: &[&str]| fails(&f.args(&paths, method, extra));
+
+    // kda needs a per-channel gate; gated-deltanet a scalar one.
+    let err = run("kda", &["--g", s(&g)]);
+    assert!(
+        err.contains("--g")
+            && err.contains("g.npy")
+            && err.contains("[B, T, H, K] = [1, 70, 2, 8]"),
+        "{err}"
+    );
+    let err = run("gated-deltanet", &["--g", s(&gk)]);
+    assert!(err.contains("gk.npy") && err.contains("[B, T, H] = [1, 70, 2]"), "{err}");
+    let err = run("gated-deltanet", &["--beta", s(&gk)]);
+    assert!(err.contains("--beta") && err.contains("[B, T, H] = [1, 70, 2]"), "{err}");
+    let err = run("kda", &["--initial-state", s(&beta)]);
+    assert!(
+        err.contains("--initial-state") && err.contains("[B, H, K, V] = [1, 2, 8, 4]"),
+        "{err}"
+    );
+    // k with another length than q.
+    let short = f.dir.join("k_short.npy");
+    write_npy(&short, &[1, 69, 2, 8], &values(69 * 16, 3));
+    let bad_k = [f.path("q"), short, f.path("v"), f.path("o"), f.path("s1")];
+    let err = fails(&f.args(&bad_k, "kda", &["--g", s(&gk)]));
+    assert!(err.contains("--k") && err.contains("k_short.npy"), "{err}");
+
+    // Options the method cannot take.
+    let err = run("linear", &["--g", s(&g)]);
+    assert!(err.contains("--g cannot be used with linear"), "{err}");
+    let err = run("linear", &["--final-state", s(&paths[4])]);
+    assert!(err.contains("norm=false"), "{err}");
+    let err = run("sdpa-flash", &["--initial-state", s(&s0)]);
+    assert!(err.contains("only gated-deltanet, kda and linear"), "{err}");
+    let err = fails(&[
+        "run",
+        "--method",
+        "kda",
+        "--layout",
+        "bshd",
+        "--q",
+        s(&paths[0]),
+        "--k",
+        s(&paths[1]),
+        "--v",
+        s(&paths[2]),
+        "--out",
+        s(&paths[3]),
+        "--g",
+        s(&gk),
+    ]);
+    assert!(err.contains("--causal"), "{err}");
+    let err = fails(&[
+        "run",
+        "--layout",
+        "bshd",
+        "--causal",
+        "--q",
+        s(&paths[0]),
+        "--k",
+        s(&paths[1]),
+        "--v",
+        s(&paths[2]),
+        "--out",
+        s(&paths[3]),
+        "--beta",
+        s(&beta),
+    ]);
+    assert!(err.contains("need a forced --method"), "{err}");
+}

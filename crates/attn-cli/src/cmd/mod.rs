@@ -8,3 +8,4 @@ pub mod list;
 pub mod models;
 pub mod plan;
 pub mod run;
+pub mod run_state;

@@ -31,6 +31,9 @@ struct Rejection {
 }
 
 pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<()> {
+    if cfg.state.any() {
+        return super::run_state::run(cfg, rt);
+    }
     let q = tensor_file::read(&cfg.q)?;
     let k = tensor_file::read(&cfg.k)?;
     let v = tensor_file::read(&cfg.v)?;
@@ -88,21 +91,11 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<()> {
     } else {
         (o, lse, vec![p.b, p.h, p.s_q, p.d_v], vec![p.b, p.h, p.s_q])
     };
-    let o_arr = Array { name: "o", shape: o_shape, data: &o };
-    let lse_arr = || Array { name: "lse", shape: lse_shape.clone(), data: &lse };
-    match (cfg.out_format, &cfg.lse) {
-        (Format::Safetensors, LseDest::WithOutput) => {
-            tensor_file::write_safetensors(&cfg.out, &[o_arr, lse_arr()])?
-        }
-        (Format::Safetensors, _) => tensor_file::write_safetensors(&cfg.out, &[o_arr])?,
-        (Format::Npy, _) => tensor_file::write_npy(&cfg.out, &o_arr)?,
-    }
-    if let LseDest::File(path, format) = &cfg.lse {
-        match format {
-            Format::Npy => tensor_file::write_npy(path, &lse_arr())?,
-            Format::Safetensors => tensor_file::write_safetensors(path, &[lse_arr()])?,
-        }
-    }
+    write_outputs(cfg, Array { name: "o", shape: o_shape, data: &o }, || Array {
+        name: "lse",
+        shape: lse_shape.clone(),
+        data: &lse,
+    })?;
 
     rt.write_json(&Summary {
         method: sel.chosen.name(),
@@ -123,6 +116,28 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<()> {
     })
 }
 
+/// Writes `o` to `--out` and the LSE where `--lse` says.
+pub(crate) fn write_outputs<'a>(
+    cfg: &RunConfig,
+    o: Array<'a>,
+    lse: impl Fn() -> Array<'a>,
+) -> Result<()> {
+    match (cfg.out_format, &cfg.lse) {
+        (Format::Safetensors, LseDest::WithOutput) => {
+            tensor_file::write_safetensors(&cfg.out, &[o, lse()])?
+        }
+        (Format::Safetensors, _) => tensor_file::write_safetensors(&cfg.out, &[o])?,
+        (Format::Npy, _) => tensor_file::write_npy(&cfg.out, &o)?,
+    }
+    if let LseDest::File(path, format) = &cfg.lse {
+        match format {
+            Format::Npy => tensor_file::write_npy(path, &lse())?,
+            Format::Safetensors => tensor_file::write_safetensors(path, &[lse()])?,
+        }
+    }
+    Ok(())
+}
+
 /// A `[B, H, S, D]` view of an input read from `src`.
 fn view_input<'a>(
     t: &'a HostTensor,
@@ -135,7 +150,7 @@ fn view_input<'a>(
 }
 
 /// `[A, X, Y, Z]` row-major → `[A, Y, X, Z]` row-major.
-fn swap_axes_1_2(x: &[f32], [a, n1, n2, z]: [usize; 4]) -> Vec<f32> {
+pub(crate) fn swap_axes_1_2(x: &[f32], [a, n1, n2, z]: [usize; 4]) -> Vec<f32> {
     let mut out = Vec::with_capacity(x.len());
     for i in 0..a {
         for j in 0..n2 {

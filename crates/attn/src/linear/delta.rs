@@ -22,7 +22,6 @@ use crate::error::{Error, Result};
 use crate::par::Par;
 use crate::primitives::simd::exp2_scalar;
 use std::f32::consts::LOG2_E;
-use std::sync::Mutex;
 
 /// One head's inputs, rows contiguous: `q: [S_q, K]`, `k: [T, K]`, `v: [T, V]`, `g, beta: [T]`.
 #[derive(Debug, Clone, Copy)]
@@ -571,14 +570,6 @@ pub fn gated_delta_rule(
             });
         }
     }
-    if let Some(s) = initial_state {
-        if s.len() != b * h * dk * dv {
-            return Err(Error::Shape {
-                op: OP,
-                detail: format!("initial_state: {} elements, want {}", s.len(), b * h * dk * dv),
-            });
-        }
-    }
     for (name, data, w) in
         [("q", x.q, dk), ("k", x.k, dk), ("v", x.v, dv), ("g", x.g, gw), ("beta", x.beta, 1)]
     {
@@ -592,49 +583,39 @@ pub fn gated_delta_rule(
             });
         }
     }
+    if let Some(s0) = initial_state {
+        super::check_state(OP, s0, [b, h, dk, dv])?;
+    }
     let cfg = Config { scale: x.scale, l2norm: x.l2norm, q_offset: 0 };
-    let heads = b * h;
-    let jobs = par.threads().min(heads).max(1);
-    let slots: Vec<Mutex<(&mut [f32], Vec<f32>)>> =
-        final_state.chunks_mut(dk * dv).map(|s| Mutex::new((s, vec![0.0f32; t * dv]))).collect();
-    par.run(jobs, |wkr| {
-        let mut buf = vec![0.0f32; t * (2 * dk + dv + gw + 1)];
-        let mut lse = vec![0.0f32; t];
-        for hd in (wkr..heads).step_by(jobs) {
-            let (bi, hi) = (hd / h, hd % h);
+    let buf_len = t * (2 * dk + dv + gw + 2);
+    super::fla_heads(
+        [b, t, h, dv],
+        initial_state,
+        par,
+        o,
+        final_state,
+        buf_len,
+        |buf, bi, hi, st, oh| {
             let (qb, rest) = buf.split_at_mut(t * dk);
             let (kb, rest) = rest.split_at_mut(t * dk);
             let (vb, rest) = rest.split_at_mut(t * dv);
-            let (gb, bb) = rest.split_at_mut(t * gw);
-            for s in 0..t {
-                let row = (bi * t + s) * h + hi;
-                qb[s * dk..(s + 1) * dk].copy_from_slice(&x.q[row * dk..(row + 1) * dk]);
-                kb[s * dk..(s + 1) * dk].copy_from_slice(&x.k[row * dk..(row + 1) * dk]);
-                vb[s * dv..(s + 1) * dv].copy_from_slice(&x.v[row * dv..(row + 1) * dv]);
-                gb[s * gw..(s + 1) * gw].copy_from_slice(&x.g[row * gw..(row + 1) * gw]);
-                bb[s] = x.beta[row];
-            }
-            let head = Head { q: qb, k: kb, v: vb, g: gb, beta: bb, dk, dv };
-            let mut slot = slots[hd].lock().unwrap_or_else(|e| e.into_inner());
-            let (st, oh) = &mut *slot;
-            match initial_state {
-                Some(s0) => st.copy_from_slice(&s0[hd * dk * dv..(hd + 1) * dk * dv]),
-                None => st.fill(0.0),
-            }
-            match form {
-                Form::Reference => reference(&cfg, &head, st, oh, &mut lse),
-                Form::Recurrent => recurrent(&cfg, &head, st, oh, &mut lse),
-                Form::Chunked(n) => chunked(&cfg, &head, n, st, oh, &mut lse),
+            let (gb, rest) = rest.split_at_mut(t * gw);
+            let (bb, lse) = rest.split_at_mut(t);
+            let gather = |src: &[f32], w: usize, dst: &mut [f32]| {
+                super::gather_head(src, [b, t, h, w], bi, hi, dst)
             };
-        }
-    });
-    for (hd, slot) in slots.into_iter().enumerate() {
-        let (_, oh) = slot.into_inner().unwrap_or_else(|e| e.into_inner());
-        let (bi, hi) = (hd / h, hd % h);
-        for s in 0..t {
-            let row = (bi * t + s) * h + hi;
-            o[row * dv..(row + 1) * dv].copy_from_slice(&oh[s * dv..(s + 1) * dv]);
-        }
-    }
+            gather(x.q, dk, qb);
+            gather(x.k, dk, kb);
+            gather(x.v, dv, vb);
+            gather(x.g, gw, gb);
+            gather(x.beta, 1, bb);
+            let head = Head { q: qb, k: kb, v: vb, g: gb, beta: bb, dk, dv };
+            match form {
+                Form::Reference => reference(&cfg, &head, st, oh, lse),
+                Form::Recurrent => recurrent(&cfg, &head, st, oh, lse),
+                Form::Chunked(n) => chunked(&cfg, &head, n, st, oh, lse),
+            };
+        },
+    );
     Ok(())
 }

@@ -23,7 +23,12 @@ pub mod delta;
 pub mod nala;
 pub mod vanilla;
 
-pub use delta::{gated_delta_rule, DeltaInputs};
+pub use delta::{gated_delta_rule, DeltaInputs, Form};
+pub use vanilla::{linear_attention, LinearInputs};
+
+use crate::error::{Error, Result};
+use crate::par::Par;
+use std::sync::Mutex;
 
 /// Element-wise feature map `φ` of kernelised linear attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -142,5 +147,78 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     for (y, x) in y.iter_mut().zip(x) {
         *y += a * x;
+    }
+}
+
+/// Copies head `hi` of batch element `bi` out of an fla-layout array `src: [B, T, H, W]` into
+/// `dst: [T, W]` (rows contiguous).
+pub(crate) fn gather_head(
+    src: &[f32],
+    [_, t, h, w]: [usize; 4],
+    bi: usize,
+    hi: usize,
+    dst: &mut [f32],
+) {
+    for s in 0..t {
+        let row = (bi * t + s) * h + hi;
+        dst[s * w..(s + 1) * w].copy_from_slice(&src[row * w..(row + 1) * w]);
+    }
+}
+
+/// Checks an initial state `[B, H, K, V]`: its length and that every value is finite.
+pub(crate) fn check_state(op: &'static str, s0: &[f32], [b, h, dk, dv]: [usize; 4]) -> Result<()> {
+    if s0.len() != b * h * dk * dv {
+        return Err(Error::Shape {
+            op,
+            detail: format!("initial_state: {} elements, want {}", s0.len(), b * h * dk * dv),
+        });
+    }
+    if let Some(p) = s0.iter().position(|a| !a.is_finite()) {
+        // Reported as [b, h, k, v].
+        let index = [p / (h * dk * dv), p / (dk * dv) % h, p / dv % dk, p % dv];
+        return Err(Error::NonFinite { op, tensor: "initial_state", index, value: s0[p] });
+    }
+    Ok(())
+}
+
+/// The per-head driver of the fla-layout APIs ([`gated_delta_rule`], [`linear_attention`]):
+/// for each (batch, head) pair, `f(buf, b, h, state, o_head)` runs with that head's state
+/// (`[K, V]`, set to its slice of `initial_state` or zeros; left as the final state) and its
+/// output rows `o_head: [T, V]`; `buf` is `buf_len` floats of per-worker scratch. Heads are spread
+/// over `par`, each computed by one worker, so results do not depend on the thread count. The
+/// rows are then scattered into `o: [B, T, H, V]`.
+pub(crate) fn fla_heads(
+    [b, t, h, dv]: [usize; 4],
+    initial_state: Option<&[f32]>,
+    par: Par,
+    o: &mut [f32],
+    final_state: &mut [f32],
+    buf_len: usize,
+    f: impl Fn(&mut [f32], usize, usize, &mut [f32], &mut [f32]) + Sync,
+) {
+    let heads = b * h;
+    let per = final_state.len() / heads.max(1);
+    let jobs = par.threads().min(heads).max(1);
+    let slots: Vec<Mutex<(&mut [f32], Vec<f32>)>> =
+        final_state.chunks_mut(per).map(|s| Mutex::new((s, vec![0.0f32; t * dv]))).collect();
+    par.run(jobs, |wkr| {
+        let mut buf = vec![0.0f32; buf_len];
+        for hd in (wkr..heads).step_by(jobs) {
+            let mut slot = slots[hd].lock().unwrap_or_else(|e| e.into_inner());
+            let (st, oh) = &mut *slot;
+            match initial_state {
+                Some(s0) => st.copy_from_slice(&s0[hd * per..(hd + 1) * per]),
+                None => st.fill(0.0),
+            }
+            f(&mut buf, hd / h, hd % h, st, oh);
+        }
+    });
+    for (hd, slot) in slots.into_iter().enumerate() {
+        let (_, oh) = slot.into_inner().unwrap_or_else(|e| e.into_inner());
+        let (bi, hi) = (hd / h, hd % h);
+        for s in 0..t {
+            let row = (bi * t + s) * h + hi;
+            o[row * dv..(row + 1) * dv].copy_from_slice(&oh[s * dv..(s + 1) * dv]);
+        }
     }
 }

@@ -8,7 +8,10 @@
 //! `o_i = num_i` and `lse_i = 0`; a row that reads no key gets `o_i = 0`, `lse_i = −∞`. Never
 //! NaN for finite inputs.
 
+use super::delta::Form;
 use super::{axpy, dot, keys_seen, FeatureMap};
+use crate::error::{Error, Result};
+use crate::par::Par;
 
 /// What one call computes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -364,4 +367,148 @@ pub fn chunked_rows(
         i += 1;
     }
     pairs
+}
+
+/// Inputs in the fla layout: `q, k: [B, T, H, K]`, `v: [B, T, H, V]`.
+#[derive(Debug, Clone, Copy)]
+pub struct LinearInputs<'a> {
+    /// Queries.
+    pub q: &'a [f32],
+    /// Keys.
+    pub k: &'a [f32],
+    /// Values.
+    pub v: &'a [f32],
+    /// `[B, T, H, K, V]`.
+    pub shape: [usize; 5],
+    /// Query scale (fla default `K^-1/2`).
+    pub scale: f32,
+    /// The feature map `φ` applied to q and k.
+    pub map: FeatureMap,
+}
+
+/// The naive form of [`linear_attention`] for one head, f64, plain loops: every score
+/// `scale·φ(q_i)·φ(k_j)` (`j ≤ i`) materialised, plus the read of the initial state `state`
+/// (`[K, V]`, in; the final state `S₀ + Σ_j φ(k_j) v_jᵀ` out).
+fn reference_causal_state(map: FeatureMap, scale: f32, h: &Head, state: &mut [f32], o: &mut [f32]) {
+    let (dk, dv, t) = (h.dk, h.dv, h.s_kv());
+    let phi = |x: &[f32]| -> Vec<f64> { x.iter().map(|&x| map.apply_f64(x as f64)).collect() };
+    let fk: Vec<Vec<f64>> = (0..t).map(|j| phi(&h.k[j * dk..(j + 1) * dk])).collect();
+    let mut s: Vec<f64> = state.iter().map(|&x| x as f64).collect();
+    let mut num = vec![0.0f64; dv];
+    for i in 0..t {
+        let fq: Vec<f64> =
+            phi(&h.q[i * dk..(i + 1) * dk]).iter().map(|x| x * scale as f64).collect();
+        num.fill(0.0);
+        for (c, &f) in fq.iter().enumerate() {
+            for (n, &x) in num.iter_mut().zip(&s[c * dv..(c + 1) * dv]) {
+                *n += f * x;
+            }
+        }
+        for (j, fkj) in fk.iter().enumerate().take(i + 1) {
+            let score: f64 = fq.iter().zip(fkj).map(|(a, b)| a * b).sum();
+            for (n, &x) in num.iter_mut().zip(&h.v[j * dv..(j + 1) * dv]) {
+                *n += score * x as f64;
+            }
+        }
+        for (d, &n) in o[i * dv..(i + 1) * dv].iter_mut().zip(&num) {
+            *d = n as f32;
+        }
+    }
+    for (j, fkj) in fk.iter().enumerate() {
+        for (c, &f) in fkj.iter().enumerate() {
+            for (x, &v) in s[c * dv..(c + 1) * dv].iter_mut().zip(&h.v[j * dv..(j + 1) * dv]) {
+                *x += f * v as f64;
+            }
+        }
+    }
+    for (d, &x) in state.iter_mut().zip(&s) {
+        *d = x as f32;
+    }
+}
+
+/// Causal, unnormalised kernelised linear attention over fla-layout inputs, with a state in and
+/// out: `S_t = S_{t−1} + φ(k_t) v_tᵀ`, `o_t = S_tᵀ (scale · φ(q_t))`, from `S₀ = initial_state`
+/// (`[B, H, K, V]`, zeros when `None`). Writes `o: [B, T, H, V]` and the final state
+/// `[B, H, K, V]`. With [`FeatureMap::Identity`] this is fla's `naive_recurrent_linear_attn`
+/// with `normalize=False`.
+///
+/// # Errors
+/// [`Error::Empty`] for a zero dimension, [`Error::Shape`] for a slice of the wrong length,
+/// [`Error::NonFinite`] for a non-finite input.
+pub fn linear_attention(
+    x: &LinearInputs,
+    initial_state: Option<&[f32]>,
+    form: Form,
+    par: Par,
+    o: &mut [f32],
+    final_state: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "linear_attention";
+    let [b, t, h, dk, dv] = x.shape;
+    for (dim, n) in [("B", b), ("T", t), ("H", h), ("K", dk), ("V", dv)] {
+        if n == 0 {
+            return Err(Error::Empty { op: OP, dim });
+        }
+    }
+    let checks: [(&'static str, usize, usize); 5] = [
+        ("q", x.q.len(), b * t * h * dk),
+        ("k", x.k.len(), b * t * h * dk),
+        ("v", x.v.len(), b * t * h * dv),
+        ("o", o.len(), b * t * h * dv),
+        ("final_state", final_state.len(), b * h * dk * dv),
+    ];
+    for (name, got, want) in checks {
+        if got != want {
+            return Err(Error::Shape {
+                op: OP,
+                detail: format!("{name}: {got} elements, want {want}"),
+            });
+        }
+    }
+    for (name, data, w) in [("q", x.q, dk), ("k", x.k, dk), ("v", x.v, dv)] {
+        if let Some(p) = data.iter().position(|a| !a.is_finite()) {
+            let (row, d) = (p / w, p % w);
+            return Err(Error::NonFinite {
+                op: OP,
+                tensor: name,
+                index: [row / (t * h), row / h % t, row % h, d],
+                value: data[p],
+            });
+        }
+    }
+    if let Some(s0) = initial_state {
+        super::check_state(OP, s0, [b, h, dk, dv])?;
+    }
+    let cfg =
+        Config { map: x.map, causal: true, norm: false, scale: x.scale, q_offset: 0, eps: 0.0 };
+    let buf_len = t * (2 * dk + dv + 1);
+    super::fla_heads(
+        [b, t, h, dv],
+        initial_state,
+        par,
+        o,
+        final_state,
+        buf_len,
+        |buf, bi, hi, st, oh| {
+            let (qb, rest) = buf.split_at_mut(t * dk);
+            let (kb, rest) = rest.split_at_mut(t * dk);
+            let (vb, lse) = rest.split_at_mut(t * dv);
+            super::gather_head(x.q, [b, t, h, dk], bi, hi, qb);
+            super::gather_head(x.k, [b, t, h, dk], bi, hi, kb);
+            super::gather_head(x.v, [b, t, h, dv], bi, hi, vb);
+            let head = Head { q: qb, k: kb, v: vb, dk, dv };
+            if form == Form::Reference {
+                reference_causal_state(x.map, x.scale, &head, st, oh);
+                return;
+            }
+            // The normaliser sum z is unused without `norm`; the kernels add to `s` in place.
+            let mut state = State { s: st.to_vec(), z: vec![0.0; dk], n: 0 };
+            match form {
+                Form::Chunked(n) => chunked(&cfg, &head, n, &mut state, oh, lse),
+                _ => recurrent(&cfg, &head, &mut state, oh, lse),
+            };
+            st.copy_from_slice(&state.s);
+        },
+    );
+    Ok(())
 }
