@@ -6,7 +6,7 @@
 
 use attn::linear::delta::{self, Form};
 use attn::linear::vanilla::{self, Config, Head, State};
-use attn::linear::{gated_delta_rule, DeltaInputs, FeatureMap};
+use attn::linear::{gated_delta_rule, linear_attention, DeltaInputs, FeatureMap, LinearInputs};
 use attn::{attend, Error, Mask, Par, Params, Prefs, TensorRef};
 
 /// Deterministic inputs in [-1, 1).
@@ -312,7 +312,129 @@ fn fla_api_typed_errors() {
         gated_delta_rule(&inp, Some(&x.s0[..5]), Form::Reference, Par::Seq, &mut o, &mut st),
         Err(Error::Shape { .. })
     ));
+    let mut bad_s0 = x.s0.clone();
+    bad_s0[17] = f32::INFINITY;
+    assert!(matches!(
+        gated_delta_rule(&inp, Some(&bad_s0), Form::Recurrent, Par::Seq, &mut o, &mut st),
+        Err(Error::NonFinite { tensor: "initial_state", index: [0, 1, 0, 1], .. })
+    ));
     assert!(gated_delta_rule(&inp, None, Form::Chunked(3), Par::Seq, &mut o, &mut st).is_ok());
+}
+
+fn linear_run(
+    x: &Gdn,
+    s0: Option<&[f32]>,
+    map: FeatureMap,
+    form: Form,
+    par: Par,
+) -> (Vec<f32>, Vec<f32>) {
+    let [b, t, h, dk, dv] = x.shape;
+    let inp = LinearInputs { q: &x.q, k: &x.k, v: &x.v, shape: x.shape, scale: 0.3, map };
+    let mut o = vec![f32::NAN; b * t * h * dv];
+    let mut st = vec![f32::NAN; b * h * dk * dv];
+    linear_attention(&inp, s0, form, par, &mut o, &mut st).unwrap();
+    (o, st)
+}
+
+/// fla-layout linear attention with a state: the three forms agree (outputs and final states),
+/// a split run with the state handed over equals one pass, and with no initial state it is the
+/// registered `linear:norm=false` method.
+#[test]
+fn linear_attention_state_forms_agree_and_hand_over() {
+    let x = gdn_inputs(2, 70, 2, 16, 8, 40);
+    let [b, t, h, dk, dv] = x.shape;
+    for map in [FeatureMap::Identity, FeatureMap::Elu1] {
+        let (o_ref, s_ref) = linear_run(&x, Some(&x.s0), map, Form::Reference, Par::Seq);
+        for form in [Form::Recurrent, Form::Chunked(16), Form::Chunked(64)] {
+            let (o, s) = linear_run(&x, Some(&x.s0), map, form, Par::with_threads(2));
+            assert!(rel(&o, &o_ref) < 1e-5, "{map:?} {form:?}: o {}", rel(&o, &o_ref));
+            assert!(rel(&s, &s_ref) < 1e-5, "{map:?} {form:?}: state {}", rel(&s, &s_ref));
+        }
+        // Tokens 0..30, then 30..70 from the state after token 29.
+        let cut = 30;
+        let part = |lo: usize, hi: usize, w: usize, src: &[f32]| -> Vec<f32> {
+            (0..b)
+                .flat_map(|bi| src[(bi * t + lo) * h * w..(bi * t + hi) * h * w].to_vec())
+                .collect()
+        };
+        let piece = |lo, hi| Gdn {
+            q: part(lo, hi, dk, &x.q),
+            k: part(lo, hi, dk, &x.k),
+            v: part(lo, hi, dv, &x.v),
+            g: Vec::new(),
+            beta: Vec::new(),
+            s0: Vec::new(),
+            shape: [b, hi - lo, h, dk, dv],
+        };
+        let (o1, s1) = linear_run(&piece(0, cut), Some(&x.s0), map, Form::Chunked(16), Par::Seq);
+        let (o2, s2) = linear_run(&piece(cut, t), Some(&s1), map, Form::Recurrent, Par::Seq);
+        assert!(rel(&s2, &s_ref) < 1e-5, "{map:?}: handed-over state {}", rel(&s2, &s_ref));
+        for bi in 0..b {
+            let want =
+                |lo: usize, hi: usize| &o_ref[(bi * t + lo) * h * dv..(bi * t + hi) * h * dv];
+            let got1 = &o1[bi * cut * h * dv..(bi + 1) * cut * h * dv];
+            let got2 = &o2[bi * (t - cut) * h * dv..(bi + 1) * (t - cut) * h * dv];
+            assert!(rel(got1, want(0, cut)) < 1e-5);
+            assert!(rel(got2, want(cut, t)) < 1e-5);
+        }
+    }
+    // No initial state: the registered method (q, k, v as [B, T, H, D] views).
+    let (o, _) = linear_run(&x, None, FeatureMap::Identity, Form::Chunked(64), Par::Seq);
+    let prefs = Prefs { method: Some("linear:map=identity,norm=false".into()), ..Prefs::default() };
+    fn view(d: &[f32], shape: [usize; 4]) -> TensorRef<'_> {
+        TensorRef::from_bshd(d, shape).unwrap()
+    }
+    let params = Params { scale: Some(0.3), ..Params::default() }.with_mask(Mask::Causal);
+    let out = attend(
+        view(&x.q, [b, t, h, dk]),
+        view(&x.k, [b, t, h, dk]),
+        view(&x.v, [b, t, h, dv]),
+        &params,
+        &prefs,
+    )
+    .unwrap();
+    for (bi, hi, s) in
+        (0..b).flat_map(|bi| (0..h).flat_map(move |hi| (0..t).map(move |s| (bi, hi, s))))
+    {
+        let got = &o[((bi * t + s) * h + hi) * dv..][..dv];
+        let want = &out.o[((bi * h + hi) * t + s) * dv..][..dv];
+        assert!(rel(got, want) < 1e-5, "b {bi} h {hi} s {s}");
+    }
+}
+
+#[test]
+fn linear_attention_typed_errors() {
+    let x = gdn_inputs(1, 8, 2, 4, 4, 2);
+    let mut inp = LinearInputs {
+        q: &x.q,
+        k: &x.k,
+        v: &x.v,
+        shape: x.shape,
+        scale: 0.5,
+        map: FeatureMap::Identity,
+    };
+    let (mut o, mut st) = (vec![0.0; 64], vec![0.0; 32]);
+    let mut run = |inp: &LinearInputs, s0: Option<&[f32]>| {
+        linear_attention(inp, s0, Form::Recurrent, Par::Seq, &mut o, &mut st)
+    };
+    assert!(run(&inp, None).is_ok());
+    assert!(matches!(run(&inp, Some(&x.s0[..31])), Err(Error::Shape { .. })));
+    let mut bad = x.s0.clone();
+    bad[3] = f32::NAN;
+    assert!(matches!(
+        run(&inp, Some(&bad)),
+        Err(Error::NonFinite { tensor: "initial_state", index: [0, 0, 0, 3], .. })
+    ));
+    inp.shape = [1, 8, 2, 0, 4];
+    assert!(matches!(run(&inp, None), Err(Error::Empty { dim: "K", .. })));
+    inp.shape = x.shape;
+    let mut bad_v = x.v.clone();
+    bad_v[9] = f32::NAN;
+    inp.v = &bad_v;
+    assert!(matches!(
+        run(&inp, None),
+        Err(Error::NonFinite { tensor: "v", index: [0, 1, 0, 1], .. })
+    ));
 }
 
 fn call(

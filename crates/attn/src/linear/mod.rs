@@ -11,7 +11,9 @@
 //! Layout: the kernels work on one head at a time, rows contiguous: `q, k: [T, K]`,
 //! `v: [T, V]`, state `[K, V]` row-major, per-token gates `g: [T]` (natural-log decay, `≤ 0`) and
 //! `beta: [T]`. [`gated_delta_rule`] takes the fla layout (`q, k: [B, T, H, K]`, `v: [B, T, H, V]`,
-//! `g, beta: [B, T, H]`, state `[B, H, K, V]`) and gathers each head.
+//! `g, beta: [B, T, H]`, state `[B, H, K, V]`) and gathers each head; [`linear_attention`] does
+//! the same for causal unnormalised linear attention (fla's `naive_recurrent_linear_attn`). Both
+//! are what `attn run --g --beta --initial-state --final-state` calls.
 //!
 //! Mechanisms: [`vanilla`] (kernelised linear attention with a feature map) and [`delta`] (the
 //! gated delta rule of Gated DeltaNet and KDA); [`nala`] adds NaLaFormer's norm-aware feature maps

@@ -2,7 +2,8 @@
 //! forms (`gated-deltanet` chunked/UT, `gated-deltanet-recurrent`, `gated-deltanet-reference`).
 //! The registry interface carries only q, k, v: the decay and β are constant per token and come
 //! from the method parameters. The typed API with per-token gates is
-//! [`crate::linear::gated_delta_rule`]. See README.md.
+//! [`crate::linear::gated_delta_rule`] (from the command line: `attn run --g --beta
+//! --initial-state --final-state`). See README.md.
 
 use crate::dispatch::{
     bad_param, parse_param, Inputs, Method, OutputMut, ParamInfo, Reason, Stats,
