@@ -13,7 +13,7 @@
 //! underflow only where the true value is below `f32::MIN_POSITIVE`.
 
 use super::memory::{
-    act_rows, l2n32, lse_of, reads_after, Config, FlushSubnormals, Head, Shape, State,
+    act_rows, l2n32, lse_of, reads_after, Acc64, Config, FlushSubnormals, Head, Shape, State,
 };
 use super::recurrent::{self, Work};
 use crate::primitives::gemm::{gemm, gemm_at, gemm_bt};
@@ -126,6 +126,7 @@ impl Bufs {
         level: Level,
         h: &Head,
         st: &mut State,
+        acc: &mut Acc64,
         [j, n]: [usize; 2],
         o: &mut [f32],
         [i0, i1]: [usize; 2],
@@ -206,8 +207,9 @@ impl Bufs {
             dispatch(
                 level,
                 Combine {
-                    mem: &mut st.mem[off..off + wo * wi],
-                    mom: &mut st.mom[off..off + wo * wi],
+                    m32: &mut st.mem[off..off + wo * wi],
+                    mem: &mut acc.mem[off..off + wo * wi],
+                    mom: &mut acc.mom[off..off + wo * wi],
                     tr,
                     tp,
                     c: [d0, r0, p0],
@@ -219,10 +221,12 @@ impl Bufs {
     }
 }
 
-/// `M ← d0 M + r0 S + T_r`, `S ← p0 S + T_p` over one layer, one pass.
+/// `M ← d0 M + r0 S + T_r`, `S ← p0 S + T_p` over one layer, one pass, in f64 ([`Acc64`]), the
+/// f32 weights rounded from it.
 struct Combine<'a> {
-    mem: &'a mut [f32],
-    mom: &'a mut [f32],
+    m32: &'a mut [f32],
+    mem: &'a mut [f64],
+    mom: &'a mut [f64],
     tr: &'a [f32],
     tp: &'a [f32],
     c: [f32; 3],
@@ -232,12 +236,18 @@ impl Kernel for Combine<'_> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd>(self) {
-        let [d0, r0, p0] = self.c;
-        for (((m, s), &tr), &tp) in
-            self.mem.iter_mut().zip(self.mom.iter_mut()).zip(self.tr).zip(self.tp)
+        let [d0, r0, p0] = self.c.map(f64::from);
+        for ((((m32, m), s), &tr), &tp) in self
+            .m32
+            .iter_mut()
+            .zip(self.mem.iter_mut())
+            .zip(self.mom.iter_mut())
+            .zip(self.tr)
+            .zip(self.tp)
         {
-            *m = d0 * *m + r0 * *s + tr;
-            *s = p0 * *s + tp;
+            *m = d0 * *m + r0 * *s + tr as f64;
+            *s = p0 * *s + tp as f64;
+            *m32 = *m as f32;
         }
     }
 }
@@ -261,6 +271,7 @@ pub fn chunked(cfg: &Config, h: &Head, st: &mut State, o: &mut [f32], lse: &mut 
     let level = Level::current();
     let mut bufs = Bufs::new(&cfg.shape, b.min(t.max(1)).max(MIN_ROWS));
     let mut work = Work::new(&cfg.shape);
+    let mut acc = Acc64::new(st);
     // The first row whose read position is at least `j`.
     let first_at = |j: usize, from: usize| {
         (from..s_q).find(|&i| reads_after(cfg.q_offset, i, t) >= j).unwrap_or(s_q)
@@ -275,14 +286,8 @@ pub fn chunked(cfg: &Config, h: &Head, st: &mut State, o: &mut [f32], lse: &mut 
             i += 1;
         }
         let g = [h.gates.lr[j], h.gates.momentum[j], h.gates.decay[j]];
-        recurrent::step(
-            cfg,
-            st,
-            &h.k[j * dk..(j + 1) * dk],
-            &h.v[j * dv..(j + 1) * dv],
-            g,
-            &mut work,
-        );
+        let (k, v) = (&h.k[j * dk..(j + 1) * dk], &h.v[j * dv..(j + 1) * dv]);
+        recurrent::step_acc(cfg, st, k, v, g, &mut work, Some(&mut acc));
         j += 1;
     }
     while j < t {
@@ -293,10 +298,11 @@ pub fn chunked(cfg: &Config, h: &Head, st: &mut State, o: &mut [f32], lse: &mut 
         let n = b.min(t - j);
         // Rows reading at positions j..j+n read the chunk-start weights.
         let i1 = first_at(j + n, i);
-        bufs.store_chunk(cfg, level, h, st, [j, n], o, [i, i1]);
+        bufs.store_chunk(cfg, level, h, st, &mut acc, [j, n], o, [i, i1]);
         i = i1;
         j += n;
     }
     bufs.read_rows(cfg, level, st.readable(b), h.q, o, [i, s_q]);
+    acc.finish(st);
     0
 }

@@ -193,7 +193,7 @@ impl LinearConfig for TitansMemory {
         let sh = self.shape(p.d, p.d_v);
         let per = (p.s_q + p.s_kv) * p.d
             + p.s_kv * p.d_v
-            + 3 * sh.params()
+            + 7 * sh.params() // the state (3 · P_M) and its f64 accumulators (2 · P_M f64)
             + chunked::scratch_floats(&sh, self.chunk, p.s_kv);
         4 * (per * par.threads().min(p.b * p.h).max(1) + sh.params() + 3 * p.s_kv)
     }

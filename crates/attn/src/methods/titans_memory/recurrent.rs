@@ -1,7 +1,9 @@
 //! The recurrent form in f32: one token at a time ([`step`]), queries read with [`read`]; the
 //! decode path. Cost per token `O(P_M)`, independent of the position.
 
-use super::memory::{l2n32, lse_of, reads_after, Config, FlushSubnormals, Head, Shape, State};
+use super::memory::{
+    l2n32, lse_of, reads_after, Acc64, Config, FlushSubnormals, Head, Shape, State,
+};
 
 /// Buffers for one token, sized once per head from the [`Shape`].
 #[derive(Debug, Clone)]
@@ -69,14 +71,20 @@ pub fn read(cfg: &Config, w: &[f32], q: &[f32], o: &mut [f32], work: &mut Work) 
 
 /// Stores token (`k`, `v`) with gates `θ, η, α`: closes a complete chunk (`M_0 ← M`), then
 /// `S ← η S − θ ∇ℓ(M_0)`, `M ← (1 − α) M + S`, one layer at a time while back-propagating.
-#[allow(clippy::too_many_arguments)]
-pub fn step(
+pub fn step(cfg: &Config, st: &mut State, k: &[f32], v: &[f32], g: [f32; 3], work: &mut Work) {
+    step_acc(cfg, st, k, v, g, work, None);
+}
+
+/// [`step`], with the weight and momentum updates summed in f64 into `acc` (when given; the
+/// f32 `mem` is then rounded from it, `mom` is left to [`Acc64::finish`]).
+pub(crate) fn step_acc(
     cfg: &Config,
     st: &mut State,
     k: &[f32],
     v: &[f32],
     [theta, eta, alpha]: [f32; 3],
     work: &mut Work,
+    mut acc: Option<&mut Acc64>,
 ) {
     let sh = &cfg.shape;
     if st.filled >= cfg.chunk.max(1) {
@@ -95,6 +103,18 @@ pub fn step(
         for r in 0..wo {
             let c = theta * work.g[r];
             let rows = off + r * wi..off + (r + 1) * wi;
+            if let Some(acc) = acc.as_deref_mut() {
+                let (e, a, c) = (eta as f64, 1.0 - alpha as f64, c as f64);
+                let m64 = &mut acc.mem[rows.clone()];
+                for (((m, s), m32), &x) in
+                    m64.iter_mut().zip(&mut acc.mom[rows.clone()]).zip(&mut st.mem[rows]).zip(x)
+                {
+                    *s = e * *s - c * x as f64;
+                    *m = a * *m + *s;
+                    *m32 = *m as f32;
+                }
+                continue;
+            }
             for ((m, s), &x) in st.mem[rows.clone()].iter_mut().zip(&mut st.mom[rows]).zip(x) {
                 *s = eta * *s - c * x;
                 *m = (1.0 - alpha) * *m + *s;
@@ -124,6 +144,7 @@ pub fn recurrent(cfg: &Config, h: &Head, st: &mut State, o: &mut [f32], lse: &mu
     let _ftz = FlushSubnormals::new();
     let stored = st.keys;
     let mut work = Work::new(&cfg.shape);
+    let mut acc = Acc64::new(st);
     let mut i = 0;
     for j in 0..=t {
         while i < s_q && reads_after(cfg.q_offset, i, t) == j {
@@ -136,7 +157,9 @@ pub fn recurrent(cfg: &Config, h: &Head, st: &mut State, o: &mut [f32], lse: &mu
             break;
         }
         let g = [h.gates.lr[j], h.gates.momentum[j], h.gates.decay[j]];
-        step(cfg, st, &h.k[j * dk..(j + 1) * dk], &h.v[j * dv..(j + 1) * dv], g, &mut work);
+        let (k, v) = (&h.k[j * dk..(j + 1) * dk], &h.v[j * dv..(j + 1) * dv]);
+        step_acc(cfg, st, k, v, g, &mut work, Some(&mut acc));
     }
+    acc.finish(st);
     0
 }
