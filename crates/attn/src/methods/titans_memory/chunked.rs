@@ -13,7 +13,8 @@
 //! underflow only where the true value is below `f32::MIN_POSITIVE`.
 
 use super::memory::{
-    act_rows, l2n32, lse_of, reads_after, Acc64, Config, FlushSubnormals, Head, Shape, State,
+    act_rows, clip_factor, l2n32, lse_of, reads_after, sq64, Acc64, Config, FlushSubnormals, Head,
+    Shape, State,
 };
 use super::recurrent::{self, Work};
 use crate::primitives::gemm::{gemm, gemm_at, gemm_bt};
@@ -185,6 +186,24 @@ impl Bufs {
             p *= gm[j + a] as f64;
         }
         let (d0, r0, p0) = (d as f32, (gm[j] as f64 * r_next) as f32, p as f32);
+        // Each token's step scaled by min(1, clip / ‖∇ℓ_a‖), ‖∇ℓ_a‖² = Σ_l ‖g_a^l‖² ‖x_a^l‖².
+        if cfg.clip.is_finite() {
+            for a in 0..n {
+                let grad_sq: f64 = (0..sh.layers)
+                    .map(|l| {
+                        let (wo, wi) = (sh.width(l + 1), sh.width(l));
+                        let g = &self.gs[cap * goff(sh, l) + a * wo..][..wo];
+                        let x = &self.xs[self.rows * xoff(sh, l) + a * wi..][..wi];
+                        sq64(g) * sq64(x)
+                    })
+                    .sum();
+                let c = clip_factor(cfg.clip, grad_sq);
+                if c < 1.0 {
+                    self.r[a] = (self.r[a] as f64 * c) as f32;
+                    self.p[a] = (self.p[a] as f64 * c) as f32;
+                }
+            }
+        }
         // Per layer, one GEMM [r·G | p·G]ᵀ X gives both weighted sums, then one pass:
         // M_n = d0 M_0 + r0 S_prev + Σ_a r_a u_a,  S_n = p0 S_prev + Σ_a p_a u_a.
         for l in 0..sh.layers {

@@ -347,8 +347,28 @@ pub struct Config {
     pub chunk: usize,
     /// L2-normalise q and k.
     pub l2norm: bool,
+    /// Bound on each token's gradient norm `‖∇ℓ_t‖` (Frobenius, all layers): a larger gradient
+    /// is scaled down to it before the step ([`clip_factor`]); `f32::INFINITY` = no bound.
+    pub clip: f32,
     /// Absolute position of query row 0 (row `i` reads the memory after `q_offset + i` keys).
     pub q_offset: i64,
+}
+
+/// The factor a token's step is scaled by: `min(1, clip / ‖∇ℓ‖)` from `‖∇ℓ‖² = Σ_l ‖g_l‖² ‖x_l‖²`
+/// (the layer gradients are the outer products `g_l x_lᵀ`, whose Frobenius norm is
+/// `‖g_l‖ ‖x_l‖`), in f64.
+pub(crate) fn clip_factor(clip: f32, grad_sq: f64) -> f64 {
+    let n = grad_sq.sqrt();
+    if n > clip as f64 {
+        clip as f64 / n
+    } else {
+        1.0
+    }
+}
+
+/// `Σ x²` in f64.
+pub(crate) fn sq64(x: &[f32]) -> f64 {
+    x.iter().map(|&a| a as f64 * a as f64).sum()
 }
 
 /// `x / ‖x‖` (when `on`) into `dst`, the norm taken in f64 (as the delta rule's).

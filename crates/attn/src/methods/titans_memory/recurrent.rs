@@ -2,7 +2,8 @@
 //! decode path. Cost per token `O(P_M)`, independent of the position.
 
 use super::memory::{
-    l2n32, lse_of, reads_after, Acc64, Config, FlushSubnormals, Head, Shape, State,
+    clip_factor, l2n32, lse_of, reads_after, sq64, Acc64, Config, FlushSubnormals, Head, Shape,
+    State,
 };
 
 /// Buffers for one token, sized once per head from the [`Shape`].
@@ -13,6 +14,7 @@ pub struct Work {
     y: Vec<f32>,  // [D_v]
     g: Vec<f32>,  // back-propagated error, [max width]
     g2: Vec<f32>, // [max width]
+    gl: Vec<f32>, // every layer's output error: layer l at Σ_{i<l} w_{i+1}
 }
 
 impl Work {
@@ -26,13 +28,17 @@ impl Work {
             y: vec![0.0; shape.dv],
             g: vec![0.0; m],
             g2: vec![0.0; m],
+            gl: vec![0.0; (1..=shape.layers).map(|l| shape.width(l)).sum()],
         }
     }
 
     /// Floats held.
     pub fn len(shape: &Shape) -> usize {
         let n: usize = (0..shape.layers).map(|l| shape.width(l)).sum();
-        2 * n + shape.dv + 2 * shape.max_width()
+        2 * n
+            + shape.dv
+            + 2 * shape.max_width()
+            + (1..=shape.layers).map(|l| shape.width(l)).sum::<usize>()
     }
 }
 
@@ -97,11 +103,31 @@ pub(crate) fn step_acc(
     for (g, (&y, &v)) in work.g[..dv].iter_mut().zip(work.y.iter().zip(v)) {
         *g = 2.0 * (y - v);
     }
+    // Backward: every layer's output error g_l into `gl` (the step needs ‖∇ℓ‖ first).
+    let goff = |l: usize| (0..l).map(|i| sh.width(i + 1)).sum::<usize>();
+    let mut grad_sq = 0.0f64;
     for l in (0..sh.layers).rev() {
+        let (wo, wi, off, xo) = (sh.width(l + 1), sh.width(l), sh.offset(l), xoff(sh, l));
+        work.gl[goff(l)..goff(l) + wo].copy_from_slice(&work.g[..wo]);
+        grad_sq += sq64(&work.g[..wo]) * sq64(&work.xs[xo..xo + wi]);
+        if l > 0 {
+            // g_{l−1} = (W_lᵀ g_l) ⊙ σ'(z_{l−1}), with W_l of the chunk start.
+            let g2 = &mut work.g2[..wi];
+            g2.fill(0.0);
+            for r in 0..wo {
+                crate::linear::axpy(g2, work.g[r], &st.start[off + r * wi..off + (r + 1) * wi]);
+            }
+            for (g, (&a, &d)) in work.g[..wi].iter_mut().zip(g2.iter().zip(&work.ds[xo..xo + wi])) {
+                *g = a * d;
+            }
+        }
+    }
+    let theta = (theta as f64 * clip_factor(cfg.clip, grad_sq)) as f32;
+    for l in 0..sh.layers {
         let (wo, wi, off, xo) = (sh.width(l + 1), sh.width(l), sh.offset(l), xoff(sh, l));
         let x = &work.xs[xo..xo + wi];
         for r in 0..wo {
-            let c = theta * work.g[r];
+            let c = theta * work.gl[goff(l) + r];
             let rows = off + r * wi..off + (r + 1) * wi;
             if let Some(acc) = acc.as_deref_mut() {
                 let (e, a, c) = (eta as f64, 1.0 - alpha as f64, c as f64);
@@ -118,17 +144,6 @@ pub(crate) fn step_acc(
             for ((m, s), &x) in st.mem[rows.clone()].iter_mut().zip(&mut st.mom[rows]).zip(x) {
                 *s = eta * *s - c * x;
                 *m = (1.0 - alpha) * *m + *s;
-            }
-        }
-        if l > 0 {
-            // g_{l−1} = (W_lᵀ g_l) ⊙ σ'(z_{l−1}), with W_l of the chunk start.
-            let g2 = &mut work.g2[..wi];
-            g2.fill(0.0);
-            for r in 0..wo {
-                crate::linear::axpy(g2, work.g[r], &st.start[off + r * wi..off + (r + 1) * wi]);
-            }
-            for (g, (&a, &d)) in work.g[..wi].iter_mut().zip(g2.iter().zip(&work.ds[xo..xo + wi])) {
-                *g = a * d;
             }
         }
     }
