@@ -80,13 +80,15 @@ impl Capture {
                     vec![c.s_q, c.s_kv],
                 ));
             }
-            meta.insert(
-                key,
-                format!(
-                    "{{\"scale\":{:?},\"softcap\":{:?},\"mask\":\"{:?}\",\"q_offset\":{:?}}}",
-                    c.params.scale, c.params.softcap, c.params.mask, c.params.q_offset
-                ),
-            );
+            // JSON (readers such as `attn bench --qkv` take the scale from it); `null` where the
+            // model left a parameter at its default, the mask as its debug text.
+            let record = serde_json::json!({
+                "scale": c.params.scale,
+                "softcap": c.params.softcap,
+                "mask": format!("{:?}", c.params.mask),
+                "q_offset": c.params.q_offset,
+            });
+            meta.insert(key, record.to_string());
         }
         let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
             .iter()

@@ -191,6 +191,21 @@ fn per_head_plans_route_heads_and_captures_record_them() {
     assert_eq!(ctx.stats.by_method["sdpa-reference"].0, 2, "{:?}", ctx.stats.by_method);
     let cap = ctx.capture.unwrap();
     assert_eq!(cap.items.len(), 2);
+    // The file's metadata is JSON carrying each record's scale (1/√64 for SmolLM2).
+    let file =
+        std::env::temp_dir().join(format!("attn-capture-{}.safetensors", std::process::id()));
+    cap.save_safetensors(&file, 0).unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    assert_eq!(meta.len(), 2);
+    for (key, json) in &meta {
+        let j: serde_json::Value =
+            serde_json::from_str(json).unwrap_or_else(|e| panic!("{key}: {e}"));
+        assert_eq!(j["scale"].as_f64(), Some(0.125), "{key}: {json}");
+        assert_eq!(j["mask"].as_str(), Some("Causal"), "{key}: {json}");
+    }
     for c in &cap.items {
         assert_eq!((c.layer, c.kv_head), (2, c.head / 3));
         assert_eq!((c.s_q, c.s_kv, c.head_dim), (47, 47, 64));

@@ -141,6 +141,26 @@ fn the_seed_decides_the_output_and_fast_equals_reference() {
     }
 }
 
+/// `min_seq_len = 0`: the causal recursion goes down to single rows (it used to recurse forever
+/// on a one-row half and overflow the stack) and stays causal, deterministic and fast = reference.
+#[test]
+fn min_seq_len_zero_recurses_to_single_rows() {
+    let x = qkv(8, [1, 2, 1], [67, 67], 16, 1.0);
+    let spec = "hyper:min_seq_len=0,block=8,samples=4";
+    let a = x.run(spec, &Params::causal()).unwrap();
+    let r = x.run(&spec.replacen("hyper", "hyper-reference", 1), &Params::causal()).unwrap();
+    let worst = a.o.iter().zip(&r.o).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    assert!(worst < 2e-5, "fast vs reference max |Δo| {worst}");
+    assert!(a.o.iter().chain(&a.lse).all(|v| v.is_finite()));
+    // Row 0 sees only key 0: its output is v_0 exactly.
+    let d_v = 16;
+    for h in 0..2 {
+        let got = &a.o[h * 67 * d_v..h * 67 * d_v + d_v];
+        let want = &x.v[..d_v];
+        assert!(got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-6), "head {h}");
+    }
+}
+
 /// Hash keys: identical rows share a key; `x` and `−x` have complementary codes, so their
 /// positions on the Gray path are as far apart as complementary codes are (never equal).
 #[test]

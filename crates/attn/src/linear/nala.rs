@@ -19,20 +19,59 @@
 //! scale 1 and `eps`.
 
 use super::keys_seen;
+use crate::primitives::simd::{dispatch, exp2_scalar, log2_scalar, Kernel, Level, Simd};
 
-/// The features of one query: `dst: [2D]` from `q: [D]` (f32; the norm is summed in f64).
+/// The features of one query: `dst: [2D]` from `q: [D]` at [`Level::current`] (see
+/// [`query_features_at`]).
 pub fn query_features(q: &[f32], lambda: f32, dst: &mut [f32]) {
-    let d = q.len();
-    let norm = q.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
-    let p = lambda * (0.5 + (norm as f32).tanh());
-    let inv = if norm > 0.0 { (1.0 / norm) as f32 } else { 0.0 };
-    for (r, &x) in q.iter().enumerate() {
-        // One power per channel, of a non-negative base (a negative base sends libm's powf to
-        // its slow invalid-argument path when both sides are evaluated).
-        let u = x * inv;
-        let a = u.abs();
-        let v = if a > 0.0 { a.powf(p) } else { 0.0 };
-        (dst[r], dst[d + r]) = if u > 0.0 { (v, 0.0) } else { (0.0, v) };
+    query_features_at(Level::current(), q, q.len(), lambda, dst);
+}
+
+/// The features of the query rows `q: [n, D]` into `dst: [n, 2D]` at SIMD level `level`: the
+/// norm summed in f64, the exponent `p` per row, then per channel `a^p = 2^(p·log₂ a)` with the
+/// vector `log₂`/`2^x` of [`crate::primitives::simd`] (a libm `powf` per channel was 70 % of the
+/// chunked form's time), for the positive and the negative half separately (`log₂ 0 = −∞`
+/// gives `0^p = 0`). Channels past the last full vector use the one-lane level.
+pub fn query_features_at(level: Level, q: &[f32], d: usize, lambda: f32, dst: &mut [f32]) {
+    dispatch(level, QueryFeatures { q, d, lambda, dst });
+}
+
+struct QueryFeatures<'a> {
+    q: &'a [f32],
+    d: usize,
+    lambda: f32,
+    dst: &'a mut [f32],
+}
+
+impl Kernel for QueryFeatures<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self) {
+        let d = self.d;
+        for (q, dst) in self.q.chunks_exact(d).zip(self.dst.chunks_exact_mut(2 * d)) {
+            let norm = q.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+            let p = self.lambda * (0.5 + (norm as f32).tanh());
+            let inv = if norm > 0.0 { (1.0 / norm) as f32 } else { 0.0 };
+            let (pos, neg) = dst.split_at_mut(d);
+            let body = d - d % S::LANES;
+            // SAFETY: `dispatch` runs this at a level the CPU has; every pointer below is
+            // `r..r + LANES` with `r + LANES ≤ body ≤ d`, inside `q`, `pos` and `neg`.
+            unsafe {
+                let (vp, vi, zero) = (S::splat(p), S::splat(inv), S::splat(0.0));
+                for r in (0..body).step_by(S::LANES) {
+                    let u = S::mul(S::load(q.as_ptr().add(r)), vi);
+                    let up = S::max(u, zero);
+                    let un = S::max(S::sub(zero, u), zero);
+                    S::store(pos.as_mut_ptr().add(r), S::exp2(S::mul(vp, S::log2(up))));
+                    S::store(neg.as_mut_ptr().add(r), S::exp2(S::mul(vp, S::log2(un))));
+                }
+            }
+            for r in body..d {
+                let u = q[r] * inv;
+                pos[r] = exp2_scalar(p * log2_scalar(u.max(0.0)));
+                neg[r] = exp2_scalar(p * log2_scalar((-u).max(0.0)));
+            }
+        }
     }
 }
 

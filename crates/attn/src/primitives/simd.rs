@@ -145,6 +145,10 @@ pub trait Simd: Copy + Send + Sync + 'static {
     /// `2^x` lane-wise with relative error ≤ 3e-7 for `x ∈ [−126, 127]`; exactly 0 for
     /// `x < −126` (including `−∞`).
     unsafe fn exp2(x: Self::V) -> Self::V;
+    /// `log₂ x` lane-wise for `x ≥ 0` (subnormals included) with absolute error ≤ 2e-7 on
+    /// `[½, 2]` and relative error ≤ 1e-7 elsewhere (see [`log2_scalar`]); exactly `−∞` for
+    /// `x = 0`. Negative and non-finite inputs give unspecified values.
+    unsafe fn log2(x: Self::V) -> Self::V;
 }
 
 /// Coefficients of `2^f ≈ Σ c_k f^k` on `f ∈ [−½, ½]`, highest degree first: a degree-5 fit
@@ -167,6 +171,40 @@ pub fn exp2_scalar(x: f32) -> f32 {
         p = p * f + *c;
     }
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// `ln((1+t)/(1−t)) / (2t) ≈ Σ c_k z^k` with `z = t²`, highest degree first: the atanh series
+/// `1 + z/3 + z²/5 + z³/7 + z⁴/9`. For a mantissa `m ∈ [√½, √2)`, `t = (m−1)/(m+1)` has
+/// `|t| ≤ 0.1716`, so the first dropped term `z⁵/11` is below 2e-9 relative.
+const LOG_ATANH: [f32; 5] = [1.0 / 9.0, 1.0 / 7.0, 1.0 / 5.0, 1.0 / 3.0, 1.0];
+
+/// `2/ln 2`: turns `2t·(series)` (= `ln m`) into `log₂ m`.
+const TWO_LOG2E: f32 = 2.0 * std::f32::consts::LOG2_E;
+
+/// Scalar `log₂ x` with the same steps as the vector levels (the one-lane level): `x = m·2^e`
+/// with `m ∈ [√½, √2)` read off the bits (subnormals scaled by `2^24` first), then
+/// `log₂ m = (2/ln 2)·t·(1 + t²/3 + t⁴/5 + t⁶/7 + t⁸/9)`, `t = (m−1)/(m+1)`, and `e + log₂ m`.
+/// `log₂ 0 = −∞`; negative or non-finite `x` give unspecified values.
+#[inline(always)]
+pub fn log2_scalar(x: f32) -> f32 {
+    if x == 0.0 {
+        return f32::NEG_INFINITY;
+    }
+    let (x, bias) = if x < f32::MIN_POSITIVE { (x * 16_777_216.0, 24 + 127) } else { (x, 127) };
+    let bits = x.to_bits();
+    let mut e = ((bits >> 23) & 0xff) as i32 - bias;
+    let mut m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    if m > std::f32::consts::SQRT_2 {
+        m *= 0.5;
+        e += 1;
+    }
+    let t = (m - 1.0) / (m + 1.0);
+    let z = t * t;
+    let mut p = LOG_ATANH[0];
+    for c in &LOG_ATANH[1..] {
+        p = p * z + *c;
+    }
+    (t * TWO_LOG2E).mul_add(p, e as f32)
 }
 
 /// The one-lane level.
@@ -226,6 +264,10 @@ impl Simd for Scalar {
     unsafe fn exp2(x: f32) -> f32 {
         exp2_scalar(x)
     }
+    #[inline(always)]
+    unsafe fn log2(x: f32) -> f32 {
+        log2_scalar(x)
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -233,7 +275,7 @@ pub use x86::{Avx2, Avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Level, Simd, EXP2_POLY};
+    use super::{Level, Simd, EXP2_POLY, LOG_ATANH, TWO_LOG2E};
     use std::arch::x86_64::*;
 
     /// AVX2 + FMA, 8 lanes.
@@ -322,6 +364,38 @@ mod x86 {
                 _mm256_andnot_ps(underflow, r)
             }
         }
+        #[inline(always)]
+        unsafe fn log2(x: __m256) -> __m256 {
+            unsafe {
+                let zero = _mm256_cmp_ps::<_CMP_EQ_OQ>(x, _mm256_setzero_ps());
+                // Subnormals: scale by 2^24 and take 24 off the exponent.
+                let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(f32::MIN_POSITIVE));
+                let x = _mm256_blendv_ps(x, _mm256_mul_ps(x, _mm256_set1_ps(16_777_216.0)), tiny);
+                let bits = _mm256_castps_si256(x);
+                let e = _mm256_sub_epi32(
+                    _mm256_and_si256(_mm256_srli_epi32::<23>(bits), _mm256_set1_epi32(0xff)),
+                    _mm256_set1_epi32(127),
+                );
+                let e =
+                    _mm256_sub_ps(_mm256_cvtepi32_ps(e), _mm256_and_ps(tiny, _mm256_set1_ps(24.0)));
+                let m = _mm256_castsi256_ps(_mm256_or_si256(
+                    _mm256_and_si256(bits, _mm256_set1_epi32(0x007f_ffff)),
+                    _mm256_set1_epi32(0x3f80_0000),
+                ));
+                let big = _mm256_cmp_ps::<_CMP_GT_OQ>(m, _mm256_set1_ps(std::f32::consts::SQRT_2));
+                let m = _mm256_blendv_ps(m, _mm256_mul_ps(m, _mm256_set1_ps(0.5)), big);
+                let e = _mm256_add_ps(e, _mm256_and_ps(big, _mm256_set1_ps(1.0)));
+                let one = _mm256_set1_ps(1.0);
+                let t = _mm256_div_ps(_mm256_sub_ps(m, one), _mm256_add_ps(m, one));
+                let z = _mm256_mul_ps(t, t);
+                let mut p = _mm256_set1_ps(LOG_ATANH[0]);
+                for c in &LOG_ATANH[1..] {
+                    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(*c));
+                }
+                let r = _mm256_fmadd_ps(_mm256_mul_ps(t, _mm256_set1_ps(TWO_LOG2E)), p, e);
+                _mm256_blendv_ps(r, _mm256_set1_ps(f32::NEG_INFINITY), zero)
+            }
+        }
     }
 
     impl Simd for Avx512 {
@@ -387,6 +461,28 @@ mod x86 {
                     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(*c));
                 }
                 _mm512_maskz_scalef_ps(keep, p, n)
+            }
+        }
+        #[inline(always)]
+        unsafe fn log2(x: __m512) -> __m512 {
+            unsafe {
+                // getexp/getmant read subnormals as their true exponent and mantissa.
+                let zero = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(x, _mm512_setzero_ps());
+                let e = _mm512_getexp_ps(x);
+                let m = _mm512_getmant_ps::<_MM_MANT_NORM_1_2, _MM_MANT_SIGN_SRC>(x);
+                let big =
+                    _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, _mm512_set1_ps(std::f32::consts::SQRT_2));
+                let m = _mm512_mask_mul_ps(m, big, m, _mm512_set1_ps(0.5));
+                let e = _mm512_mask_add_ps(e, big, e, _mm512_set1_ps(1.0));
+                let one = _mm512_set1_ps(1.0);
+                let t = _mm512_div_ps(_mm512_sub_ps(m, one), _mm512_add_ps(m, one));
+                let z = _mm512_mul_ps(t, t);
+                let mut p = _mm512_set1_ps(LOG_ATANH[0]);
+                for c in &LOG_ATANH[1..] {
+                    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(*c));
+                }
+                let r = _mm512_fmadd_ps(_mm512_mul_ps(t, _mm512_set1_ps(TWO_LOG2E)), p, e);
+                _mm512_mask_blend_ps(zero, r, _mm512_set1_ps(f32::NEG_INFINITY))
             }
         }
     }
@@ -473,6 +569,50 @@ mod tests {
                     let rel = ((*g as f64) - want).abs() / want;
                     assert!(rel <= 3e-7, "{level:?} exp2({x}) = {g}, want {want}, rel {rel:e}");
                 }
+            }
+        }
+    }
+
+    struct Log2All<'a>(&'a [f32]);
+    impl Kernel for Log2All<'_> {
+        type Output = Vec<f32>;
+        #[inline(always)]
+        fn run<S: Simd>(self) -> Vec<f32> {
+            let mut out = vec![0.0; self.0.len()];
+            for (x, o) in self.0.chunks_exact(S::LANES).zip(out.chunks_exact_mut(S::LANES)) {
+                unsafe { S::store(o.as_mut_ptr(), S::log2(S::load(x.as_ptr()))) }
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn log2_accuracy_every_level() {
+        // Powers of two, their neighbours, the mantissa split at √2, a dense sweep of [½, 2],
+        // the subnormal range, and the extremes.
+        let mut xs: Vec<f32> = (0..2048).map(|i| 0.5 + i as f32 * (1.5 / 2048.0)).collect();
+        for e in -149..=127 {
+            let p = (e as f64).exp2() as f32;
+            xs.extend([p, f32::from_bits(p.to_bits() + 1), p * std::f32::consts::SQRT_2, p * 1.9]);
+        }
+        xs.extend([0.0, f32::MIN_POSITIVE, f32::MAX, 1e-45, 3e-39, 1.0 - f32::EPSILON]);
+        xs.retain(|x| x.is_finite());
+        while !xs.len().is_multiple_of(16) {
+            xs.push(1.0);
+        }
+        for level in Level::available() {
+            let got = dispatch(level, Log2All(&xs));
+            for (x, g) in xs.iter().zip(&got) {
+                if *x == 0.0 {
+                    assert_eq!(*g, f32::NEG_INFINITY, "{level:?} log2(0)");
+                    continue;
+                }
+                let want = (*x as f64).log2();
+                let err = ((*g as f64) - want).abs();
+                assert!(
+                    err <= 2e-7 * want.abs().max(1.0),
+                    "{level:?} log2({x:e}) = {g}, want {want}, error {err:e}"
+                );
             }
         }
     }

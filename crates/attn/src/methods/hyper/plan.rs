@@ -108,7 +108,7 @@ impl Head<'_> {
         out
     }
 
-    /// `HAc` on rows and keys `lo..hi`: exact below `min_seq_len`, else the two diagonal halves
+    /// `HAc` on rows and keys `lo..hi`: exact below `min_seq_len` (and for a single row), else the two diagonal halves
     /// recursively and the fully visible lower-left quarter by [`Head::full`]. The split is at
     /// `⌊n/2⌋`, so the lower half has the extra row of an odd length [library choice: the
     /// paper's code pads odd lengths with a zero row at the end, which also makes its lower half
@@ -119,7 +119,9 @@ impl Head<'_> {
         if n == 0 {
             return;
         }
-        if n <= self.cfg.min_seq_len {
+        // One row sees one key (exact); bottoming out there also ends the recursion when
+        // `min_seq_len = 0` (a split of one row would repeat itself forever).
+        if n <= self.cfg.min_seq_len.max(1) {
             out.push(Piece::Causal { lo, hi });
             return;
         }

@@ -4,13 +4,14 @@
 
 use crate::dispatch::{bad_param, parse_param, Inputs, Method, OutputMut, ParamInfo, Stats};
 use crate::error::Result;
-use crate::linear::nala::{self, key_features, query_features};
+use crate::linear::nala::{self, key_features, query_features_at};
 use crate::linear::vanilla::{self, State};
 use crate::linear::FeatureMap;
 use crate::mask::{Mask, MaskKind};
 use crate::methods::linear::{positive, run_heads, Form, LinearConfig};
 use crate::par::Par;
 use crate::params::Resolved;
+use crate::primitives::simd::Level;
 use crate::problem::Problem;
 
 /// Norm-aware linear attention.
@@ -116,15 +117,14 @@ impl LinearConfig for Nalaformer {
             q_offset,
             eps: self.eps,
         };
+        let level = Level::current();
         let pairs = run_heads(p, inputs, par, out, |q, k, v, o, lse| {
             if self.form == Form::Reference {
                 return nala::reference(&ncfg, &vanilla::Head { q, k, v, dk: d, dv }, o, lse);
             }
             let mut fq = vec![0.0f32; q.len() / d * f];
             let mut fk = vec![0.0f32; k.len() / d * f];
-            for (src, dst) in q.chunks_exact(d).zip(fq.chunks_exact_mut(f)) {
-                query_features(src, self.lambda, dst);
-            }
+            query_features_at(level, q, d, self.lambda, &mut fq);
             for (src, dst) in k.chunks_exact(d).zip(fk.chunks_exact_mut(f)) {
                 key_features(src, dst);
             }
