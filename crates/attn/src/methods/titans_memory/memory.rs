@@ -348,7 +348,7 @@ pub struct Config {
     /// L2-normalise q and k.
     pub l2norm: bool,
     /// Bound on each token's gradient norm `‖∇ℓ_t‖` (Frobenius, all layers): a larger gradient
-    /// is scaled down to it before the step ([`clip_factor`]); `f32::INFINITY` = no bound.
+    /// is scaled down to it before the step; `f32::INFINITY` = no bound.
     pub clip: f32,
     /// Absolute position of query row 0 (row `i` reads the memory after `q_offset + i` keys).
     pub q_offset: i64,
