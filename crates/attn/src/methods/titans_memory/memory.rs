@@ -79,8 +79,8 @@ impl Act {
 /// ≤ 3e-7), with `s = 1/(1 + e^{2u})`, `u = √(2/π)(x + 0.044715 x³)`:
 /// GELU `= x (1 − s)` and `σ' = (1 − s)(1 + 2 x s u')` (from `½(1 + tanh u) = 1 − s`,
 /// `1 − tanh² u = 4 s (1 − s)`); SiLU with `s = 1/(1 + e^{−x})`: `x s` and `s (1 + x (1 − s))`.
-/// The argument of `2^·` is clamped to `±60`, where `s` is within 1e-18 of 0 or 1: no overflow,
-/// and a NaN input stays NaN in the output.
+/// The argument of `2^·` is clamped to `±126` (the exponential's normal range), where `s` is
+/// within 1.2e-38 of 0 or 1: no overflow, and a NaN input stays NaN in the output.
 pub(crate) fn act_rows(level: Level, act: Act, z: &mut [f32], d: &mut [f32]) {
     dispatch(level, ActRows { act, z, d });
 }
@@ -138,8 +138,8 @@ unsafe fn act_lanes<S: Simd>(act: Act, x: S::V) -> (S::V, S::V) {
     // SAFETY: the caller guarantees the level.
     unsafe {
         let one = S::splat(1.0);
-        let (zero, lo) = (S::splat(0.0), S::splat(-60.0));
-        // min(max(a, −60), 60) as max(−max(−a, −60), −60): the Simd trait has no min.
+        let (zero, lo) = (S::splat(0.0), S::splat(-126.0));
+        // min(max(a, −126), 126) as max(−max(−a, −126), −126): the Simd trait has no min.
         let clamp = |a: S::V| S::max(S::sub(zero, S::max(S::sub(zero, a), lo)), lo);
         match act {
             Act::Gelu => {
@@ -430,6 +430,37 @@ impl Drop for FlushSubnormals {
         // Send: it holds no data that would let it move, and it lives in one kernel call).
         unsafe {
             std::arch::asm!("ldmxcsr [{}]", in(reg) &self.old as *const u32, options(nostack, readonly));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vector_activations_match_f64_at_every_level() {
+        // Dense over [-12, 12], the tails, and NaN (must stay NaN).
+        let mut xs: Vec<f32> = (0..4801).map(|i| -12.0 + i as f32 * 0.005).collect();
+        xs.extend([-1e30, -80.0, -30.0, 30.0, 80.0, 1e30, 0.0, -0.0, 1e-20]);
+        for level in Level::available() {
+            for act in [Act::Gelu, Act::Silu] {
+                let mut z = xs.clone();
+                let mut d = vec![0.0f32; xs.len() - 3]; // the last rows: value only
+                act_rows(level, act, &mut z, &mut d);
+                for (i, &x) in xs.iter().enumerate() {
+                    let (y, g) = act.eval_f64(x as f64);
+                    let ctx = format!("{} {} x={x}", level.name(), act.name());
+                    let tol = |v: f64| 2e-6 * v.abs().max(1.0);
+                    assert!((z[i] as f64 - y).abs() <= tol(y), "{ctx}: {} vs {y}", z[i]);
+                    if i < d.len() && x.abs() < 1e20 {
+                        assert!((d[i] as f64 - g).abs() <= tol(g), "{ctx}: σ' {} vs {g}", d[i]);
+                    }
+                }
+                let mut nan = [f32::NAN; 17];
+                act_rows(level, act, &mut nan, &mut [0.0; 17]);
+                assert!(nan.iter().all(|v| v.is_nan()), "{} {}", level.name(), act.name());
+            }
         }
     }
 }
