@@ -215,10 +215,8 @@ impl Bufs {
             {
                 let (ra, pa) = row.split_at_mut(wo);
                 let (cr, cp) = (self.r[a], self.p[a]);
-                for ((ra, pa), &g) in ra.iter_mut().zip(pa.iter_mut()).zip(gr) {
-                    *ra = cr * g;
-                    *pa = cp * g;
-                }
+                ra.iter_mut().zip(gr).for_each(|(d, &g)| *d = cr * g);
+                pa.iter_mut().zip(gr).for_each(|(d, &g)| *d = cp * g);
             }
             let t2 = &mut self.t2[..2 * wo * wi];
             gemm_at(t2, &self.a2, x, [n, 2 * wo, wi], false);

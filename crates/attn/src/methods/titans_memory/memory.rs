@@ -366,15 +366,24 @@ pub(crate) fn clip_factor(clip: f32, grad_sq: f64) -> f64 {
     }
 }
 
-/// `Σ x²` in f64.
+/// `Σ x²` in f64, in 8 interleaved partial sums (one chain of dependent f64 adds was a
+/// latency-bound tenth of the chunked form's time).
 pub(crate) fn sq64(x: &[f32]) -> f64 {
-    x.iter().map(|&a| a as f64 * a as f64).sum()
+    let mut acc = [0.0f64; 8];
+    let mut it = x.chunks_exact(8);
+    for c in &mut it {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v as f64 * v as f64;
+        }
+    }
+    let tail: f64 = it.remainder().iter().map(|&v| v as f64 * v as f64).sum();
+    acc.iter().sum::<f64>() + tail
 }
 
 /// `x / ‖x‖` (when `on`) into `dst`, the norm taken in f64 (as the delta rule's).
 pub(crate) fn l2n32(x: &[f32], on: bool, dst: &mut [f32]) {
     let inv = if on {
-        let n = x.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>().sqrt();
+        let n = sq64(x).sqrt();
         (1.0 / n.max(1e-6)) as f32
     } else {
         1.0
