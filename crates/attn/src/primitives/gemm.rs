@@ -23,10 +23,17 @@ pub fn gemm(dst: &mut [f32], a: &[f32], b: &[f32], [n, d, k]: [usize; 3], add: b
 
 /// `dst (d×k) += aᵀ · b` with `a` row-major `n × d` and `b` row-major `n × k`.
 pub fn gemm_at_add(dst: &mut [f32], a: &[f32], b: &[f32], [n, d, k]: [usize; 3]) {
+    gemm_at(dst, a, b, [n, d, k], true);
+}
+
+/// `dst (d×k) (+)= aᵀ · b` with `a` row-major `n × d` and `b` row-major `n × k` (the transpose
+/// through faer's strides, no copy); `add` accumulates.
+pub fn gemm_at(dst: &mut [f32], a: &[f32], b: &[f32], [n, d, k]: [usize; 3], add: bool) {
     let dst = MatMut::from_row_major_slice_mut(&mut dst[..d * k], d, k);
     let lhs = MatRef::from_row_major_slice(&a[..n * d], n, d).transpose();
     let rhs = MatRef::from_row_major_slice(&b[..n * k], n, k);
-    matmul(dst, Accum::Add, lhs, rhs, 1.0f32, faer::Par::Seq);
+    let acc = if add { Accum::Add } else { Accum::Replace };
+    matmul(dst, acc, lhs, rhs, 1.0f32, faer::Par::Seq);
 }
 
 #[cfg(test)]

@@ -12,24 +12,31 @@
 //! Every coefficient is a product of factors in `[0, 1]`: no division, no overflow, and an
 //! underflow only where the true value is below `f32::MIN_POSITIVE`.
 
-use super::memory::{l2n32, lse_of, reads_after, Config, FlushSubnormals, Head, Shape, State};
+use super::memory::{
+    act_rows, clip_factor, l2n32, lse_of, reads_after, sq64, Acc64, Config, FlushSubnormals, Head,
+    Shape, State,
+};
 use super::recurrent::{self, Work};
-use crate::primitives::gemm::{gemm, gemm_at_add, gemm_bt};
+use crate::primitives::gemm::{gemm, gemm_at, gemm_bt};
+use crate::primitives::simd::{dispatch, Kernel, Level, Simd};
 
 /// Rows per retrieval batch at least (queries are read in GEMM batches of this many or of the
 /// chunk length, whichever is larger).
 const MIN_ROWS: usize = 16;
 
-/// Per-head buffers for up to `rows` tokens or queries at once.
+/// Per-head buffers: `cap` key rows (one chunk) and as many query rows, which share the forward
+/// GEMMs (the queries of a chunk read the weights its gradients are taken at).
 struct Bufs {
-    rows: usize,
+    cap: usize,
+    rows: usize,  // 2·cap: key rows first, then query rows
     xs: Vec<f32>, // layer inputs, block l = [rows, w_l] at rows·Σ_{i<l} w_i
-    ds: Vec<f32>, // σ' of the pre-activations that became xs (l ≥ 1), same layout
+    ds: Vec<f32>, // σ' of the pre-activations that became xs (l ≥ 1, key rows only), same layout
     y: Vec<f32>,  // [rows, D_v]
-    gs: Vec<f32>, // errors at each layer's output, block l = [rows, w_{l+1}] at rows·Σ_{i<l} w_{i+1}
-    gc: Vec<f32>, // a scaled copy of one block of gs
-    r: Vec<f32>,  // M coefficients [rows]
-    p: Vec<f32>,  // S coefficients [rows]
+    gs: Vec<f32>, // errors at each layer's output, block l = [cap, w_{l+1}] at cap·Σ_{i<l} w_{i+1}
+    a2: Vec<f32>, // [cap, 2·w_{l+1}]: (r_a g_a, p_a g_a) of one layer
+    t2: Vec<f32>, // [2·w_{l+1}, w_l]: Σ_a r_a g_a x_aᵀ over Σ_a p_a g_a x_aᵀ of one layer
+    r: Vec<f32>,  // M coefficients [cap]
+    p: Vec<f32>,  // S coefficients [cap]
 }
 
 fn xoff(sh: &Shape, l: usize) -> usize {
@@ -40,28 +47,36 @@ fn goff(sh: &Shape, l: usize) -> usize {
     (0..l).map(|i| sh.width(i + 1)).sum()
 }
 
+fn max_layer(sh: &Shape) -> usize {
+    (0..sh.layers).map(|l| sh.width(l + 1) * sh.width(l)).max().unwrap_or(0)
+}
+
 impl Bufs {
-    fn new(sh: &Shape, rows: usize) -> Self {
-        let (nx, ng) = (xoff(sh, sh.layers), goff(sh, sh.layers));
+    fn new(sh: &Shape, cap: usize) -> Self {
+        let (nx, ng, rows) = (xoff(sh, sh.layers), goff(sh, sh.layers), 2 * cap);
         Self {
+            cap,
             rows,
             xs: vec![0.0; rows * nx],
             ds: vec![0.0; rows * nx],
             y: vec![0.0; rows * sh.dv],
-            gs: vec![0.0; rows * ng],
-            gc: vec![0.0; rows * sh.max_width()],
-            r: vec![0.0; rows],
-            p: vec![0.0; rows],
+            gs: vec![0.0; cap * ng],
+            a2: vec![0.0; cap * 2 * sh.max_width()],
+            t2: vec![0.0; 2 * max_layer(sh)],
+            r: vec![0.0; cap],
+            p: vec![0.0; cap],
         }
     }
 
-    /// Floats held for `rows`.
-    fn len(sh: &Shape, rows: usize) -> usize {
-        rows * (2 * xoff(sh, sh.layers) + sh.dv + goff(sh, sh.layers) + sh.max_width() + 2)
+    /// Floats held for `cap`.
+    fn len(sh: &Shape, cap: usize) -> usize {
+        let (nx, ng) = (xoff(sh, sh.layers), goff(sh, sh.layers));
+        2 * cap * (2 * nx + sh.dv) + cap * (ng + 2 * sh.max_width() + 2) + 2 * max_layer(sh)
     }
 
-    /// `M_w` on the `m` rows in block 0 of `xs`, into `y` (keeping every layer's input and σ').
-    fn forward(&mut self, cfg: &Config, w: &[f32], m: usize) {
+    /// `M_w` on the `m` rows in block 0 of `xs`, into `y`, keeping every layer's input, and σ'
+    /// of the first `nd` rows (the keys: only they are back-propagated).
+    fn forward(&mut self, cfg: &Config, level: Level, w: &[f32], m: usize, nd: usize) {
         let sh = &cfg.shape;
         for l in 0..sh.layers {
             let (wo, wi, off) = (sh.width(l + 1), sh.width(l), sh.offset(l));
@@ -72,10 +87,8 @@ impl Bufs {
             } else {
                 let (xin, xout) = self.xs.split_at_mut(self.rows * xoff(sh, l + 1));
                 gemm_bt(xout, &xin[xo..], wl, [m, wi, wo], false);
-                let d = &mut self.ds[self.rows * xoff(sh, l + 1)..][..m * wo];
-                for (a, d) in xout[..m * wo].iter_mut().zip(d) {
-                    (*a, *d) = cfg.act.eval(*a);
-                }
+                let d = &mut self.ds[self.rows * xoff(sh, l + 1)..][..nd * wo];
+                act_rows(level, cfg.act, &mut xout[..m * wo], d);
             }
         }
     }
@@ -84,6 +97,7 @@ impl Bufs {
     fn read_rows(
         &mut self,
         cfg: &Config,
+        level: Level,
         w: &[f32],
         q: &[f32],
         o: &mut [f32],
@@ -97,18 +111,35 @@ impl Bufs {
                 let row = &q[(a + r) * dk..(a + r + 1) * dk];
                 l2n32(row, cfg.l2norm, &mut self.xs[r * dk..(r + 1) * dk]);
             }
-            self.forward(cfg, w, m);
+            self.forward(cfg, level, w, m, 0);
             o[a * dv..(a + m) * dv].copy_from_slice(&self.y[..m * dv]);
             a += m;
         }
     }
 
-    /// Stores the `n` tokens starting at key `j` (a whole chunk, or its first `n` tokens) into
-    /// `st`, whose `start` equals `mem` (a chunk boundary).
-    fn store_chunk(&mut self, cfg: &Config, h: &Head, st: &mut State, j: usize, n: usize) {
+    /// Stores the `n ≤ cap` tokens starting at key `j` (a whole chunk, or its first `n` tokens)
+    /// into `st`, whose `start` equals `mem` (a chunk boundary); query rows `i0..i1` read the
+    /// chunk-start weights in the same forward GEMMs when they fit beside the keys.
+    #[allow(clippy::too_many_arguments)]
+    fn store_chunk(
+        &mut self,
+        cfg: &Config,
+        level: Level,
+        h: &Head,
+        st: &mut State,
+        acc: &mut Acc64,
+        [j, n]: [usize; 2],
+        o: &mut [f32],
+        [i0, i1]: [usize; 2],
+    ) {
         let sh = &cfg.shape;
-        let (dk, dv, rows) = (sh.dk, sh.dv, self.rows);
-        // Forward at M_0 over the chunk's keys: X_l [n, w_l], Y [n, D_v].
+        let (dk, dv, cap) = (sh.dk, sh.dv, self.cap);
+        // Forward at M_0 over the chunk's keys (rows 0..n) and its queries (rows n..n+nq):
+        // X_l [n + nq, w_l], Y [n + nq, D_v].
+        let nq = if i1 - i0 <= self.rows - n { i1 - i0 } else { 0 };
+        if nq < i1 - i0 {
+            self.read_rows(cfg, level, &st.start, h.q, o, [i0, i1]);
+        }
         for a in 0..n {
             l2n32(
                 &h.k[(j + a) * dk..(j + a + 1) * dk],
@@ -116,9 +147,17 @@ impl Bufs {
                 &mut self.xs[a * dk..(a + 1) * dk],
             );
         }
-        self.forward(cfg, &st.start, n);
+        for r in 0..nq {
+            l2n32(
+                &h.q[(i0 + r) * dk..(i0 + r + 1) * dk],
+                cfg.l2norm,
+                &mut self.xs[(n + r) * dk..(n + r + 1) * dk],
+            );
+        }
+        self.forward(cfg, level, &st.start, n + nq, n);
+        o[i0 * dv..(i0 + nq) * dv].copy_from_slice(&self.y[n * dv..(n + nq) * dv]);
         // Backward: G_{L−1} = 2(Y − V), G_{l−1} = (G_l W_l) ⊙ σ'(Z_{l−1}).
-        let last = rows * goff(sh, sh.layers - 1);
+        let last = cap * goff(sh, sh.layers - 1);
         for (g, (&y, &v)) in self.gs[last..last + n * dv]
             .iter_mut()
             .zip(self.y.iter().zip(&h.v[j * dv..(j + n) * dv]))
@@ -127,10 +166,10 @@ impl Bufs {
         }
         for l in (1..sh.layers).rev() {
             let (wo, wi, off) = (sh.width(l + 1), sh.width(l), sh.offset(l));
-            let (lo, hi) = self.gs.split_at_mut(rows * goff(sh, l));
-            let gprev = &mut lo[rows * goff(sh, l - 1)..][..n * wi];
+            let (lo, hi) = self.gs.split_at_mut(cap * goff(sh, l));
+            let gprev = &mut lo[cap * goff(sh, l - 1)..][..n * wi];
             gemm(gprev, hi, &st.start[off..off + wo * wi], [n, wo, wi], false);
-            let d = &self.ds[rows * xoff(sh, l)..][..n * wi];
+            let d = &self.ds[self.rows * xoff(sh, l)..][..n * wi];
             gprev.iter_mut().zip(d).for_each(|(g, &d)| *g *= d);
         }
         // Scan coefficients, backwards through the chunk (f64, rounded once).
@@ -147,34 +186,93 @@ impl Bufs {
             p *= gm[j + a] as f64;
         }
         let (d0, r0, p0) = (d as f32, (gm[j] as f64 * r_next) as f32, p as f32);
-        // M_n = d0 M_0 + r0 S_prev + Σ_a r_a u_a, then S_n = p0 S_prev + Σ_a p_a u_a.
-        for (m, &s) in st.mem.iter_mut().zip(&st.mom) {
-            *m = d0 * *m + r0 * s;
+        // Each token's step scaled by min(1, clip / ‖∇ℓ_a‖), ‖∇ℓ_a‖² = Σ_l ‖g_a^l‖² ‖x_a^l‖².
+        if cfg.clip.is_finite() {
+            for a in 0..n {
+                let grad_sq: f64 = (0..sh.layers)
+                    .map(|l| {
+                        let (wo, wi) = (sh.width(l + 1), sh.width(l));
+                        let g = &self.gs[cap * goff(sh, l) + a * wo..][..wo];
+                        let x = &self.xs[self.rows * xoff(sh, l) + a * wi..][..wi];
+                        sq64(g) * sq64(x)
+                    })
+                    .sum();
+                let c = clip_factor(cfg.clip, grad_sq);
+                if c < 1.0 {
+                    self.r[a] = (self.r[a] as f64 * c) as f32;
+                    self.p[a] = (self.p[a] as f64 * c) as f32;
+                }
+            }
         }
-        st.mom.iter_mut().for_each(|s| *s *= p0);
+        // Per layer, one GEMM [r·G | p·G]ᵀ X gives both weighted sums, then one pass:
+        // M_n = d0 M_0 + r0 S_prev + Σ_a r_a u_a,  S_n = p0 S_prev + Σ_a p_a u_a.
         for l in 0..sh.layers {
             let (wo, wi, off) = (sh.width(l + 1), sh.width(l), sh.offset(l));
-            let g = &self.gs[rows * goff(sh, l)..][..n * wo];
-            let x = &self.xs[rows * xoff(sh, l)..][..n * wi];
-            for (dst, coef) in [(&mut st.mem, &self.r), (&mut st.mom, &self.p)] {
-                for (a, (gc, gr)) in
-                    self.gc[..n * wo].chunks_exact_mut(wo).zip(g.chunks_exact(wo)).enumerate()
-                {
-                    let c = coef[a];
-                    gc.iter_mut().zip(gr).for_each(|(d, &g)| *d = c * g);
-                }
-                gemm_at_add(&mut dst[off..off + wo * wi], &self.gc, x, [n, wo, wi]);
+            let g = &self.gs[cap * goff(sh, l)..][..n * wo];
+            let x = &self.xs[self.rows * xoff(sh, l)..][..n * wi];
+            for (a, (row, gr)) in
+                self.a2[..n * 2 * wo].chunks_exact_mut(2 * wo).zip(g.chunks_exact(wo)).enumerate()
+            {
+                let (ra, pa) = row.split_at_mut(wo);
+                let (cr, cp) = (self.r[a], self.p[a]);
+                ra.iter_mut().zip(gr).for_each(|(d, &g)| *d = cr * g);
+                pa.iter_mut().zip(gr).for_each(|(d, &g)| *d = cp * g);
             }
+            let t2 = &mut self.t2[..2 * wo * wi];
+            gemm_at(t2, &self.a2, x, [n, 2 * wo, wi], false);
+            let (tr, tp) = t2.split_at(wo * wi);
+            dispatch(
+                level,
+                Combine {
+                    m32: &mut st.mem[off..off + wo * wi],
+                    mem: &mut acc.mem[off..off + wo * wi],
+                    mom: &mut acc.mom[off..off + wo * wi],
+                    tr,
+                    tp,
+                    c: [d0, r0, p0],
+                },
+            );
         }
         st.filled = n;
         st.keys += n as u64;
     }
 }
 
+/// `M ← d0 M + r0 S + T_r`, `S ← p0 S + T_p` over one layer, one pass, in f64 ([`Acc64`]), the
+/// f32 weights rounded from it.
+struct Combine<'a> {
+    m32: &'a mut [f32],
+    mem: &'a mut [f64],
+    mom: &'a mut [f64],
+    tr: &'a [f32],
+    tp: &'a [f32],
+    c: [f32; 3],
+}
+
+impl Kernel for Combine<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self) {
+        let [d0, r0, p0] = self.c.map(f64::from);
+        for ((((m32, m), s), &tr), &tp) in self
+            .m32
+            .iter_mut()
+            .zip(self.mem.iter_mut())
+            .zip(self.mom.iter_mut())
+            .zip(self.tr)
+            .zip(self.tp)
+        {
+            *m = d0 * *m + r0 * *s + tr as f64;
+            *s = p0 * *s + tp as f64;
+            *m32 = *m as f32;
+        }
+    }
+}
+
 /// Floats of scratch one head of [`chunked`] allocates for `t` keys.
 pub fn scratch_floats(shape: &Shape, chunk: usize, t: usize) -> usize {
-    let rows = chunk.max(1).min(t.max(1)).max(MIN_ROWS);
-    Bufs::len(shape, rows) + Work::len(shape)
+    let cap = chunk.max(1).min(t.max(1)).max(MIN_ROWS);
+    Bufs::len(shape, cap) + Work::len(shape)
 }
 
 /// The chunked form over one head: same function as [`super::reference::reference`] (same
@@ -187,8 +285,10 @@ pub fn chunked(cfg: &Config, h: &Head, st: &mut State, o: &mut [f32], lse: &mut 
     for (i, l) in lse.iter_mut().enumerate().take(s_q) {
         *l = lse_of(cfg.q_offset, i, t, stored);
     }
+    let level = Level::current();
     let mut bufs = Bufs::new(&cfg.shape, b.min(t.max(1)).max(MIN_ROWS));
     let mut work = Work::new(&cfg.shape);
+    let mut acc = Acc64::new(st);
     // The first row whose read position is at least `j`.
     let first_at = |j: usize, from: usize| {
         (from..s_q).find(|&i| reads_after(cfg.q_offset, i, t) >= j).unwrap_or(s_q)
@@ -203,14 +303,8 @@ pub fn chunked(cfg: &Config, h: &Head, st: &mut State, o: &mut [f32], lse: &mut 
             i += 1;
         }
         let g = [h.gates.lr[j], h.gates.momentum[j], h.gates.decay[j]];
-        recurrent::step(
-            cfg,
-            st,
-            &h.k[j * dk..(j + 1) * dk],
-            &h.v[j * dv..(j + 1) * dv],
-            g,
-            &mut work,
-        );
+        let (k, v) = (&h.k[j * dk..(j + 1) * dk], &h.v[j * dv..(j + 1) * dv]);
+        recurrent::step_acc(cfg, st, k, v, g, &mut work, Some(&mut acc));
         j += 1;
     }
     while j < t {
@@ -221,11 +315,11 @@ pub fn chunked(cfg: &Config, h: &Head, st: &mut State, o: &mut [f32], lse: &mut 
         let n = b.min(t - j);
         // Rows reading at positions j..j+n read the chunk-start weights.
         let i1 = first_at(j + n, i);
-        bufs.read_rows(cfg, &st.start, h.q, o, [i, i1]);
+        bufs.store_chunk(cfg, level, h, st, &mut acc, [j, n], o, [i, i1]);
         i = i1;
-        bufs.store_chunk(cfg, h, st, j, n);
         j += n;
     }
-    bufs.read_rows(cfg, st.readable(b), h.q, o, [i, s_q]);
+    bufs.read_rows(cfg, level, st.readable(b), h.q, o, [i, s_q]);
+    acc.finish(st);
     0
 }

@@ -43,6 +43,8 @@ pub struct TitansMemory {
     pub chunk: usize,
     /// L2-normalise q and k.
     pub l2norm: bool,
+    /// Bound on each token's gradient norm (`0` = none).
+    pub clip: f32,
     /// Seed of the initial hidden-layer weights.
     pub seed: u64,
     /// Which form runs.
@@ -51,7 +53,7 @@ pub struct TitansMemory {
 
 impl TitansMemory {
     /// Two layers, hidden `2·D`, GELU, `lr = 0.03`, `momentum = 0.5`, `decay = 0`, chunks of 64,
-    /// L2-normalised q/k, seed 0.
+    /// L2-normalised q/k, gradient norms bounded by 1, seed 0.
     pub const fn new(form: Form) -> Self {
         Self {
             layers: 2,
@@ -62,6 +64,7 @@ impl TitansMemory {
             decay: 0.0,
             chunk: 64,
             l2norm: true,
+            clip: 1.0,
             seed: 0,
             form,
         }
@@ -140,6 +143,11 @@ impl LinearConfig for TitansMemory {
                 doc: "L2-normalise q and k (default true, the paper's q/k normalisation)",
             },
             ParamInfo {
+                name: "clip",
+                value: self.clip.to_string(),
+                doc: "bound on each token's gradient norm ‖∇ℓ_t‖ (Frobenius, all layers): a longer gradient is scaled down to it; 0 = no bound (default 1, our choice: real activations' values are large and unbounded steps diverged on SmolLM2 within 320 tokens)",
+            },
+            ParamInfo {
                 name: "seed",
                 value: self.seed.to_string(),
                 doc: "seed of the Xavier-uniform initial hidden layers (the last layer starts at 0)",
@@ -184,6 +192,13 @@ impl LinearConfig for TitansMemory {
             }
             "chunk" => self.chunk = positive(name, k, v)?,
             "l2norm" => self.l2norm = parse_param(name, k, v)?,
+            "clip" => {
+                let x: f32 = parse_param(name, k, v)?;
+                if !(x.is_finite() && x >= 0.0) {
+                    return Err(bad_param(name, k, v, "must be finite and ≥ 0 (0 = no bound)"));
+                }
+                self.clip = x;
+            }
             "seed" => self.seed = parse_param(name, k, v)?,
             _ => return Ok(false),
         }
@@ -193,7 +208,7 @@ impl LinearConfig for TitansMemory {
         let sh = self.shape(p.d, p.d_v);
         let per = (p.s_q + p.s_kv) * p.d
             + p.s_kv * p.d_v
-            + 3 * sh.params()
+            + 7 * sh.params() // the state (3 · P_M) and its f64 accumulators (2 · P_M f64)
             + chunked::scratch_floats(&sh, self.chunk, p.s_kv);
         4 * (per * par.threads().min(p.b * p.h).max(1) + sh.params() + 3 * p.s_kv)
     }
@@ -211,6 +226,7 @@ impl LinearConfig for TitansMemory {
             act: self.act,
             chunk: self.chunk,
             l2norm: self.l2norm,
+            clip: if self.clip > 0.0 { self.clip } else { f32::INFINITY },
             q_offset: params.geometry.q_offset,
         };
         let init = memory::init(&shape, self.seed);

@@ -1,7 +1,7 @@
 //! The specification: the Titans memory as a token loop in f64 (spec `linear.md` A4, mini-batch
 //! semantics). Plain loops, weights materialised, no threads, no SIMD.
 
-use super::memory::{l2n64, lse_of, reads_after, Config, Head, Shape, State};
+use super::memory::{clip_factor, l2n64, lse_of, reads_after, Config, Head, Shape, State};
 
 /// `M(x)` with weights `w`, in f64. Fills `xs[l]` with the input of layer `l` and `ds[l]` with
 /// `σ'` of the pre-activation that became `xs[l]` (`l ≥ 1`); returns the output `[D_v]`.
@@ -89,7 +89,8 @@ pub fn gradient(cfg: &Config, w: &[f64], k: &[f64], v: &[f32]) -> Vec<f64> {
 /// For each key `t`, in order:
 /// 1. rows whose position is `t` read the memory before the chunk holding `t`;
 /// 2. a complete chunk is closed: `M_0 ← M` (the new chunk's start weights);
-/// 3. the momentary surprise `u_t = −θ_t ∇ℓ(M_0; k_t, v_t)` (gradient at the chunk start);
+/// 3. the momentary surprise `u_t = −θ_t c_t ∇ℓ(M_0; k_t, v_t)` (gradient at the chunk start,
+///    `c_t = min(1, clip / ‖∇ℓ‖)`);
 /// 4. `S_t = η_t S_{t−1} + u_t`, then `M_t = (1 − α_t) M_{t−1} + S_t`.
 ///
 /// Rows at or after the end read the memory before the chunk that the next key would join.
@@ -117,8 +118,14 @@ pub fn reference(cfg: &Config, h: &Head, state: &mut State, o: &mut [f32], lse: 
         }
         let k = l2n64(&h.k[j * dk..(j + 1) * dk], cfg.l2norm);
         let layers = backprop(cfg, &start, &k, &h.v[j * dv..(j + 1) * dv]);
-        let (theta, eta, alpha) =
-            (h.gates.lr[j] as f64, h.gates.momentum[j] as f64, h.gates.decay[j] as f64);
+        // 3'. a gradient longer than `clip` is scaled down to it: ‖g xᵀ‖_F = ‖g‖ ‖x‖ per layer.
+        let sq = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>();
+        let grad_sq: f64 = layers.iter().map(|(x, g)| sq(x) * sq(g)).sum();
+        let (theta, eta, alpha) = (
+            h.gates.lr[j] as f64 * clip_factor(cfg.clip, grad_sq),
+            h.gates.momentum[j] as f64,
+            h.gates.decay[j] as f64,
+        );
         for (l, (x, g)) in layers.iter().enumerate() {
             let (wi, off) = (cfg.shape.width(l), cfg.shape.offset(l));
             for (r, &gr) in g.iter().enumerate() {
