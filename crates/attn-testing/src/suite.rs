@@ -48,7 +48,6 @@ pub const LEVEL_INDEPENDENT: &[(&str, &str)] = &[
     ("kda-recurrent", "attn::linear::delta: plain loops"),
     ("transnormer", "attn::linear::vanilla and transnormer::diag: plain loops"),
     ("transnormer-recurrent", "attn::linear::vanilla and transnormer::diag: plain loops"),
-    ("titans-memory", "methods::titans_memory: plain loops and faer GEMMs (faer's own dispatch)"),
     ("titans-memory-recurrent", "methods::titans_memory: plain loops"),
 ];
 
