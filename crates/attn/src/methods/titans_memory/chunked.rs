@@ -275,9 +275,23 @@ pub fn scratch_floats(shape: &Shape, chunk: usize, t: usize) -> usize {
     Bufs::len(shape, cap) + Work::len(shape)
 }
 
-/// The chunked form over one head: same function as [`super::reference::reference`] (same
-/// `state` in and out). A state that ends mid-chunk is first completed token by token. Returns 0.
+/// The chunked form over one head at [`Level::current`] (see [`chunked_at`]).
 pub fn chunked(cfg: &Config, h: &Head, st: &mut State, o: &mut [f32], lse: &mut [f32]) -> u64 {
+    chunked_at(Level::current(), cfg, h, st, o, lse)
+}
+
+/// The chunked form over one head with the activations at SIMD level `level` (a caller that
+/// spreads heads over threads reads the level once on its own thread: a forced level is
+/// thread-local): same function as [`super::reference::reference`] (same `state` in and out). A
+/// state that ends mid-chunk is first completed token by token. Returns 0.
+pub fn chunked_at(
+    level: Level,
+    cfg: &Config,
+    h: &Head,
+    st: &mut State,
+    o: &mut [f32],
+    lse: &mut [f32],
+) -> u64 {
     let (dk, dv, b) = (cfg.shape.dk, cfg.shape.dv, cfg.chunk.max(1));
     let (s_q, t) = (h.q.len() / dk, h.k.len() / dk);
     let _ftz = FlushSubnormals::new();
@@ -285,7 +299,6 @@ pub fn chunked(cfg: &Config, h: &Head, st: &mut State, o: &mut [f32], lse: &mut 
     for (i, l) in lse.iter_mut().enumerate().take(s_q) {
         *l = lse_of(cfg.q_offset, i, t, stored);
     }
-    let level = Level::current();
     let mut bufs = Bufs::new(&cfg.shape, b.min(t.max(1)).max(MIN_ROWS));
     let mut work = Work::new(&cfg.shape);
     let mut acc = Acc64::new(st);

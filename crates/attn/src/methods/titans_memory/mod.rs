@@ -18,6 +18,7 @@ use crate::mask::{Mask, MaskKind};
 use crate::methods::linear::{positive, run_heads, Form, LinearConfig};
 use crate::par::Par;
 use crate::params::{Params, Resolved};
+use crate::primitives::simd::Level;
 use crate::problem::Problem;
 pub use memory::{Act, Config, Gates, Head, Shape, State};
 
@@ -234,13 +235,14 @@ impl LinearConfig for TitansMemory {
             (vec![self.lr; p.s_kv], vec![self.momentum; p.s_kv], vec![self.decay; p.s_kv]);
         let gates = Gates { lr: &lr, momentum: &mom, decay: &dec };
         let OutputMut { o, lse } = out;
+        let level = Level::current();
         run_heads(p, inputs, par, OutputMut { o: &mut *o, lse: &mut *lse }, |q, k, v, o, lse| {
             let head = Head { q, k, v, gates };
             let mut st = State::new(&init);
             match self.form {
                 Form::Reference => reference::reference(&cfg, &head, &mut st, o, lse),
                 Form::Recurrent => recurrent::recurrent(&cfg, &head, &mut st, o, lse),
-                Form::Chunked => chunked::chunked(&cfg, &head, &mut st, o, lse),
+                Form::Chunked => chunked::chunked_at(level, &cfg, &head, &mut st, o, lse),
             }
         });
         // A memory written with too large a learning rate diverges: say so instead of returning
