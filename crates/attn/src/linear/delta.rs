@@ -18,7 +18,7 @@
 //! initial state, `−∞` otherwise.
 
 use super::{axpy, dot, keys_seen};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::par::Par;
 use crate::primitives::simd::exp2_scalar;
 use std::f32::consts::LOG2_E;
@@ -534,8 +534,9 @@ pub struct DeltaInputs<'a> {
 /// `[B, H, K, V]`, starting from `initial_state` (`[B, H, K, V]`, zeros when `None`).
 ///
 /// # Errors
-/// [`Error::Empty`] for a zero dimension, [`Error::Shape`] for a slice of the wrong length,
-/// [`Error::NonFinite`] for a non-finite input.
+/// [`Error::Empty`](crate::Error::Empty) for a zero dimension,
+/// [`Error::Shape`](crate::Error::Shape) for a slice of the wrong length,
+/// [`Error::NonFinite`](crate::Error::NonFinite) for a non-finite input.
 pub fn gated_delta_rule(
     x: &DeltaInputs,
     initial_state: Option<&[f32]>,
@@ -544,48 +545,24 @@ pub fn gated_delta_rule(
     o: &mut [f32],
     final_state: &mut [f32],
 ) -> Result<()> {
-    const OP: &str = "gated_delta_rule";
     let [b, t, h, dk, dv] = x.shape;
-    for (dim, n) in [("B", b), ("T", t), ("H", h), ("K", dk), ("V", dv)] {
-        if n == 0 {
-            return Err(Error::Empty { op: OP, dim });
-        }
-    }
     // g: [B, T, H] (scalar gate, Gated DeltaNet) or [B, T, H, K] (channel-wise gate, KDA).
     let gw = if x.g.len() == b * t * h * dk && dk > 1 { dk } else { 1 };
-    let checks: [(&'static str, usize, usize); 7] = [
-        ("q", x.q.len(), b * t * h * dk),
-        ("k", x.k.len(), b * t * h * dk),
-        ("v", x.v.len(), b * t * h * dv),
-        ("g", x.g.len(), b * t * h * gw),
-        ("beta", x.beta.len(), b * t * h),
-        ("o", o.len(), b * t * h * dv),
-        ("final_state", final_state.len(), b * h * dk * dv),
-    ];
-    for (name, got, want) in checks {
-        if got != want {
-            return Err(Error::Shape {
-                op: OP,
-                detail: format!("{name}: {got} elements, want {want}"),
-            });
-        }
-    }
-    for (name, data, w) in
-        [("q", x.q, dk), ("k", x.k, dk), ("v", x.v, dv), ("g", x.g, gw), ("beta", x.beta, 1)]
-    {
-        if let Some(p) = data.iter().position(|a| !a.is_finite()) {
-            let (row, d) = (p / w, p % w);
-            return Err(Error::NonFinite {
-                op: OP,
-                tensor: name,
-                index: [row / (t * h), row / h % t, row % h, d],
-                value: data[p],
-            });
-        }
-    }
-    if let Some(s0) = initial_state {
-        super::check_state(OP, s0, [b, h, dk, dv])?;
-    }
+    super::check_fla(
+        "gated_delta_rule",
+        x.shape,
+        &[
+            ("q", x.q.len(), b * t * h * dk),
+            ("k", x.k.len(), b * t * h * dk),
+            ("v", x.v.len(), b * t * h * dv),
+            ("g", x.g.len(), b * t * h * gw),
+            ("beta", x.beta.len(), b * t * h),
+            ("o", o.len(), b * t * h * dv),
+            ("final_state", final_state.len(), b * h * dk * dv),
+        ],
+        &[("q", x.q, dk), ("k", x.k, dk), ("v", x.v, dv), ("g", x.g, gw), ("beta", x.beta, 1)],
+        initial_state,
+    )?;
     let cfg = Config { scale: x.scale, l2norm: x.l2norm, q_offset: 0 };
     let buf_len = t * (2 * dk + dv + gw + 2);
     super::fla_heads(

@@ -167,6 +167,47 @@ pub(crate) fn gather_head(
     }
 }
 
+/// Validates the inputs of an fla-layout API ([`gated_delta_rule`], [`linear_attention`]) of
+/// shape `[B, T, H, K, V]`: no zero dimension, every `(name, length, wanted)` of `lengths`
+/// matching, every `(name, data, row width)` of `finite` finite (reported as `[b, t, h, col]`),
+/// and the initial state, when given, of length `B·H·K·V` and finite.
+pub(crate) fn check_fla(
+    op: &'static str,
+    [b, t, h, dk, dv]: [usize; 5],
+    lengths: &[(&'static str, usize, usize)],
+    finite: &[(&'static str, &[f32], usize)],
+    initial_state: Option<&[f32]>,
+) -> Result<()> {
+    for (dim, n) in [("B", b), ("T", t), ("H", h), ("K", dk), ("V", dv)] {
+        if n == 0 {
+            return Err(Error::Empty { op, dim });
+        }
+    }
+    for &(name, got, want) in lengths {
+        if got != want {
+            return Err(Error::Shape {
+                op,
+                detail: format!("{name}: {got} elements, want {want}"),
+            });
+        }
+    }
+    for &(name, data, w) in finite {
+        if let Some(p) = data.iter().position(|a| !a.is_finite()) {
+            let (row, d) = (p / w, p % w);
+            return Err(Error::NonFinite {
+                op,
+                tensor: name,
+                index: [row / (t * h), row / h % t, row % h, d],
+                value: data[p],
+            });
+        }
+    }
+    match initial_state {
+        Some(s0) => check_state(op, s0, [b, h, dk, dv]),
+        None => Ok(()),
+    }
+}
+
 /// Checks an initial state `[B, H, K, V]`: its length and that every value is finite.
 pub(crate) fn check_state(op: &'static str, s0: &[f32], [b, h, dk, dv]: [usize; 4]) -> Result<()> {
     if s0.len() != b * h * dk * dv {

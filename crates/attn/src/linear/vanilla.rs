@@ -10,7 +10,7 @@
 
 use super::delta::Form;
 use super::{axpy, dot, keys_seen, FeatureMap};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::par::Par;
 
 /// What one call computes.
@@ -433,8 +433,9 @@ fn reference_causal_state(map: FeatureMap, scale: f32, h: &Head, state: &mut [f3
 /// with `normalize=False`.
 ///
 /// # Errors
-/// [`Error::Empty`] for a zero dimension, [`Error::Shape`] for a slice of the wrong length,
-/// [`Error::NonFinite`] for a non-finite input.
+/// [`Error::Empty`](crate::Error::Empty) for a zero dimension,
+/// [`Error::Shape`](crate::Error::Shape) for a slice of the wrong length,
+/// [`Error::NonFinite`](crate::Error::NonFinite) for a non-finite input.
 pub fn linear_attention(
     x: &LinearInputs,
     initial_state: Option<&[f32]>,
@@ -443,42 +444,20 @@ pub fn linear_attention(
     o: &mut [f32],
     final_state: &mut [f32],
 ) -> Result<()> {
-    const OP: &str = "linear_attention";
     let [b, t, h, dk, dv] = x.shape;
-    for (dim, n) in [("B", b), ("T", t), ("H", h), ("K", dk), ("V", dv)] {
-        if n == 0 {
-            return Err(Error::Empty { op: OP, dim });
-        }
-    }
-    let checks: [(&'static str, usize, usize); 5] = [
-        ("q", x.q.len(), b * t * h * dk),
-        ("k", x.k.len(), b * t * h * dk),
-        ("v", x.v.len(), b * t * h * dv),
-        ("o", o.len(), b * t * h * dv),
-        ("final_state", final_state.len(), b * h * dk * dv),
-    ];
-    for (name, got, want) in checks {
-        if got != want {
-            return Err(Error::Shape {
-                op: OP,
-                detail: format!("{name}: {got} elements, want {want}"),
-            });
-        }
-    }
-    for (name, data, w) in [("q", x.q, dk), ("k", x.k, dk), ("v", x.v, dv)] {
-        if let Some(p) = data.iter().position(|a| !a.is_finite()) {
-            let (row, d) = (p / w, p % w);
-            return Err(Error::NonFinite {
-                op: OP,
-                tensor: name,
-                index: [row / (t * h), row / h % t, row % h, d],
-                value: data[p],
-            });
-        }
-    }
-    if let Some(s0) = initial_state {
-        super::check_state(OP, s0, [b, h, dk, dv])?;
-    }
+    super::check_fla(
+        "linear_attention",
+        x.shape,
+        &[
+            ("q", x.q.len(), b * t * h * dk),
+            ("k", x.k.len(), b * t * h * dk),
+            ("v", x.v.len(), b * t * h * dv),
+            ("o", o.len(), b * t * h * dv),
+            ("final_state", final_state.len(), b * h * dk * dv),
+        ],
+        &[("q", x.q, dk), ("k", x.k, dk), ("v", x.v, dv)],
+        initial_state,
+    )?;
     let cfg =
         Config { map: x.map, causal: true, norm: false, scale: x.scale, q_offset: 0, eps: 0.0 };
     let buf_len = t * (2 * dk + dv + 1);
