@@ -5,15 +5,13 @@
 //! log-spaced between `decay_min` and `decay_max`). The typed API with per-token, per-channel
 //! gates is [`crate::linear::gated_delta_rule`] with `g: [B, T, H, K]`. See README.md.
 
-use crate::dispatch::{
-    bad_param, parse_param, Inputs, Method, OutputMut, ParamInfo, Reason, Stats,
-};
+use crate::dispatch::{bad_param, parse_param, Inputs, Method, OutputMut, ParamInfo, Stats};
 use crate::error::Result;
 use crate::linear::delta::{self, Config, Head};
-use crate::mask::{Mask, MaskKind};
+use crate::mask::MaskKind;
 use crate::methods::linear::{positive, run_heads, Form, LinearConfig};
 use crate::par::Par;
-use crate::params::{Params, Resolved};
+use crate::params::Resolved;
 use crate::problem::Problem;
 
 /// Kimi Delta Attention with constant, channel-wise gates.
@@ -57,18 +55,11 @@ impl LinearConfig for Kda {
         "Kimi Delta Attention, naive recurrence in f64",
     ];
     const MASKS: &'static [MaskKind] = &[MaskKind::Causal];
+    const CAUSAL_ONLY: Option<&'static str> =
+        Some("the delta rule is a causal recurrence: it needs the causal mask");
 
     fn form(&self) -> Form {
         self.form
-    }
-    fn unsupported(&self, _p: &Problem, params: &Params) -> Vec<Reason> {
-        let mut r = Vec::new();
-        if matches!(params.mask, Mask::None) {
-            r.push(Reason::Other(
-                "the delta rule is a causal recurrence: it needs the causal mask".into(),
-            ));
-        }
-        r
     }
     fn params(&self) -> Vec<ParamInfo> {
         vec![

@@ -108,6 +108,9 @@ pub trait LinearConfig: Copy + std::fmt::Debug + Send + Sync + 'static {
     const DESCRIPTIONS: [&'static str; 3];
     /// Mask kinds the method is defined for.
     const MASKS: &'static [MaskKind];
+    /// Why the method needs the causal mask, for a method that cannot run without it (default
+    /// `None`): given as a reason when the mask is none.
+    const CAUSAL_ONLY: Option<&'static str> = None;
 
     /// Which form this value runs.
     fn form(&self) -> Form;
@@ -129,9 +132,13 @@ pub trait LinearConfig: Copy + std::fmt::Debug + Send + Sync + 'static {
         Ok(())
     }
 
-    /// Reasons beyond the capability table (default none).
-    fn unsupported(&self, _p: &Problem, _params: &Params) -> Vec<Reason> {
-        Vec::new()
+    /// Reasons beyond the capability table (default: [`LinearConfig::CAUSAL_ONLY`]'s when the
+    /// mask is none).
+    fn unsupported(&self, _p: &Problem, params: &Params) -> Vec<Reason> {
+        match Self::CAUSAL_ONLY {
+            Some(why) if matches!(params.mask, Mask::None) => vec![Reason::Other(why.into())],
+            _ => Vec::new(),
+        }
     }
 
     /// Scratch bytes of a call.

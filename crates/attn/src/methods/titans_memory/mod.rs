@@ -12,12 +12,12 @@ pub mod memory;
 pub mod recurrent;
 pub mod reference;
 
-use crate::dispatch::{bad_param, parse_param, Inputs, OutputMut, ParamInfo, Reason, Stats};
+use crate::dispatch::{bad_param, parse_param, Inputs, OutputMut, ParamInfo, Stats};
 use crate::error::{Error, Result};
-use crate::mask::{Mask, MaskKind};
+use crate::mask::MaskKind;
 use crate::methods::linear::{positive, run_heads, Form, LinearConfig};
 use crate::par::Par;
-use crate::params::{Params, Resolved};
+use crate::params::Resolved;
 use crate::primitives::simd::Level;
 use crate::problem::Problem;
 pub use memory::{Act, Config, Gates, Head, Shape, State};
@@ -88,18 +88,11 @@ impl LinearConfig for TitansMemory {
         "Titans neural memory, token loop in f64",
     ];
     const MASKS: &'static [MaskKind] = &[MaskKind::Causal];
+    const CAUSAL_ONLY: Option<&'static str> =
+        Some("the Titans memory is written token by token: it needs the causal mask");
 
     fn form(&self) -> Form {
         self.form
-    }
-    fn unsupported(&self, _p: &Problem, params: &Params) -> Vec<Reason> {
-        let mut r = Vec::new();
-        if matches!(params.mask, Mask::None) {
-            r.push(Reason::Other(
-                "the Titans memory is written token by token: it needs the causal mask".into(),
-            ));
-        }
-        r
     }
     fn params(&self) -> Vec<ParamInfo> {
         vec![
