@@ -242,6 +242,18 @@ pub fn first_bit_difference(a: &[f32], b: &[f32]) -> Option<usize> {
     a.iter().zip(b).position(|(x, y)| x.to_bits() != y.to_bits())
 }
 
+/// `max |a − b| / max(max |b|, 1e-30)`: the largest error relative to the largest reference value
+/// (the "1e-5 relative" of the linear-family issue).
+///
+/// # Panics
+/// When the lengths differ.
+pub fn max_rel(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs())).max(1e-30);
+    let err = a.iter().zip(b).fold(0.0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
+    err / scale
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -296,6 +296,20 @@ pub fn random_dense_mask(rng: &mut Rng, shape: [usize; 4], p_allow: f64) -> Dens
     DenseMask::new(flags, shape).expect("shape matches the buffer")
 }
 
+/// `n` deterministic values in `[−1, 1)` from a xorshift stream keyed by `seed` (quick inputs for
+/// the linear-family tests, whose tolerances were set on exactly these values).
+pub fn xorshift_uniform(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

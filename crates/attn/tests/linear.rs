@@ -9,26 +9,8 @@ use attn::linear::vanilla::{self, Config, Head, State};
 use attn::linear::{gated_delta_rule, linear_attention, DeltaInputs, FeatureMap, LinearInputs};
 use attn::{attend, Error, Mask, Par, Params, Prefs, TensorRef};
 
-/// Deterministic inputs in [-1, 1).
-fn rand(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-/// max |a − b| / max(max |b|, 1e-30): the relative error of the 1e-5 target.
-fn rel(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs())).max(1e-30);
-    let err = a.iter().zip(b).fold(0.0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
-    err / scale
-}
+use attn_testing::close::max_rel as rel;
+use attn_testing::rand::xorshift_uniform as rand;
 
 const SIZES: &[(usize, usize)] = &[(1, 32), (63, 32), (64, 32), (65, 32), (1000, 32), (4096, 16)];
 const CHUNKS: &[usize] = &[1, 16, 64, 100];

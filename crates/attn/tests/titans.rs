@@ -11,26 +11,8 @@ use attn::methods::titans_memory::{
 };
 use attn::{attend, Error, Mask, Method, Params, Prefs, TensorRef};
 
-/// Deterministic inputs in [-1, 1).
-fn rand(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-/// max |a − b| / max(max |b|, 1e-30).
-fn rel(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs())).max(1e-30);
-    let err = a.iter().zip(b).fold(0.0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
-    err / scale
-}
+use attn_testing::close::max_rel as rel;
+use attn_testing::rand::xorshift_uniform as rand;
 
 struct Seq {
     q: Vec<f32>,
