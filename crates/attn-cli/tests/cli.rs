@@ -189,6 +189,19 @@ fn bench_writes_json_records() {
     assert_eq!(json.as_array().unwrap().len(), 1);
 }
 
+/// The first case of a process is charged only its own heap: a GEMM-based method (`linear`'s
+/// chunked form) on a 64 KiB problem once reported ~600 MB per thread, faer's per-thread packing
+/// reservation, which `attn bench` now sets up before the first case.
+#[test]
+fn bench_first_case_heap_is_its_own() {
+    let args = ["bench", "--causal", "--shape", "b1,h2,s256,d32", "--reps", "1"];
+    let out = ok(&[&args[..], &["--method", "linear", "--threads", "2", "--json"]].concat());
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let heap = json[0]["peak_alloc_bytes"].as_u64().unwrap();
+    // Inputs are allocated before the measurement; output, LSE and scratch are ~0.2 MB.
+    assert!(heap < 16 << 20, "first case heap {heap} B");
+}
+
 #[test]
 fn bench_rejects_bad_options() {
     assert!(fails(&["bench", "--shape", "b1,h8,d64"]).contains("give s"));

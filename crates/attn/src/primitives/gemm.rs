@@ -36,6 +36,23 @@ pub fn gemm_at(dst: &mut [f32], a: &[f32], b: &[f32], [n, d, k]: [usize; 3], add
     matmul(dst, acc, lhs, rhs, 1.0f32, faer::Par::Seq);
 }
 
+/// Runs one small product on the calling thread and on every worker of the current rayon pool.
+///
+/// faer's GEMM backend reserves a per-thread packing buffer on the first product a thread runs
+/// (about 600 MB of address space, touched only as far as products need it) and keeps it for the
+/// thread's life. Measurements of one call's heap (`attn bench`) take that one-time cost first,
+/// so it is not charged to whichever method happens to run first.
+pub fn prime_threads() {
+    // Large enough that faer takes its packed path (tiny products skip the buffer).
+    const N: usize = 64;
+    let one = || {
+        let (a, mut c) = (vec![1.0f32; N * N], vec![0.0f32; N * N]);
+        gemm(&mut c, &a, &a, [N, N, N], false);
+    };
+    one();
+    rayon::broadcast(|_| one());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
