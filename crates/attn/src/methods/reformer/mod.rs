@@ -139,12 +139,14 @@ impl Reformer {
     /// bitwise the same at every SIMD level), then round `r`'s tokens are stably sorted by
     /// bucket.
     pub fn rounds(&self, p: &Problem, inputs: &Inputs, rot: &[f32], b: usize, h: usize) -> Rounds {
-        self.rounds_inline(p, inputs, rot, b, h)
+        dispatch(Level::current(), RoundsKernel { cfg: self, p, inputs, rot, b, h })
     }
 
-    /// [`Reformer::rounds`], inlined into the SIMD kernel (same operations, so the same bits).
+    /// [`Reformer::rounds`] at level `S`, inlined into the SIMD kernels: the projections of a
+    /// block of [`HASH_TOKENS`] tokens onto two registers of rotation columns at a time (`mul`
+    /// then `add`, in the order of `d`: the same bits as a plain loop at every level).
     #[inline(always)]
-    fn rounds_inline(
+    fn rounds_simd<S: Simd>(
         &self,
         p: &Problem,
         inputs: &Inputs,
@@ -152,37 +154,50 @@ impl Reformer {
         b: usize,
         h: usize,
     ) -> Rounds {
-        let n = p.s_q;
+        let (n, d) = (p.s_q, p.d);
         let nb = self.buckets_for(n);
         let half = if nb >= 2 { nb / 2 } else { 0 };
         let rounds = self.n_hashes;
         let mut bucket = vec![0u32; rounds * n];
-        let mut x = vec![0.0f32; p.d];
-        let mut y = vec![0.0f32; half];
-        for t in 0..n {
-            if half == 0 {
-                break;
+        if half > 0 {
+            // R × D × hp: the rotations with each row padded to whole registers (zeros).
+            let hp = half.div_ceil(S::LANES) * S::LANES;
+            let mut a = vec![0.0f32; rounds * d * hp];
+            for (dst, src) in a.chunks_exact_mut(hp).zip(rot.chunks_exact(half)) {
+                dst[..half].copy_from_slice(src);
             }
-            inputs.q.read_row(b, h, t, 1.0, &mut x);
-            for r in 0..rounds {
-                let a = &rot[r * half * p.d..(r + 1) * half * p.d];
-                y.fill(0.0);
-                for (e, &xe) in x.iter().enumerate() {
-                    let row = &a[e * half..(e + 1) * half];
-                    y.iter_mut().zip(row).for_each(|(yu, w)| *yu += xe * w);
+            let mut x = vec![0.0f32; HASH_TOKENS * d]; // T × D: the block's queries
+            let mut y = vec![0.0f32; HASH_TOKENS * hp]; // T × hp: their projections
+            for t0 in (0..n).step_by(HASH_TOKENS) {
+                let nt = HASH_TOKENS.min(n - t0);
+                for (u, xt) in x.chunks_exact_mut(d).take(nt).enumerate() {
+                    inputs.q.read_row(b, h, t0 + u, 1.0, xt);
                 }
-                let (mut best, mut arg) = (f32::NEG_INFINITY, 0usize);
-                for (u, &v) in y.iter().enumerate() {
-                    if v > best {
-                        (best, arg) = (v, u);
+                for r in 0..rounds {
+                    let ar = &a[r * d * hp..(r + 1) * d * hp];
+                    // SAFETY: dispatched at level S; `ar` is D × hp and `y` is T × hp with hp
+                    // a multiple of S::LANES; `x` holds T rows of D.
+                    unsafe {
+                        if nt == HASH_TOKENS {
+                            project::<S, HASH_TOKENS>(&x, ar, d, hp, &mut y);
+                        } else {
+                            for u in 0..nt {
+                                project::<S, 1>(
+                                    &x[u * d..(u + 1) * d],
+                                    ar,
+                                    d,
+                                    hp,
+                                    &mut y[u * hp..(u + 1) * hp],
+                                );
+                            }
+                        }
+                    }
+                    for u in 0..nt {
+                        // SAFETY: dispatched at level S.
+                        let arg = unsafe { argmax_pm::<S>(&y[u * hp..u * hp + half]) };
+                        bucket[r * n + t0 + u] = arg as u32;
                     }
                 }
-                for (u, &v) in y.iter().enumerate() {
-                    if -v > best {
-                        (best, arg) = (-v, half + u);
-                    }
-                }
-                bucket[r * n + t] = arg as u32;
             }
         }
         let chunk = self.chunk.min(n.max(1));
@@ -208,6 +223,123 @@ impl Reformer {
         }
         Rounds { n, chunk, chunks: n.div_ceil(chunk), order, chunk_of }
     }
+}
+
+/// Tokens hashed together (their projections share every load of the rotations).
+const HASH_TOKENS: usize = 4;
+
+/// [`Reformer::rounds`] as a SIMD kernel.
+struct RoundsKernel<'a> {
+    cfg: &'a Reformer,
+    p: &'a Problem,
+    inputs: &'a Inputs<'a>,
+    rot: &'a [f32],
+    b: usize,
+    h: usize,
+}
+
+impl Kernel for RoundsKernel<'_> {
+    type Output = Rounds;
+
+    #[inline(always)]
+    fn run<S: Simd>(self) -> Rounds {
+        self.cfg.rounds_simd::<S>(self.p, self.inputs, self.rot, self.b, self.h)
+    }
+}
+
+/// `y[t·hp + u] = Σ_e x[t·d + e] · a[e·hp + u]` for `T` tokens (`a`: D × hp, `hp` a multiple of
+/// `S::LANES`): two registers of columns for all `T` tokens held over the `D` rows; each entry is
+/// `((0 + x₀a₀) + x₁a₁) + …` with a separate multiply and add, the same bits at every level.
+#[inline(always)]
+unsafe fn project<S: Simd, const T: usize>(
+    x: &[f32],
+    a: &[f32],
+    d: usize,
+    hp: usize,
+    y: &mut [f32],
+) {
+    // SAFETY: the caller runs this at level S (`dispatch`); every pointer stays in its slice.
+    unsafe {
+        let (l, ap, xp, yp) = (S::LANES, a.as_ptr(), x.as_ptr(), y.as_mut_ptr());
+        let mut c = 0;
+        while c + 2 * l <= hp {
+            let mut acc = [[S::splat(0.0); 2]; T];
+            for e in 0..d {
+                let (w0, w1) = (S::load(ap.add(e * hp + c)), S::load(ap.add(e * hp + c + l)));
+                for (t, at) in acc.iter_mut().enumerate() {
+                    let xb = S::splat(*xp.add(t * d + e));
+                    at[0] = S::add(at[0], S::mul(xb, w0));
+                    at[1] = S::add(at[1], S::mul(xb, w1));
+                }
+            }
+            for (t, at) in acc.iter().enumerate() {
+                S::store(yp.add(t * hp + c), at[0]);
+                S::store(yp.add(t * hp + c + l), at[1]);
+            }
+            c += 2 * l;
+        }
+        if c < hp {
+            let mut acc = [S::splat(0.0); T];
+            for e in 0..d {
+                let w = S::load(ap.add(e * hp + c));
+                for (t, at) in acc.iter_mut().enumerate() {
+                    *at = S::add(*at, S::mul(S::splat(*xp.add(t * d + e)), w));
+                }
+            }
+            for (t, at) in acc.iter().enumerate() {
+                S::store(yp.add(t * hp + c), *at);
+            }
+        }
+    }
+}
+
+/// The bucket `argmax([y ; −y])`, the first maximum on ties: the largest `y` and the largest `−y`
+/// by registers, then the first entry equal to the winner (`−y` wins only when strictly larger).
+/// Non-finite projections take the plain scalar scan, which skips NaN.
+#[inline(always)]
+unsafe fn argmax_pm<S: Simd>(y: &[f32]) -> usize {
+    let half = y.len();
+    let (l, full) = (S::LANES, y.len() / S::LANES * S::LANES);
+    // SAFETY: the caller runs this at level S (`dispatch`); loads stay below `full`.
+    let (mut hi, mut lo, mut finite) = unsafe {
+        let zero = S::splat(0.0);
+        let (mut hi, mut lo, mut chk) =
+            (S::splat(f32::NEG_INFINITY), S::splat(f32::NEG_INFINITY), zero);
+        for c in (0..full).step_by(l) {
+            let v = S::load(y.as_ptr().add(c));
+            hi = S::max(hi, v);
+            lo = S::max(lo, S::sub(zero, v));
+            // 0·v is 0 for finite v and NaN otherwise.
+            chk = S::add(chk, S::mul(v, zero));
+        }
+        (S::reduce_max(hi), S::reduce_max(lo), S::reduce_sum(chk) == 0.0)
+    };
+    for &v in &y[full..] {
+        finite &= v.is_finite();
+        hi = hi.max(v);
+        lo = lo.max(-v);
+    }
+    if finite && hi.is_finite() && lo.is_finite() {
+        if hi >= lo {
+            if let Some(u) = y.iter().position(|&v| v == hi) {
+                return u;
+            }
+        } else if let Some(u) = y.iter().position(|&v| -v == lo) {
+            return half + u;
+        }
+    }
+    let (mut best, mut arg) = (f32::NEG_INFINITY, 0usize);
+    for (u, &v) in y.iter().enumerate() {
+        if v > best {
+            (best, arg) = (v, u);
+        }
+    }
+    for (u, &v) in y.iter().enumerate() {
+        if -v > best {
+            (best, arg) = (-v, half + u);
+        }
+    }
+    arg
 }
 
 impl Default for Reformer {
@@ -329,7 +461,7 @@ impl Kernel for HeadKernel<'_> {
         let HeadKernel { cfg, rot, p, inputs, params, b, h, o, lse } = self;
         let (n, d, dv) = (p.s_q, p.d, p.d_v);
         let hk = h / p.group();
-        let rounds = cfg.rounds_inline(p, inputs, rot, b, h);
+        let rounds = cfg.rounds_simd::<S>(p, inputs, rot, b, h);
         let nr = rounds.rounds();
         let cs = rounds.chunk;
         // Key tile width: both chunks, padded to whole registers.
@@ -360,7 +492,10 @@ impl Kernel for HeadKernel<'_> {
         let mut tile = vec![0.0f32; d * wmax]; // D × W: the two chunks' unit keys, transposed
         let mut vt = vec![0.0f32; wmax * dv]; // W × D_v: their values
         let mut cols = vec![0usize; wmax]; // token of each tile column
+        let mut ctab = vec![0u32; nr * wmax]; // R × W: each column's chunk in every round
+        let mut cnt = vec![0u32; wmax]; // c_ij of each column for the current row
         let mut sc = vec![0.0f32; wmax];
+        let causal = matches!(params.mask, Mask::Causal);
         let mut acc = vec![0.0f32; dv];
         o.fill(0.0);
         lse.fill(f32::NEG_INFINITY);
@@ -380,6 +515,9 @@ impl Kernel for HeadKernel<'_> {
                         tile[e * w + col] = k[t * d + e];
                     }
                     vt[col * dv..(col + 1) * dv].copy_from_slice(&v[t * dv..(t + 1) * dv]);
+                    for (r2, &cj) in cid[t * nr..(t + 1) * nr].iter().enumerate() {
+                        ctab[r2 * wmax + col] = cj;
+                    }
                 }
                 for e in 0..d {
                     tile[e * w + width..(e + 1) * w].fill(0.0);
@@ -390,23 +528,29 @@ impl Kernel for HeadKernel<'_> {
                     // SAFETY: dispatched at level S; `tile` is D × w, w a multiple of S::LANES.
                     unsafe { tile_scores::<S>(&q[i * d..(i + 1) * d], &tile[..d * w], w, s) };
                     let (ci, pi) = (&cid[i * nr..(i + 1) * nr], &pid[i * nr..(i + 1) * nr]);
+                    if nr > 1 {
+                        // c_ij for every column at once, one round of the table at a time.
+                        let cnt = &mut cnt[..width];
+                        cnt.fill(0);
+                        for (r2, (&a, &pa)) in ci.iter().zip(pi).enumerate() {
+                            let row = &ctab[r2 * wmax..r2 * wmax + width];
+                            cnt.iter_mut()
+                                .zip(row)
+                                .for_each(|(m, &cj)| *m += ((cj == a) | (cj == pa)) as u32);
+                        }
+                    }
+                    // Causal: key j is allowed when j ≤ p_i.
+                    let last = if causal { params.position(i) } else { i64::MAX };
                     let mut any = false;
-                    for (x, &j) in s.iter_mut().zip(&cols[..width]) {
-                        if j == i || !allowed(params, i, j) {
+                    for ((x, &j), &m) in s.iter_mut().zip(&cols[..width]).zip(&cnt[..width]) {
+                        if j == i || j as i64 > last {
                             *x = f32::NEG_INFINITY;
                             continue;
                         }
                         any = true;
                         pairs += 1;
                         if nr > 1 {
-                            let cj = &cid[j * nr..(j + 1) * nr];
-                            let count: usize = ci
-                                .iter()
-                                .zip(pi)
-                                .zip(cj)
-                                .map(|((&a, &pa), &b)| ((b == a) | (b == pa)) as usize)
-                                .sum();
-                            *x -= ln_count[count];
+                            *x -= ln_count[m as usize];
                         }
                     }
                     if !any {
