@@ -367,43 +367,6 @@ struct HeadKernel<'a> {
     lse: &'a mut [f32],
 }
 
-/// `s[..w] = Σ_e q_e · tile[e·w..(e+1)·w]` (`tile`: D × w, `w` a multiple of `S::LANES`): four
-/// registers of columns at a time, kept in registers over the `D` rows. Each column is one fused
-/// multiply-add chain in the order of `e`, so the scores are the same bits at every level.
-#[inline(always)]
-unsafe fn tile_scores<S: Simd>(q: &[f32], tile: &[f32], w: usize, s: &mut [f32]) {
-    // SAFETY: the caller runs this at level S (`dispatch`); every pointer stays in its slice.
-    unsafe {
-        let (l, tp) = (S::LANES, tile.as_ptr());
-        let mut c = 0;
-        while c + 4 * l <= w {
-            let (mut a0, mut a1, mut a2, mut a3) =
-                (S::splat(0.0), S::splat(0.0), S::splat(0.0), S::splat(0.0));
-            for (e, &qe) in q.iter().enumerate() {
-                let (x, p) = (S::splat(qe), tp.add(e * w + c));
-                a0 = S::fma(x, S::load(p), a0);
-                a1 = S::fma(x, S::load(p.add(l)), a1);
-                a2 = S::fma(x, S::load(p.add(2 * l)), a2);
-                a3 = S::fma(x, S::load(p.add(3 * l)), a3);
-            }
-            let o = s.as_mut_ptr().add(c);
-            S::store(o, a0);
-            S::store(o.add(l), a1);
-            S::store(o.add(2 * l), a2);
-            S::store(o.add(3 * l), a3);
-            c += 4 * l;
-        }
-        while c < w {
-            let mut a = S::splat(0.0);
-            for (e, &qe) in q.iter().enumerate() {
-                a = S::fma(S::splat(qe), S::load(tp.add(e * w + c)), a);
-            }
-            S::store(s.as_mut_ptr().add(c), a);
-            c += l;
-        }
-    }
-}
-
 /// `acc = Σ_j p_j · rows_j` over the rows (`D_v` each) with `p_j ≠ 0`: blocks of up to four
 /// registers of `acc` kept in registers over the rows, the tail of `D_v` in scalars.
 #[inline(always)]
@@ -452,6 +415,156 @@ unsafe fn weighted_rows<S: Simd>(p: &[f32], rows: &[f32], dv: usize, acc: &mut [
     }
 }
 
+/// Query rows scored and weighted together (they share every load of the key and value tiles).
+const QUERY_BLOCK: usize = 4;
+
+/// `s[u·ws + c] = Σ_e q[rows_u, e] · tile[e·w + c]` for the `T` query rows `rows` of `q` (N × D)
+/// and the columns `c < w` of `tile` (D × w, `w` a multiple of `S::LANES`): four registers of
+/// columns with 16 lanes (else two) for all `T` rows, kept in registers over the `D` rows. Each
+/// column is one fused multiply-add chain in the order of `e`, so the scores are the same bits
+/// at every level and for any `T`.
+#[inline(always)]
+unsafe fn block_scores<S: Simd, const T: usize>(
+    q: &[f32],
+    d: usize,
+    rows: &[u32],
+    tile: &[f32],
+    w: usize,
+    ws: usize,
+    s: &mut [f32],
+) {
+    // SAFETY: the caller runs this at level S; every pointer stays in its slice.
+    unsafe {
+        if S::LANES >= 16 {
+            block_scores_n::<S, T, 4>(q, d, rows, tile, w, ws, s);
+        } else {
+            block_scores_n::<S, T, 2>(q, d, rows, tile, w, ws, s);
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn block_scores_n<S: Simd, const T: usize, const V: usize>(
+    q: &[f32],
+    d: usize,
+    rows: &[u32],
+    tile: &[f32],
+    w: usize,
+    ws: usize,
+    s: &mut [f32],
+) {
+    debug_assert!(rows.len() == T && s.len() >= (T - 1) * ws + w && tile.len() >= d * w);
+    // SAFETY: the caller runs this at level S; every pointer stays in its slice.
+    unsafe {
+        let (l, tp, sp) = (S::LANES, tile.as_ptr(), s.as_mut_ptr());
+        let qp: [*const f32; T] = std::array::from_fn(|u| q.as_ptr().add(rows[u] as usize * d));
+        let mut c = 0;
+        while c + V * l <= w {
+            let mut acc = [[S::splat(0.0); V]; T];
+            for e in 0..d {
+                let p = tp.add(e * w + c);
+                let k: [S::V; V] = std::array::from_fn(|x| S::load(p.add(x * l)));
+                for (at, qt) in acc.iter_mut().zip(&qp) {
+                    let x = S::splat(*qt.add(e));
+                    for (a, kx) in at.iter_mut().zip(&k) {
+                        *a = S::fma(x, *kx, *a);
+                    }
+                }
+            }
+            for (u, at) in acc.iter().enumerate() {
+                for (x, a) in at.iter().enumerate() {
+                    S::store(sp.add(u * ws + c + x * l), *a);
+                }
+            }
+            c += V * l;
+        }
+        while c < w {
+            let mut acc = [S::splat(0.0); T];
+            for e in 0..d {
+                let k = S::load(tp.add(e * w + c));
+                for (a, qt) in acc.iter_mut().zip(&qp) {
+                    *a = S::fma(S::splat(*qt.add(e)), k, *a);
+                }
+            }
+            for (u, a) in acc.iter().enumerate() {
+                S::store(sp.add(u * ws + c), *a);
+            }
+            c += l;
+        }
+    }
+}
+
+/// [`weighted_rows`] for `T` weight rows at once (`p`: T rows of stride `ps`, the first `width`
+/// used; `acc`: T × D_v): a value row is skipped when all `T` weights are zero, otherwise every
+/// row takes `fma(p, v, acc)`, which for a zero weight and a finite value leaves `acc` as it is
+/// (it is never −0), so each row gets the same bits as [`weighted_rows`] alone.
+#[inline(always)]
+unsafe fn block_values<S: Simd, const T: usize>(
+    p: &[f32],
+    ps: usize,
+    width: usize,
+    rows: &[f32],
+    dv: usize,
+    acc: &mut [f32],
+) {
+    debug_assert!(p.len() >= (T - 1) * ps + width && rows.len() >= width * dv);
+    // SAFETY: the caller runs this at level S; every pointer stays in its slice.
+    unsafe {
+        let (l, rp, pp, op) = (S::LANES, rows.as_ptr(), p.as_ptr(), acc.as_mut_ptr());
+        let mut c = 0;
+        while c + 4 * l <= dv {
+            let mut a = [[S::splat(0.0); 4]; T];
+            for j in 0..width {
+                let pj: [f32; T] = std::array::from_fn(|u| *pp.add(u * ps + j));
+                if pj.iter().all(|&x| x == 0.0) {
+                    continue;
+                }
+                let r = rp.add(j * dv + c);
+                let vv: [S::V; 4] = std::array::from_fn(|x| S::load(r.add(x * l)));
+                for (at, &pu) in a.iter_mut().zip(&pj) {
+                    let x = S::splat(pu);
+                    for (ax, vx) in at.iter_mut().zip(&vv) {
+                        *ax = S::fma(x, *vx, *ax);
+                    }
+                }
+            }
+            for (u, at) in a.iter().enumerate() {
+                for (x, ax) in at.iter().enumerate() {
+                    S::store(op.add(u * dv + c + x * l), *ax);
+                }
+            }
+            c += 4 * l;
+        }
+        while c + l <= dv {
+            let mut a = [S::splat(0.0); T];
+            for j in 0..width {
+                let r = S::load(rp.add(j * dv + c));
+                for (u, au) in a.iter_mut().enumerate() {
+                    let pu = *pp.add(u * ps + j);
+                    if pu != 0.0 {
+                        *au = S::fma(S::splat(pu), r, *au);
+                    }
+                }
+            }
+            for (u, au) in a.iter().enumerate() {
+                S::store(op.add(u * dv + c), *au);
+            }
+            c += l;
+        }
+        for u in 0..T {
+            let pu = &p[u * ps..u * ps + width];
+            for e in c..dv {
+                acc[u * dv + e] = pu
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &pj)| pj != 0.0)
+                    .map(|(j, &pj)| pj * rows[j * dv + e])
+                    .fold(0.0, |s, x| s + x);
+            }
+        }
+    }
+}
+
 impl Kernel for HeadKernel<'_> {
     /// Pairs scored.
     type Output = u64;
@@ -494,9 +607,12 @@ impl Kernel for HeadKernel<'_> {
         let mut cols = vec![0usize; wmax]; // token of each tile column
         let mut ctab = vec![0u32; nr * wmax]; // R × W: each column's chunk in every round
         let mut cnt = vec![0u32; wmax]; // c_ij of each column for the current row
-        let mut sc = vec![0.0f32; wmax];
+        let mut sc = vec![0.0f32; QUERY_BLOCK * wmax]; // QUERY_BLOCK × W: scores, then weights
         let causal = matches!(params.mask, Mask::Causal);
-        let mut acc = vec![0.0f32; dv];
+        let mut acc = vec![0.0f32; QUERY_BLOCK * dv]; // QUERY_BLOCK × D_v: Σ p·v
+                                                      // A zero weight times a finite value adds nothing, so whole blocks of rows may share
+                                                      // every value row; with a non-finite value each row skips its own zero weights.
+        let v_finite = v.iter().all(|x| x.is_finite());
         o.fill(0.0);
         lse.fill(f32::NEG_INFINITY);
         let mut pairs = 0u64;
@@ -522,54 +638,99 @@ impl Kernel for HeadKernel<'_> {
                 for e in 0..d {
                     tile[e * w + width..(e + 1) * w].fill(0.0);
                 }
-                for &i in &order[own.clone()] {
-                    let i = i as usize;
-                    let s = &mut sc[..w];
-                    // SAFETY: dispatched at level S; `tile` is D × w, w a multiple of S::LANES.
-                    unsafe { tile_scores::<S>(&q[i * d..(i + 1) * d], &tile[..d * w], w, s) };
-                    let (ci, pi) = (&cid[i * nr..(i + 1) * nr], &pid[i * nr..(i + 1) * nr]);
-                    if nr > 1 {
-                        // c_ij for every column at once, one round of the table at a time.
-                        let cnt = &mut cnt[..width];
-                        cnt.fill(0);
-                        for (r2, (&a, &pa)) in ci.iter().zip(pi).enumerate() {
-                            let row = &ctab[r2 * wmax..r2 * wmax + width];
-                            cnt.iter_mut()
-                                .zip(row)
-                                .for_each(|(m, &cj)| *m += ((cj == a) | (cj == pa)) as u32);
+                let rows = &order[own.clone()];
+                for blk in rows.chunks(QUERY_BLOCK) {
+                    let nq = blk.len();
+                    // SAFETY: dispatched at level S; `tile` is D × w, w a multiple of S::LANES;
+                    // `sc` holds QUERY_BLOCK rows of wmax ≥ w.
+                    unsafe {
+                        if nq == QUERY_BLOCK {
+                            block_scores::<S, QUERY_BLOCK>(
+                                &q,
+                                d,
+                                blk,
+                                &tile[..d * w],
+                                w,
+                                wmax,
+                                &mut sc,
+                            );
+                        } else {
+                            for (u, &i) in blk.iter().enumerate() {
+                                let row = std::slice::from_ref(&i);
+                                let su = &mut sc[u * wmax..(u + 1) * wmax];
+                                block_scores::<S, 1>(&q, d, row, &tile[..d * w], w, wmax, su);
+                            }
                         }
                     }
-                    // Causal: key j is allowed when j ≤ p_i.
-                    let last = if causal { params.position(i) } else { i64::MAX };
-                    let mut any = false;
-                    for ((x, &j), &m) in s.iter_mut().zip(&cols[..width]).zip(&cnt[..width]) {
-                        if j == i || j as i64 > last {
-                            *x = f32::NEG_INFINITY;
+                    let mut states = [(RowState::EMPTY, false); QUERY_BLOCK];
+                    for (u, &i) in blk.iter().enumerate() {
+                        let i = i as usize;
+                        let s = &mut sc[u * wmax..u * wmax + w];
+                        let (ci, pi) = (&cid[i * nr..(i + 1) * nr], &pid[i * nr..(i + 1) * nr]);
+                        if nr > 1 {
+                            // c_ij for every column at once, one round of the table at a time.
+                            let cnt = &mut cnt[..width];
+                            cnt.fill(0);
+                            for (r2, (&a, &pa)) in ci.iter().zip(pi).enumerate() {
+                                let row = &ctab[r2 * wmax..r2 * wmax + width];
+                                cnt.iter_mut()
+                                    .zip(row)
+                                    .for_each(|(m, &cj)| *m += ((cj == a) | (cj == pa)) as u32);
+                            }
+                        }
+                        // Causal: key j is allowed when j ≤ p_i.
+                        let last = if causal { params.position(i) } else { i64::MAX };
+                        let mut any = false;
+                        for ((x, &j), &m) in s.iter_mut().zip(&cols[..width]).zip(&cnt[..width]) {
+                            if j == i || j as i64 > last {
+                                *x = f32::NEG_INFINITY;
+                                continue;
+                            }
+                            any = true;
+                            pairs += 1;
+                            if nr > 1 {
+                                *x -= ln_count[m as usize];
+                            }
+                        }
+                        if !any {
+                            // No weight on any column (the row is skipped below).
+                            s.fill(0.0);
                             continue;
                         }
-                        any = true;
-                        pairs += 1;
-                        if nr > 1 {
-                            *x -= ln_count[m as usize];
+                        s[width..].fill(f32::NEG_INFINITY);
+                        let mut st = RowState::EMPTY;
+                        // SAFETY: dispatched at level S; w is a multiple of S::LANES.
+                        unsafe { st.update::<S>(s, LOG2_E) };
+                        states[u] = (st, true);
+                    }
+                    // SAFETY: dispatched at level S; `vt` holds `width` rows of D_v, `sc` nq
+                    // rows of wmax ≥ width, `acc` QUERY_BLOCK rows of D_v.
+                    unsafe {
+                        if nq == QUERY_BLOCK && v_finite {
+                            block_values::<S, QUERY_BLOCK>(&sc, wmax, width, &vt, dv, &mut acc);
+                        } else {
+                            for u in (0..nq).filter(|&u| states[u].1) {
+                                let pu = &sc[u * wmax..u * wmax + width];
+                                let au = &mut acc[u * dv..(u + 1) * dv];
+                                weighted_rows::<S>(pu, &vt[..width * dv], dv, au);
+                            }
                         }
                     }
-                    if !any {
-                        continue;
+                    for (u, &i) in blk.iter().enumerate() {
+                        let (st, any) = states[u];
+                        if !any {
+                            continue;
+                        }
+                        let i = i as usize;
+                        let (inv_l, lse_r) = st.finish();
+                        let (wa, wb, merged) = merge_weights(lse[i], lse_r);
+                        let wb = wb * inv_l;
+                        o[i * dv..(i + 1) * dv]
+                            .iter_mut()
+                            .zip(&acc[u * dv..(u + 1) * dv])
+                            .for_each(|(x, a)| *x = wa * *x + wb * a);
+                        lse[i] = merged;
                     }
-                    s[width..].fill(f32::NEG_INFINITY);
-                    let mut st = RowState::EMPTY;
-                    // SAFETY: dispatched at level S; w is a multiple of S::LANES.
-                    unsafe { st.update::<S>(s, LOG2_E) };
-                    // SAFETY: dispatched at level S; `vt` holds `width` rows of D_v.
-                    unsafe { weighted_rows::<S>(&s[..width], &vt[..width * dv], dv, &mut acc) };
-                    let (inv_l, lse_r) = st.finish();
-                    let (wa, wb, merged) = merge_weights(lse[i], lse_r);
-                    let wb = wb * inv_l;
-                    o[i * dv..(i + 1) * dv]
-                        .iter_mut()
-                        .zip(&acc)
-                        .for_each(|(x, a)| *x = wa * *x + wb * a);
-                    lse[i] = merged;
                 }
             }
         }
@@ -598,19 +759,19 @@ impl Reformer {
             return Ok(0);
         }
         let nb = self.buckets_for(p.s_q);
-        let rots: Vec<Vec<f32>> = (0..p.h).map(|h| self.rotations(p.d, h, nb)).collect();
         // Workers run at the caller's level (a thread-local setting).
         let level = Level::current();
         Ok(for_each_head(
             p,
             par,
             out,
-            || (),
-            |_, b, h, o, lse| {
-                dispatch(
-                    level,
-                    HeadKernel { cfg: self, rot: &rots[h], p, inputs, params, b, h, o, lse },
-                )
+            // The rotations of the worker's last head (drawn in parallel, kept across batches).
+            || (usize::MAX, Vec::new()),
+            |(last, rot), b, h, o, lse| {
+                if *last != h {
+                    (*last, *rot) = (h, self.rotations(p.d, h, nb));
+                }
+                dispatch(level, HeadKernel { cfg: self, rot, p, inputs, params, b, h, o, lse })
             },
         ))
     }
