@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use attn_models::plan::{AttentionPlan, Choice};
 
-use crate::schema::{Cost, Quality, Row, SCHEMA_VERSION};
+use crate::schema::{Cost, Quality, Row, NOT_APPLICABLE, SCHEMA_VERSION};
 use crate::{embed, lm, needle, EvalError};
 
 /// A task of the eval.
@@ -430,13 +430,13 @@ impl Recorder<'_> {
             self.bar.set_message(spec.label.clone());
             let row = match measure(&spec.plan) {
                 Ok((q, c)) => mk(&spec.label, "ok", None, q, c),
-                Err(e) => mk(
-                    &spec.label,
-                    "failed",
-                    Some(e.to_string()),
-                    Quality::default(),
-                    Cost::default(),
-                ),
+                Err(e) => {
+                    let (status, why) = match not_applicable(&e) {
+                        Some(why) => (NOT_APPLICABLE, why),
+                        None => ("failed", e.to_string()),
+                    };
+                    mk(&spec.label, status, Some(why), Quality::default(), Cost::default())
+                }
             };
             self.push(row)?;
             self.bar.inc(1);
@@ -448,6 +448,18 @@ impl Recorder<'_> {
         append(self.results, &row)?;
         self.rows.push(row);
         Ok(())
+    }
+}
+
+/// The reasons a method gave for not accepting the model's attention problem, when that is why
+/// it failed (`attn::Error::Unsupported`): such a method does not apply to the model.
+fn not_applicable(e: &EvalError) -> Option<String> {
+    match e {
+        EvalError::Model(attn_models::ModelError::Attention(attn::Error::Unsupported {
+            reasons,
+            ..
+        })) => Some(reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")),
+        _ => None,
     }
 }
 
