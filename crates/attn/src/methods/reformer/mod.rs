@@ -871,20 +871,27 @@ impl SparseConfig for Reformer {
 
     fn scratch_bytes(&self, exec: Exec, p: &Problem, par: Par) -> usize {
         let n = p.s_q;
-        let rot = p.h * 4 * self.n_hashes * (self.buckets_for(n) / 2) * p.d;
-        // Buckets, sorted order and chunk of every token per round, bucket starts.
-        let rounds = 12 * self.n_hashes * n + 8 * (self.buckets_for(n) + 1);
+        // One head's rotations and their copy padded to whole registers (≤ 16 lanes).
+        let hp = self.buckets_for(n) / 2 + 16;
+        let rot = 2 * 4 * self.n_hashes * hp * p.d;
+        // Buckets, sorted order and chunk of every token per round, bucket starts, the hashed
+        // block's queries and projections.
+        let rounds =
+            12 * self.n_hashes * n + 8 * (self.buckets_for(n) + 1) + 4 * HASH_TOKENS * (p.d + hp);
         // Two chunks of keys at most.
-        let w = 2 * self.chunk.min(n.max(1));
+        let w = 2 * self.chunk.min(n.max(1)) + 16;
         match exec {
             Exec::Reference => rot + rounds + 8 * (2 * n + p.d + p.d_v),
             Exec::Fast => {
-                // q, unit keys, values, chunk ids; key tile, value tile, columns, scores, row.
-                rot + par.threads().min(p.b * p.h).max(1)
-                    * (rounds
-                        + 4 * (n * (2 * p.d + p.d_v + self.n_hashes)
-                            + w * (p.d + p.d_v + 3)
-                            + p.d_v))
+                // Per worker: rotations, rounds; q, unit keys, values, chunk ids; key tile,
+                // value tile, columns (8 bytes), chunk table, counts, a block of score rows and
+                // of output rows.
+                par.threads().min(p.b * p.h).max(1)
+                    * (rot
+                        + rounds
+                        + 4 * (n * (2 * p.d + p.d_v + 2 * self.n_hashes)
+                            + w * (p.d + p.d_v + 3 + self.n_hashes + QUERY_BLOCK)
+                            + QUERY_BLOCK * p.d_v))
             }
         }
     }
