@@ -415,6 +415,22 @@ unsafe fn weighted_rows<S: Simd>(p: &[f32], rows: &[f32], dv: usize, acc: &mut [
     }
 }
 
+/// Hints the cache to fetch `x` (no effect on results; a no-op off x86-64).
+#[inline(always)]
+fn prefetch(x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in x.chunks(16) {
+        // SAFETY: a prefetch never faults and the address lies in `x`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
+
 /// Query rows scored and weighted together (they share every load of the key and value tiles).
 const QUERY_BLOCK: usize = 4;
 
@@ -624,6 +640,16 @@ impl Kernel for HeadKernel<'_> {
                 let prev = if rounds.chunks > 1 { pc * cs..((pc + 1) * cs).min(n) } else { 0..0 };
                 let width = prev.len() + own.len();
                 let w = width.div_ceil(S::LANES) * S::LANES;
+                // The next chunk's tokens are read in random order from N-row arrays larger
+                // than the cache: ask for their rows while this chunk computes.
+                let next = ((c + 1) * cs).min(n)..((c + 2) * cs).min(n);
+                for &t in &order[next] {
+                    let t = t as usize;
+                    prefetch(&q[t * d..(t + 1) * d]);
+                    prefetch(&k[t * d..(t + 1) * d]);
+                    prefetch(&v[t * dv..(t + 1) * dv]);
+                    prefetch(&o[t * dv..(t + 1) * dv]);
+                }
                 for (col, rank) in prev.clone().chain(own.clone()).enumerate() {
                     let t = order[rank] as usize;
                     cols[col] = t;
