@@ -366,7 +366,8 @@ impl SparseConfig for Routing {
             + 8 * c * p.d
             + 4 * (p.s_q + p.s_kv)
             + 8 * (p.s_q + p.s_kv) * r
-            + 16 * (c + 1);
+            + 16 * (c + 1)
+            + c;
         // Top-w (the mask is not known here: counted unless `nearest` is asked): the C × S
         // similarity columns, the row order and the (cluster, row) pairs (up to r·S_q + S_q
         // stranded queries, r_k·S_kv keys) while a side is routed.
