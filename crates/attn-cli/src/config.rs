@@ -104,10 +104,15 @@ fn lookup(spec: &str) -> Result<MethodRef> {
     Ok(attn::registry().build(spec)?)
 }
 
-/// The method specs of repeated/comma-separated `--method` values. Commas separate methods and
-/// also the parameters of one spec (`a-shape:sink=64,window=512,sdpa-flash`): an item with `=`
-/// but no `:` continues the spec before it.
+/// The method specs of repeated/comma-separated `--method` values, built.
 fn method_specs(values: &[String]) -> Result<Vec<MethodRef>> {
+    split_method_specs(values).iter().map(|s| lookup(s)).collect()
+}
+
+/// Splits repeated/comma-separated `--method` values into one string per method. Commas separate
+/// methods and also the parameters of one spec (`a-shape:sink=64,window=512,sdpa-flash`): an item
+/// with `=` but no `:` continues the spec before it.
+pub fn split_method_specs(values: &[String]) -> Vec<String> {
     let mut specs: Vec<String> = Vec::new();
     for v in values {
         let mut own = false; // whether the last spec came from this value
@@ -124,7 +129,7 @@ fn method_specs(values: &[String]) -> Result<Vec<MethodRef>> {
             }
         }
     }
-    specs.iter().map(|s| lookup(s)).collect()
+    specs
 }
 
 /// The method `attn run --method` forces: `None` for `auto`, else the full spec (name and every

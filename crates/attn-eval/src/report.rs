@@ -14,7 +14,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::schema::Row;
+use crate::schema::{Row, NOT_APPLICABLE};
 
 /// The widest line [`table_text`] prints.
 pub const TEXT_WIDTH: usize = 100;
@@ -472,11 +472,13 @@ process's peak resident memory during the run, model weights included. `–` mea
 does not apply or was not recorded. Times come from one run on the machine above and vary \
 between runs by a few percent or more on a busy machine.";
 
-/// The cells of one table: headers, the rows of successful methods, and the failed ones.
+/// The cells of one table: headers, the rows of successful methods, the failed ones, and those
+/// that do not apply to the model.
 struct Table<'a> {
     head: Vec<&'static str>,
     body: Vec<Vec<String>>,
     failed: Vec<&'a Row>,
+    not_applicable: Vec<&'a Row>,
 }
 
 fn build_table<'a>(g: &Group<'a>, quality: Vec<Col>, cost: &[Col], text: bool) -> Table<'a> {
@@ -489,7 +491,12 @@ fn build_table<'a>(g: &Group<'a>, quality: Vec<Col>, cost: &[Col], text: bool) -
         |r: &Row| if text { r.method.clone() } else { format!("`{}`", md_escape(&r.method)) };
     let mut body = Vec::new();
     let mut failed = Vec::new();
+    let mut not_applicable = Vec::new();
     for r in &g.rows {
+        if r.status == NOT_APPLICABLE {
+            not_applicable.push(*r);
+            continue;
+        }
         if r.status != "ok" {
             failed.push(*r);
             continue;
@@ -498,16 +505,18 @@ fn build_table<'a>(g: &Group<'a>, quality: Vec<Col>, cost: &[Col], text: bool) -
         v.extend(cols.iter().map(|c| (c.cell)(r, exact)));
         body.push(v);
     }
-    // Failed methods close the markdown table (their errors follow it); the terminal table
-    // prints them with their errors instead.
+    // Failed and inapplicable methods close the markdown table (their reasons follow it); the
+    // terminal table prints them with their reasons instead.
     if !text {
-        for r in &failed {
-            let mut v = vec![name(r), "**failed**".into()];
-            v.extend((1..cols.len()).map(|_| String::new()));
-            body.push(v);
+        for (rows, tag) in [(&failed, "**failed**"), (&not_applicable, "n/a")] {
+            for r in rows {
+                let mut v = vec![name(r), tag.into()];
+                v.extend((1..cols.len()).map(|_| String::new()));
+                body.push(v);
+            }
         }
     }
-    Table { head, body, failed }
+    Table { head, body, failed, not_applicable }
 }
 
 fn md_escape(s: &str) -> String {
@@ -563,6 +572,8 @@ struct MethodSummary {
     /// Sum of ln(speed-up) and count.
     log_speed: (f64, usize),
     failed: usize,
+    /// Comparisons whose model the method does not apply to (not counted in `comparisons`).
+    not_applicable: usize,
     comparisons: usize,
 }
 
@@ -585,6 +596,10 @@ fn summary(gs: &[Group<'_>]) -> String {
                 order.push(r.method.clone());
             }
             let m = per.entry(r.method.clone()).or_default();
+            if r.status == NOT_APPLICABLE {
+                m.not_applicable += 1;
+                continue;
+            }
             m.comparisons += 1;
             if r.status != "ok" {
                 m.failed += 1;
@@ -603,7 +618,8 @@ fn summary(gs: &[Group<'_>]) -> String {
             }
         }
     }
-    // Exact first, methods that failed everywhere last, the others in the order they ran.
+    // Exact first, methods that failed (or do not apply) everywhere last, the others in the order
+    // they ran.
     order.sort_by_key(|m| {
         let all_failed = per.get(m).is_some_and(|x| x.failed == x.comparisons);
         (m != "exact", all_failed)
@@ -627,7 +643,11 @@ fn summary(gs: &[Group<'_>]) -> String {
         }
         let (ls, n) = m.log_speed;
         v.push(num((n > 0).then(|| (ls / n as f64).exp()), 3));
-        v.push(format!("{} of {}", m.failed, m.comparisons));
+        v.push(match (m.comparisons, m.not_applicable) {
+            (_, 0) => format!("{} of {}", m.failed, m.comparisons),
+            (0, _) => "n/a".into(),
+            (c, na) => format!("{} of {c} ({na} n/a)", m.failed),
+        });
         let _ = writeln!(s, "| {} |", v.join(" | "));
     }
     let multi: Vec<String> = tasks
@@ -650,7 +670,8 @@ fn summary(gs: &[Group<'_>]) -> String {
         let _ = write!(s, " Quality: {}.", what.join(", "));
     }
     s += " `attn ×` = geometric mean of the method's attention speed-ups over every comparison \
-          it completed; `failed` = comparisons in which it failed.";
+          it completed; `failed` = comparisons in which it failed, with `n/a` the comparisons whose model \
+          it does not apply to (a causal-only method on a bidirectional encoder).";
     if !multi.is_empty() {
         let _ = write!(
             s,
@@ -701,6 +722,7 @@ pub fn render(rows: &[Row], meta: &ReportMeta) -> String {
     let gs = groups(rows);
     let mut s = format!("# {}\n\n", one_line(&meta.title));
     let ok = rows.iter().filter(|r| r.status == "ok").count();
+    let na = rows.iter().filter(|r| r.status == NOT_APPLICABLE).count();
     let version = match &meta.git_commit {
         Some(c) => format!("attn {} (commit {})", meta.version, c),
         None => format!("attn {}", meta.version),
@@ -708,7 +730,7 @@ pub fn render(rows: &[Row], meta: &ReportMeta) -> String {
     let _ = write!(
         s,
         "| | |\n|:---|:---|\n| command | `{}` |\n| date | {} |\n| machine | {} |\n\
-         | threads | {} |\n| seed | {} |\n| version | {} |\n| rows | {} ({} ok, {} failed) in {} \
+         | threads | {} |\n| seed | {} |\n| version | {} |\n| rows | {} ({} ok, {} failed{}) in {} \
          comparisons |\n\n",
         md_escape(&one_line(&meta.command)).replace('`', "'"),
         meta.date_utc(),
@@ -718,7 +740,8 @@ pub fn render(rows: &[Row], meta: &ReportMeta) -> String {
         md_escape(&version),
         rows.len(),
         ok,
-        rows.len() - ok,
+        rows.len() - ok - na,
+        if na > 0 { format!(", {na} n/a") } else { String::new() },
         gs.len()
     );
     s += HOW_TO_READ;
@@ -747,9 +770,12 @@ pub fn render(rows: &[Row], meta: &ReportMeta) -> String {
         }
         let t = build_table(g, quality_cols(task, &g.rows), &COST_COLS, false);
         s += &markdown(&t);
-        if !t.failed.is_empty() {
-            s += "\nFailed:\n\n";
-            for r in &t.failed {
+        for (rows, title) in [(&t.failed, "Failed"), (&t.not_applicable, "Not applicable")] {
+            if rows.is_empty() {
+                continue;
+            }
+            let _ = write!(s, "\n{title}:\n\n");
+            for r in rows {
                 let _ = writeln!(
                     s,
                     "- `{}`: {}",
@@ -782,7 +808,8 @@ fn truncate(s: &str, width: usize) -> String {
 }
 
 /// Lays a table out in at most [`TEXT_WIDTH`] columns: numbers right-aligned, the method column
-/// shortened (with `…`) when the line would be too wide, failed methods as `FAILED: error`.
+/// shortened (with `…`) when the line would be too wide, failed methods as `FAILED: error` and
+/// inapplicable ones as `n/a: reason`.
 fn plain(t: &Table<'_>) -> String {
     let n = t.head.len();
     let mut w: Vec<usize> = t.head.iter().map(|h| h.chars().count()).collect();
@@ -791,7 +818,7 @@ fn plain(t: &Table<'_>) -> String {
             w[i] = w[i].max(c.chars().count());
         }
     }
-    for r in &t.failed {
+    for r in t.failed.iter().chain(&t.not_applicable) {
         w[0] = w[0].max(r.method.chars().count());
     }
     let rest: usize = w[1..].iter().map(|x| x + 2).sum();
@@ -809,15 +836,17 @@ fn plain(t: &Table<'_>) -> String {
         s += &line(r);
         s += "\n";
     }
-    for r in &t.failed {
-        let l = format!(
-            "{:<width$}  FAILED: {}",
-            truncate(&r.method, w[0]),
-            one_line(r.error.as_deref().unwrap_or("(no error recorded)")),
-            width = w[0]
-        );
-        s += &truncate(&l, TEXT_WIDTH);
-        s += "\n";
+    for (rows, tag) in [(&t.failed, "FAILED"), (&t.not_applicable, "n/a")] {
+        for r in rows {
+            let l = format!(
+                "{:<width$}  {tag}: {}",
+                truncate(&r.method, w[0]),
+                one_line(r.error.as_deref().unwrap_or("(no error recorded)")),
+                width = w[0]
+            );
+            s += &truncate(&l, TEXT_WIDTH);
+            s += "\n";
+        }
     }
     s
 }

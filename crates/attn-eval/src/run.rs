@@ -2,9 +2,10 @@
 //! method on the same tokens, append one row per run to `results.jsonl`, and finally write
 //! `report.md` and the plots.
 //!
-//! Resumable: rows already in `results.jsonl` with status `ok` are not run again (the exact
-//! baseline is recomputed when a method of its comparison still has to run, but its row is not
-//! duplicated). A failing method becomes a `failed` row with its error; the others still run.
+//! Resumable: rows already in `results.jsonl` with status `ok` or `n/a` are not run again (the
+//! exact baseline is recomputed when a method of its comparison still has to run, but its row is
+//! not duplicated). A failing method becomes a `failed` row with its error, a method that cannot
+//! run the model's attention an `n/a` row with its reasons; the others still run.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use attn_models::plan::{AttentionPlan, Choice};
 
-use crate::schema::{Cost, Quality, Row, SCHEMA_VERSION};
+use crate::schema::{Cost, Quality, Row, NOT_APPLICABLE, SCHEMA_VERSION};
 use crate::{embed, lm, needle, EvalError};
 
 /// A task of the eval.
@@ -84,9 +85,13 @@ impl MethodSpec {
     /// A method by spec string (`name` or `name:k=v,…`), everywhere.
     ///
     /// # Errors
-    /// Bad specs.
+    /// Bad specs: malformed, an unknown method or parameter, a bad value — found here, before
+    /// any model is loaded.
     pub fn parse(spec: &str) -> Result<Self, EvalError> {
         let c = Choice::parse(spec)?;
+        if !c.is_exact() {
+            attn::registry().build(&c.label()).map_err(attn_models::ModelError::from)?;
+        }
         Ok(Self { label: c.label(), plan: AttentionPlan::uniform(c) })
     }
 
@@ -229,7 +234,12 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
         .map_err(|e| EvalError::Io { path: cfg.out.clone(), source: e })?;
     let results = cfg.out.join("results.jsonl");
     let mut rows = read_rows(&results)?;
-    let done: BTreeSet<String> = rows.iter().filter(|r| r.status == "ok").map(Row::id).collect();
+    // Rows that need no new run: measured, or of a method that does not apply to the model.
+    let done: BTreeSet<String> = rows
+        .iter()
+        .filter(|r| r.status == "ok" || r.status == NOT_APPLICABLE)
+        .map(Row::id)
+        .collect();
     let env = env_map(cfg);
     for task in &cfg.tasks {
         let (dataset, setting) = describe(task);
@@ -393,9 +403,12 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
             );
         }
     }
-    // Failed rows that were later re-run successfully are superseded.
-    let ok: BTreeSet<String> = rows.iter().filter(|r| r.status == "ok").map(Row::id).collect();
-    rows.retain(|r| r.status == "ok" || !ok.contains(&r.id()));
+    // A failed row is superseded by a later run of the same comparison and method: only the
+    // newest row of each id is kept (ok and n/a rows are never re-run).
+    let mut seen = BTreeSet::new();
+    let mut newest: Vec<Row> = rows.into_iter().rev().filter(|r| seen.insert(r.id())).collect();
+    newest.reverse();
+    let rows = newest;
     let files = crate::output::write_outputs(cfg, &rows)?;
     Ok(EvalOutcome { rows, files })
 }
@@ -430,13 +443,13 @@ impl Recorder<'_> {
             self.bar.set_message(spec.label.clone());
             let row = match measure(&spec.plan) {
                 Ok((q, c)) => mk(&spec.label, "ok", None, q, c),
-                Err(e) => mk(
-                    &spec.label,
-                    "failed",
-                    Some(e.to_string()),
-                    Quality::default(),
-                    Cost::default(),
-                ),
+                Err(e) => {
+                    let (status, why) = match not_applicable(&e) {
+                        Some(why) => (NOT_APPLICABLE, why),
+                        None => ("failed", e.to_string()),
+                    };
+                    mk(&spec.label, status, Some(why), Quality::default(), Cost::default())
+                }
             };
             self.push(row)?;
             self.bar.inc(1);
@@ -448,6 +461,18 @@ impl Recorder<'_> {
         append(self.results, &row)?;
         self.rows.push(row);
         Ok(())
+    }
+}
+
+/// The reasons a method gave for not accepting the model's attention problem, when that is why
+/// it failed (`attn::Error::Unsupported`): such a method does not apply to the model.
+fn not_applicable(e: &EvalError) -> Option<String> {
+    match e {
+        EvalError::Model(attn_models::ModelError::Attention(attn::Error::Unsupported {
+            reasons,
+            ..
+        })) => Some(reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")),
+        _ => None,
     }
 }
 
@@ -493,4 +518,36 @@ fn progress(on: bool, len: u64, prefix: &str) -> indicatif::ProgressBar {
     );
     b.set_prefix(prefix.to_string());
     b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_specs_are_checked_before_any_model_loads() {
+        assert_eq!(MethodSpec::parse("exact").unwrap().label, "exact");
+        let s = MethodSpec::parse("streaming:sink=4,window=64").unwrap();
+        assert_eq!(s.label, "streaming:sink=4,window=64");
+        for (bad, says) in [
+            ("nope", "unknown method"),
+            ("streaming:nope=1", "no parameter"),
+            ("streaming:window=x", "window"),
+            ("streaming:window", "not key=value"),
+        ] {
+            let e = MethodSpec::parse(bad).err().unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn unsupported_problems_are_not_applicable() {
+        let e = EvalError::Model(attn_models::ModelError::Attention(attn::Error::Unsupported {
+            method: "gated-deltanet".into(),
+            reasons: vec![attn::Reason::Mask(attn::MaskKind::None)],
+        }));
+        assert_eq!(not_applicable(&e).as_deref(), Some("mask none unsupported"));
+        let e = EvalError::Data("too few tokens".into());
+        assert_eq!(not_applicable(&e), None);
+    }
 }

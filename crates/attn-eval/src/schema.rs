@@ -12,6 +12,11 @@ use serde::{Deserialize, Serialize};
 /// The schema version written in every row.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// The status of a row whose method cannot run the model's attention problem at all (its
+/// mask, head size or layout is outside what the method is defined for): not a failure, and not
+/// counted as one.
+pub const NOT_APPLICABLE: &str = "n/a";
+
 /// One result row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
@@ -27,9 +32,10 @@ pub struct Row {
     pub method: String,
     /// Settings that define the comparison (tokens, window, stride, context length, seed, …).
     pub setting: BTreeMap<String, serde_json::Value>,
-    /// `ok` or `failed`.
+    /// `ok`, `failed`, or [`NOT_APPLICABLE`] (`n/a`: the method cannot run this model's
+    /// attention at all, e.g. a causal-only method on a bidirectional encoder).
     pub status: String,
-    /// The error, when failed.
+    /// The error when failed; why the method does not apply when `n/a`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Quality numbers.

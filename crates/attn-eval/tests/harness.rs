@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use attn_eval::run::{run, EvalConfig, MethodSpec, Task};
-use attn_eval::schema::Row;
+use attn_eval::schema::{Row, NOT_APPLICABLE};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("attn-harness-{name}-{}", std::process::id()));
@@ -38,6 +38,11 @@ fn two_runs_with_one_seed_give_identical_quality_and_the_lee_correlation() {
         assert_eq!(x.status, y.status, "{:?}", x.error);
         assert_eq!(x.quality, y.quality, "{} differs between runs", x.method);
     }
+    // streaming needs the causal mask and MiniLM is bidirectional: the row says n/a and why
+    // (an inapplicable method, not a failure).
+    let st = ra.rows.iter().find(|r| r.method.starts_with("streaming")).expect("streaming row");
+    assert_eq!(st.status, NOT_APPLICABLE, "{:?}", st.error);
+    assert!(st.error.as_deref().is_some_and(|e| e.contains("causal")), "{:?}", st.error);
     // The exact baseline gives the correlation with human judgements quoted for
     // all-MiniLM-L6-v2 on the Lee corpus ("about Pearson 0.66").
     let p = exact(&ra.rows).quality.pearson.expect("pearson");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use attn_eval::plot::{self, PlotError, PlotKind};
 use attn_eval::report::{self, ReportMeta};
-use attn_eval::schema::{Cost, Quality, Row, SCHEMA_VERSION};
+use attn_eval::schema::{Cost, Quality, Row, NOT_APPLICABLE, SCHEMA_VERSION};
 
 fn row(task: &str, model: &str, dataset: &str, method: &str, setting: &[(&str, u64)]) -> Row {
     let mut env = BTreeMap::new();
@@ -322,6 +322,41 @@ fn report_numbers_are_computed_from_the_rows() {
     assert_eq!(summary["hash-sparse"]["failed"], "4 of 4");
     assert_eq!(summary["hash-sparse"]["attn ×"], "–");
     assert_eq!(summary["exact"]["attn ×"], "1.00");
+}
+
+/// A method that cannot run a model's attention (a causal-only method on the bidirectional
+/// encoder) is `n/a` with its reason — in the tables, the lists under them and the summary —
+/// and is not counted as a failure.
+#[test]
+fn inapplicable_methods_are_not_failures() {
+    let mut rows = embed_rows();
+    let lm = lm_rows(2048);
+    let mut na = row("embed", "minilm", "lee", "gated-deltanet", &[("docs", 50)]);
+    na.status = NOT_APPLICABLE.into();
+    na.error = Some("mask none unsupported".into());
+    let mut gd_lm = lm[1].clone();
+    gd_lm.method = "gated-deltanet".into();
+    let mut causal_only = na.clone();
+    causal_only.method = "streaming-only".into();
+    rows.extend([na, gd_lm, causal_only]);
+    rows.extend(lm.into_iter().filter(|r| r.method == "exact"));
+
+    let md = report::render(&rows, &meta());
+    assert!(md.contains("| rows | 8 (5 ok, 1 failed, 2 n/a) in 2 comparisons |"), "{md}");
+    let embed = table_after(&md, "### minilm · lee · docs 50");
+    assert_eq!(embed["gated-deltanet"]["cos mean"], "n/a");
+    assert_eq!(embed["hash-sparse"]["cos mean"], "**failed**");
+    assert!(md.contains("Not applicable:\n\n- `gated-deltanet`: mask none unsupported"), "{md}");
+    let summary = table_after(&md, "## Summary");
+    // Ran on the lm comparison, n/a on the embed one: 0 failures in 1 comparison.
+    assert_eq!(summary["gated-deltanet"]["failed"], "0 of 1 (1 n/a)");
+    assert_eq!(summary["streaming-only"]["failed"], "n/a");
+    assert_eq!(summary["hash-sparse"]["failed"], "1 of 1");
+
+    let t = report::table_text(&rows);
+    let line = t.lines().find(|l| l.starts_with("gated-deltanet") && l.contains("n/a"));
+    assert!(line.is_some_and(|l| l.contains("n/a: mask none unsupported")), "{t}");
+    assert!(!t.contains("FAILED: mask none"), "{t}");
 }
 
 #[test]

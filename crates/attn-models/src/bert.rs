@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::attention::{attention, AttnInput, RunCtx};
 use crate::error::{ModelError, Result};
-use crate::ops::{gelu_erf, l2_normalize, layer_norm, Linear};
+use crate::ops::{gelu_erf_slice, l2_normalize, layer_norm, Linear};
 use crate::tokenizer::Tokenizer;
 use crate::weights::SafetensorsFile;
 
@@ -262,7 +262,7 @@ impl Bert {
             }
             layer_norm(&mut x, h, &l.ln1.0, &l.ln1.1, c.layer_norm_eps);
             l.up.forward(&x, n, &mut ff, th);
-            ff.par_chunks_mut(4096).for_each(|c| c.iter_mut().for_each(|f| *f = gelu_erf(*f)));
+            ff.par_chunks_mut(4096).for_each(gelu_erf_slice);
             l.down.forward(&ff, n, &mut tmp, th);
             for (xi, ti) in x.iter_mut().zip(&tmp) {
                 *xi += ti;

@@ -70,6 +70,12 @@ fn exact_at_full_budget() {
         close_to_exact(&x, "sea:k=100%,cells=7", &params);
         close_to_exact(&x, "sea:k=1.0,cells=400,rank=8", &params);
     }
+    // Nothing to estimate: the call scores exactly the pairs of exact attention (4 heads ×
+    // 150 × 150), no estimate cost on top.
+    for spec in ["sea:k=150", "sea-reference:k=150"] {
+        let out = x.run(spec, &Params::default()).unwrap();
+        assert_eq!(out.stats.computed_pairs, 4 * 150 * 150, "{spec}");
+    }
     // S_q < S_kv (bottom-right causal), batch 2 with key padding.
     let y = qkv(2, [2, 2, 1], [70, 130], 16, 1.0);
     close_to_exact(&y, "sea:k=130,cells=32", &Params::causal());
@@ -202,7 +208,7 @@ fn the_oracle_estimator_has_the_best_recall() {
     let grid = Grid::new(n, cfg.cells);
     let (pattern, _) = support(&cfg, &p, &inputs, &r, Par::Seq).unwrap();
     let mut rng = attn_testing::rand::Rng::new(9);
-    let (mut idx, mut cells) = (Vec::new(), Vec::new());
+    let (mut keys, mut cells) = (Vec::new(), Vec::new());
     let (mut sum_oracle, mut sum_sea) = (0.0, 0.0);
     for i in 0..n {
         let a = probs(&x, &p, &r, &lse, 0, i);
@@ -212,7 +218,7 @@ fn the_oracle_estimator_has_the_best_recall() {
             a[s..e].iter().sum::<f64>()
         };
         cells.clear();
-        plan.choose(mass, &mut idx, &mut cells);
+        plan.choose(mass, &mut keys, &mut cells);
         assert_eq!(cells.len(), plan.kappa, "row {i}");
         let oracle: f64 = cells.iter().map(|&c| mass(c as usize)).sum();
         let sea: f64 = pattern.support(&r, 0, i).iter().map(|&j| a[j]).sum();

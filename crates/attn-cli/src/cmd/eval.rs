@@ -35,8 +35,8 @@ pub struct EvalArgs {
     /// Text for the lm task: emma, austen:BOOK, shakespeare, bible, essays
     #[arg(long, default_value = "emma")]
     pub text: String,
-    /// Method(s) compared with exact, repeatable: a registered name or name:key=value,…
-    /// [default: every registered method]
+    /// Method(s) compared with exact, repeatable or comma-separated: a registered name or
+    /// name:key=value,… (`streaming:sink=4,window=256,sea`) [default: every registered method]
     #[arg(long)]
     pub method: Vec<String>,
     /// A per-(layer, head) plan file, compared with exact like a method
@@ -115,8 +115,10 @@ pub fn run(a: &EvalArgs, rt: &Runtime) -> Result<()> {
         }
         t
     };
-    let mut methods: Vec<MethodSpec> =
-        a.method.iter().map(|m| MethodSpec::parse(m)).collect::<Result<_, _>>()?;
+    let mut methods: Vec<MethodSpec> = crate::config::split_method_specs(&a.method)
+        .iter()
+        .map(|m| MethodSpec::parse(m))
+        .collect::<Result<_, _>>()?;
     for p in &a.plan {
         methods.push(MethodSpec::plan_file(p)?);
     }

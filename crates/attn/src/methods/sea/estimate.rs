@@ -23,6 +23,9 @@ use std::sync::Mutex;
 /// Query rows per estimate GEMM (one job).
 pub const ROWS: usize = 64;
 
+/// Narrowest cell width given to the executors as key blocks; narrower cells go as columns.
+pub const MIN_BLOCK: usize = 16;
+
 /// The compressed key axis: `T_M` cells over `[0, S_kv)`, cell `c` holding keys
 /// `[round(c·S_kv/T_M), round((c+1)·S_kv/T_M))` (round half up), empty cells dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,40 +130,60 @@ impl RowPlan {
     }
 
     /// Appends the chosen cells, ascending, to `out`: the forced cells and the other visible cells
-    /// of largest `est(c)`, ties to the smaller cell (spec §0.4.6), `κ_i` in all. `idx` is
-    /// scratch.
-    pub fn choose(&self, est: impl Fn(usize) -> f64, idx: &mut Vec<u32>, out: &mut Vec<u32>) {
+    /// of largest `est(c)`, ties to the smaller cell (spec §0.4.6), `κ_i` in all. `keys` is
+    /// scratch: one integer per candidate cell whose ascending order is that ranking (the
+    /// estimate's bits in descending total order, then the cell), so the selection compares
+    /// integers.
+    pub fn choose(&self, est: impl Fn(usize) -> f64, keys: &mut Vec<u128>, out: &mut Vec<u32>) {
         let start = out.len();
         if self.kappa >= self.end - self.first {
             out.extend(self.first as u32..self.end as u32);
             return;
         }
-        idx.clear();
-        idx.extend((self.first as u32..self.end as u32).filter(|&c| !self.is_forced(c as usize)));
-        let forced = self.end - self.first - idx.len();
+        // f64 bits in ascending total order (−NaN < −∞ < … < −0 < +0 < … < +∞ < NaN).
+        let ascending = |x: f64| {
+            let b = x.to_bits();
+            if b >> 63 == 1 {
+                !b
+            } else {
+                b | 1 << 63
+            }
+        };
+        keys.clear();
+        keys.extend(
+            (self.first..self.end)
+                .filter(|&c| !self.is_forced(c))
+                .map(|c| u128::from(!ascending(est(c))) << 32 | c as u128),
+        );
+        let forced = self.end - self.first - keys.len();
         let take = self.kappa - forced;
         if take > 0 {
-            let order =
-                |a: &u32, b: &u32| est(*b as usize).total_cmp(&est(*a as usize)).then(a.cmp(b));
-            if take < idx.len() {
-                idx.select_nth_unstable_by(take - 1, order);
+            if take < keys.len() {
+                keys.select_nth_unstable(take - 1);
             }
-            out.extend_from_slice(&idx[..take]);
+            out.extend(keys[..take].iter().map(|&k| k as u32));
         }
         out.extend((self.first as u32..self.end as u32).filter(|&c| self.is_forced(c as usize)));
         out[start..].sort_unstable();
     }
 
     /// Appends the keys of `cells` (ascending) as key blocks of `grid.min_width()` keys (one per
-    /// cell, at its start) and the one key a wider cell has left as a column. Keys outside
+    /// cell, at its start) and the one key a wider cell has left as a column; on a grid of cells
+    /// narrower than [`MIN_BLOCK`] keys, every key as a column (the executors score each block as
+    /// a tile of its own, so one-key blocks cost a tile each; columns are gathered
+    /// [`CHUNK`](crate::primitives::sparse::CHUNK) at a time — the same support). Keys outside
     /// `[lo, hi)` stay in: the executors mask them (so the row's support is the visible keys of
     /// its cells).
     pub fn pieces(&self, grid: &Grid, cells: &[u32], blocks: &mut Vec<u32>, cols: &mut Vec<u32>) {
         let bn = grid.min_width();
         for &c in cells {
             let (s, e) = grid.range(c as usize);
-            blocks.push(s as u32);
-            cols.extend((s + bn) as u32..e as u32);
+            if bn < MIN_BLOCK {
+                cols.extend(s as u32..e as u32);
+            } else {
+                blocks.push(s as u32);
+                cols.extend((s + bn) as u32..e as u32);
+            }
         }
     }
 }
@@ -299,6 +322,28 @@ pub fn pattern(
         });
     }
     let grid = Grid::new(p.s_kv, c.cells);
+    // A budget that covers every row's visible keys keeps every cell: the support is the mask's,
+    // no estimate is needed (its cost would be wasted), and the executors get one key block over
+    // all keys per block of ROWS rows (masked inside), the layout they run fastest.
+    let keeps_all = (0..p.b).all(|b| {
+        (0..p.s_q).all(|i| {
+            let pl = RowPlan::new(c, &grid, params, b, i);
+            pl.kappa == pl.end - pl.first
+        })
+    });
+    if keeps_all {
+        let bm = ROWS.min(p.s_q).max(1);
+        let heads = (0..p.b * p.h)
+            .map(|_| {
+                let mut hl = HeadList::new();
+                for _ in 0..p.s_q.div_ceil(bm) {
+                    hl.push(&[0], &[]);
+                }
+                hl
+            })
+            .collect();
+        return Ok((BlockList::new(bm, p.s_kv, p.s_q, p.s_kv, heads)?, 0));
+    }
     let proj = projection(c, d);
     let r = proj.as_ref().map_or(d, |w| w.2);
     let f = c.estimate.factor() * r;
@@ -334,7 +379,7 @@ pub fn pattern(
         let mut fq = vec![0.0f32; ROWS * f];
         let mut est = vec![0.0f32; ROWS * grid.len()];
         let mut plans = Vec::with_capacity(ROWS);
-        let (mut idx, mut chosen) = (Vec::new(), Vec::new());
+        let (mut keys, mut chosen) = (Vec::new(), Vec::new());
         loop {
             let job = next.fetch_add(1, Ordering::Relaxed);
             if job >= jobs {
@@ -395,7 +440,7 @@ pub fn pattern(
                 if pl.kappa > 0 {
                     let nc = cz.saturating_sub(ca);
                     let row = &est[r * nc..(r + 1) * nc];
-                    pl.choose(|cell| row[cell - ca] as f64, &mut idx, &mut chosen);
+                    pl.choose(|cell| f64::from(row[cell - ca]), &mut keys, &mut chosen);
                 }
                 pl.pieces(&grid, &chosen, &mut blks, &mut cols);
                 ends.push((blks.len(), cols.len()));
