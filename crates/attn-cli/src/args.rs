@@ -101,7 +101,11 @@ pub struct FetchArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ListArgs {}
+pub struct ListArgs {
+    /// Only these methods, each with its parameters (default values and meaning)
+    #[arg(value_name = "METHOD")]
+    pub methods: Vec<String>,
+}
 
 /// Element type of generated inputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

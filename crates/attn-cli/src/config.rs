@@ -143,11 +143,15 @@ fn forced_method(spec: &str) -> Result<Option<String>> {
 
 /// `attn list`.
 #[derive(Debug, Clone)]
-pub struct ListConfig {}
+pub struct ListConfig {
+    /// Methods to show with their parameters (`routing` or `routing:window=64`, which shows the
+    /// values given); empty = every method, compactly.
+    pub methods: Vec<MethodRef>,
+}
 
 impl ListConfig {
-    pub fn from_args(_: &ListArgs) -> Result<Self> {
-        Ok(Self {})
+    pub fn from_args(a: &ListArgs) -> Result<Self> {
+        Ok(Self { methods: method_specs(&a.methods)? })
     }
 }
 

@@ -115,6 +115,20 @@ fn list_shows_the_registry() {
     assert_eq!(names, registry);
     assert_eq!(json[0]["priority"], 1);
     assert!(json[0]["dtypes"].as_array().unwrap().contains(&"f32".into()));
+    // Every method's parameters with their defaults, in JSON and (compactly) in the text.
+    let streaming = json.as_array().unwrap().iter().find(|m| m["name"] == "streaming").unwrap();
+    let params = streaming["params"].as_array().unwrap();
+    assert!(params.iter().any(|p| p["name"] == "window" && p["default"] == "1024"), "{params:?}");
+    assert!(out.contains("params sink=4,window=1024"), "{out}");
+
+    // Named methods (with parameters: their values) each with every parameter explained.
+    let out = ok(&["list", "streaming:window=64,sea"]);
+    assert!(out.contains("streaming") && out.contains("sea"), "{out}");
+    assert!(!out.contains("sdpa-flash"), "{out}");
+    assert!(out.lines().any(|l| l.trim_start().starts_with("window=64  ")), "{out}");
+    assert!(out.lines().any(|l| l.trim_start().starts_with("cells=256  ")), "{out}");
+    assert!(fails(&["list", "nope"]).contains("unknown method"));
+    assert!(fails(&["list", "sea:nope=1"]).contains("no parameter"));
 }
 
 #[test]

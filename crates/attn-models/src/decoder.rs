@@ -11,7 +11,7 @@ use attn::{Mask, Params};
 use crate::attention::{attention, AttnInput, RunCtx};
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
-use crate::ops::{gelu_tanh, rms_norm, rms_norm_inplace, silu, Linear, Rope, RopeStyle, Threads};
+use crate::ops::{gated_act, rms_norm, rms_norm_inplace, Linear, Rope, RopeStyle, Threads};
 use crate::tokenizer::Tokenizer;
 
 /// The gated FFN's activation.
@@ -464,14 +464,7 @@ fn gated(gu: &[f32], out: &mut [f32], ffn: usize, act: Activation) {
     use rayon::prelude::*;
     out.par_chunks_mut(ffn).zip(gu.par_chunks(2 * ffn)).for_each(|(o, row)| {
         let (g, u) = row.split_at(ffn);
-        match act {
-            Activation::Silu => {
-                o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = silu(g) * u)
-            }
-            Activation::GeluTanh => {
-                o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = gelu_tanh(g) * u)
-            }
-        }
+        gated_act(g, u, o, act == Activation::GeluTanh);
     });
 }
 

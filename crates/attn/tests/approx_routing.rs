@@ -4,7 +4,7 @@
 //! output; loaded centroids; the k-means finds well-separated directions; typed errors.
 
 use attn::methods::pattern::{Fast, Reference};
-use attn::methods::routing::{Centroids, Routing};
+use attn::methods::routing::{Balance, Centroids, Routing};
 use attn::{Error, Inputs, Mask, Method, OutputMut, Par, Params, Problem, Registry, TensorRef};
 use attn_testing::cases::{case, MaskSpec};
 use attn_testing::Qkv;
@@ -54,9 +54,10 @@ fn one_cluster_is_exact_attention() {
                 "routing:clusters=1,local=0",
                 "routing:clusters=1,local=7",
                 "routing-reference:clusters=1,local=3",
-                "routing:clusters=4,memberships=4,iters=3",
-                "routing-reference:clusters=3,memberships=3,local=0",
-                "routing:clusters=5,memberships=2,key_memberships=4,sink=4,local=2",
+                // Nearest: r + r_k > C; top-w (no mask): r = r_k = C, every token in every cluster.
+                "routing:clusters=4,memberships=4,key_memberships=4,iters=3",
+                "routing-reference:clusters=3,memberships=3,key_memberships=3,local=0",
+                "routing:clusters=5,memberships=2,key_memberships=4,sink=4,local=2,balance=nearest",
                 "routing:clusters=2,key_memberships=2,sink=100",
                 // A window as long as the keys: ⌈S_kv / window⌉ = 1.
                 "routing:window=100",
@@ -84,6 +85,7 @@ fn fast_equals_reference_at_small_windows() {
         local: 4,
         sink: 0,
         seed: 7,
+        balance: Balance::Auto,
         centroids: None,
     };
     const MULTI: Routing = Routing {
@@ -95,6 +97,7 @@ fn fast_equals_reference_at_small_windows() {
         local: 0,
         sink: 0,
         seed: 1,
+        balance: Balance::Auto,
         centroids: None,
     };
     // Pairs sharing several clusters (the −ln c_ij correction), sinks overlapping the windows.
@@ -107,6 +110,21 @@ fn fast_equals_reference_at_small_windows() {
         local: 5,
         sink: 3,
         seed: 2,
+        balance: Balance::Auto,
+        centroids: None,
+    };
+    // Balanced top-w with several clusters per token (stranded queries, pairs sharing
+    // clusters), S_q ≠ S_kv: non-causal cases only (causal rejects it).
+    const TOPW: Routing = Routing {
+        clusters: 7,
+        window: 512,
+        iters: 2,
+        memberships: 2,
+        key_memberships: 3,
+        local: 3,
+        sink: 2,
+        seed: 5,
+        balance: Balance::TopW,
         centroids: None,
     };
     static REG: &[&dyn Method] = &[&Fast(SMALL), &Reference(SMALL)];
@@ -127,6 +145,153 @@ fn fast_equals_reference_at_small_windows() {
         let cov = run_suite_with(m, &cfg);
         assert_eq!(cov.cases, cases.len());
     }
+    static REG4: &[&dyn Method] = &[&Fast(TOPW), &Reference(TOPW)];
+    let cases = vec![
+        case(1, [2, 1], [23, 23], 16),
+        case(2, [4, 2], [141, 141], 32),
+        case(1, [2, 2], [17, 300], 16),
+        case(1, [1, 1], [130, 40], 8),
+        case(1, [1, 1], [1, 65], 8),
+    ];
+    let reg = Registry::new(REG4);
+    let m = reg.get("routing").unwrap();
+    let cfg = SuiteConfig { registry: reg, cases: cases.clone(), ..SuiteConfig::for_method(m) };
+    assert_eq!(run_suite_with(m, &cfg).cases, cases.len());
+}
+
+/// Balanced routing (spec §6.2 step 3), without a mask by default: every cluster holds exactly
+/// `w_k = min(r_k·⌈S_kv/C⌉, S_kv)` keys, the ones most similar to its centroid; its queries are
+/// its `w_q = min(r·⌈S_q/C⌉, S_q)` most similar ones plus the queries no cluster took whose
+/// nearest centroid it is (each of those in that cluster only). Also with `S_q ≠ S_kv` and GQA.
+#[test]
+fn topw_clusters_take_their_most_similar_tokens() {
+    let unit = |x: &[f32]| {
+        let n = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        x.iter().map(|v| *v as f64 / n).collect::<Vec<f64>>()
+    };
+    for (x, cfg) in [
+        (qkv(11, [1, 1, 1], 200, 16), Routing { window: 16, ..Routing::DEFAULT }),
+        (
+            Qkv::gaussian(12, [1, 4, 2], [90, 130], 8, 1.0),
+            Routing { clusters: 6, memberships: 2, key_memberships: 3, ..Routing::DEFAULT },
+        ),
+        (qkv(13, [1, 1, 1], 40, 8), Routing { clusters: 64, ..Routing::DEFAULT }),
+    ] {
+        let inputs = x.tensors();
+        let p = Problem::from_tensors(&inputs.q, &inputs.k, &inputs.v).unwrap();
+        let r = Params::default().resolve(&p).unwrap();
+        let d = p.d;
+        for h in 0..p.h {
+            let routes = cfg.routes(&p, &inputs, &r, 0, h);
+            let c = routes.clusters;
+            let (wq, wk) = Routing::balanced_sizes(
+                cfg.memberships.min(c),
+                cfg.key_memberships.min(c),
+                c,
+                p.s_q,
+                p.s_kv,
+            );
+            assert_eq!(wq, (cfg.memberships.min(c) * p.s_q.div_ceil(c)).min(p.s_q));
+            let hk = h / p.group();
+            let qs: Vec<Vec<f64>> =
+                (0..p.s_q).map(|i| unit(&x.q[(h * p.s_q + i) * d..][..d])).collect();
+            let ks: Vec<Vec<f64>> =
+                (0..p.s_kv).map(|j| unit(&x.k[(hk * p.s_kv + j) * d..][..d])).collect();
+            let sim = |u: &[f64], k: usize| {
+                let mu = &routes.centroids[k * d..(k + 1) * d];
+                u.iter().zip(mu).map(|(a, b)| a * *b as f64).sum::<f64>()
+            };
+            for k in 0..c {
+                // Keys: exactly w_k, none outside more similar (f32 GEMM: 1e-5 slack).
+                let keys = routes.cluster_keys(k);
+                assert_eq!(keys.len(), wk, "cluster {k} keys");
+                let inside = keys.iter().map(|&j| sim(&ks[j as usize], k)).fold(f64::MAX, f64::min);
+                for j in (0..p.s_kv).filter(|j| !keys.contains(&(*j as u32))) {
+                    assert!(sim(&ks[j], k) <= inside + 1e-5, "key {j} should be in cluster {k}");
+                }
+                // Queries: the w_q most similar, plus stranded ones whose nearest it is.
+                let rows = routes.cluster_queries(k);
+                assert!(rows.len() >= wq, "cluster {k}: {} queries < {wq}", rows.len());
+                let mut by_sim: Vec<f64> = rows.iter().map(|&i| sim(&qs[i as usize], k)).collect();
+                by_sim.sort_by(|a, b| b.total_cmp(a));
+                let cut = by_sim[wq - 1];
+                for i in (0..p.s_q).filter(|i| !rows.contains(&(*i as u32))) {
+                    assert!(sim(&qs[i], k) <= cut + 1e-5, "query {i} should be in cluster {k}");
+                }
+            }
+            // Every query has a cluster; one in a single cluster that is not among its w_q most
+            // similar was stranded and sits in its nearest.
+            for i in 0..p.s_q {
+                let cs = routes.clusters_of(i);
+                assert!(!cs.is_empty(), "query {i} has no cluster");
+                let k = cs[0] as usize;
+                let s = sim(&qs[i], k);
+                let better = (0..p.s_q).filter(|&u| sim(&qs[u], k) > s + 1e-5).count();
+                if better >= wq {
+                    assert_eq!(cs.len(), 1);
+                    assert!((0..c).all(|u| sim(&qs[i], u) <= s + 1e-5), "query {i}: not nearest");
+                }
+            }
+        }
+    }
+}
+
+/// The balanced budget = everything: one cluster (`clusters=1`, or `window ≥ S_kv`), or every
+/// token in every cluster (`memberships = key_memberships = C`), gives exact attention; with
+/// GQA, `S_q ≠ S_kv`, sinks and any local window.
+#[test]
+fn topw_full_budget_is_exact() {
+    let mut short = Qkv::gaussian(14, [1, 4, 2], [21, 50], 16, 1.0);
+    short.v.iter_mut().for_each(|v| *v *= 2.0);
+    for x in [qkv(15, [2, 2, 1], 45, 8), short] {
+        let params = Params::default();
+        let (eo, el) = x.exact(&params);
+        for spec in [
+            "routing:balance=topw,clusters=1",
+            "routing:balance=topw,clusters=1,local=0",
+            "routing-reference:balance=topw,clusters=1,local=3,sink=2",
+            "routing:balance=topw,window=64,local=0",
+            "routing:balance=topw,clusters=5,memberships=5,key_memberships=5,local=1",
+            "routing-reference:clusters=3,memberships=3,key_memberships=3,local=0",
+        ] {
+            let out = x.run(spec, &params).unwrap();
+            assert_close(&format!("{spec} o"), &out.o, &eo);
+            assert_close(&format!("{spec} lse"), &out.lse, &el);
+        }
+    }
+}
+
+/// Top-w is not causal: asked for under a causal mask it is a typed rejection naming the reason;
+/// the default (`auto`) routes causal calls by the nearest centroid and non-causal ones by top-w.
+#[test]
+fn topw_under_causal_is_rejected() {
+    let x = qkv(16, [1, 1, 1], 32, 8);
+    for spec in ["routing:balance=topw", "routing-reference:balance=topw"] {
+        match x.run(spec, &Params::causal()) {
+            Err(Error::Unsupported { reasons, .. }) => {
+                let why = format!("{reasons:?}");
+                assert!(why.contains("not causal"), "{why}");
+            }
+            other => panic!("{spec}: expected a rejection, got {:?}", other.map(|o| o.stats)),
+        }
+    }
+    assert!(x.run("routing:balance=nearest", &Params::causal()).is_ok());
+    assert!(matches!(
+        x.run("routing:balance=top", &Params::default()),
+        Err(Error::BadParam { .. })
+    ));
+    let auto = Routing::DEFAULT;
+    assert_eq!(auto.balance_for(&Mask::Causal), Balance::Nearest);
+    assert_eq!(auto.balance_for(&Mask::None), Balance::TopW);
+    // auto = nearest under causal: the same bits as asking for it.
+    let a = x.run("routing:window=8", &Params::causal()).unwrap();
+    let b = x.run("routing:window=8,balance=nearest", &Params::causal()).unwrap();
+    assert_eq!(a.o, b.o);
+    let c = x.run("routing:window=8", &Params::default()).unwrap();
+    let t = x.run("routing:window=8,balance=topw", &Params::default()).unwrap();
+    let n = x.run("routing:window=8,balance=nearest", &Params::default()).unwrap();
+    assert_eq!(c.o, t.o);
+    assert_ne!(c.o, n.o);
 }
 
 /// Implied probabilities are positive and rows sum to 1 (`V = 1` ⇒ `o = 1`); every row has a
@@ -270,6 +435,7 @@ fn causal_rows_ignore_future_keys_bitwise() {
 fn the_seed_decides_the_output() {
     let x = qkv(6, [2, 2, 2], 128, 16);
     for params in [Params::default(), Params::causal()] {
+        // Without a mask this is balanced top-w routing, under causal nearest.
         let a = x.run("routing:window=16,local=1,seed=3", &params).unwrap();
         let b = x.run("routing:window=16,local=1,seed=3", &params).unwrap();
         let c = x.run("routing:window=16,local=1,seed=4", &params).unwrap();
@@ -277,6 +443,12 @@ fn the_seed_decides_the_output() {
         assert_eq!(a.lse, b.lse);
         assert_eq!(a.stats, b.stats);
         assert_ne!(a.o, c.o);
+        let t = "routing:window=16,memberships=2,key_memberships=2,balance=topw,seed=3";
+        if matches!(params.mask, Mask::None) {
+            let a = x.run(t, &params).unwrap();
+            let b = x.run(t, &params).unwrap();
+            assert_eq!((a.o, a.lse, a.stats), (b.o, b.lse, b.stats));
+        }
     }
 }
 

@@ -27,6 +27,16 @@ struct Entry {
     alibi: bool,
     max_query_rows: Option<usize>,
     min_kv: usize,
+    /// Tunable parameters with their defaults (`name:key=value,…` in a method spec).
+    params: Vec<Param>,
+}
+
+/// One parameter of a method.
+#[derive(Debug, Serialize)]
+struct Param {
+    name: &'static str,
+    default: String,
+    doc: &'static str,
 }
 
 fn entry(priority: usize, m: &dyn Method) -> Entry {
@@ -52,12 +62,25 @@ fn entry(priority: usize, m: &dyn Method) -> Entry {
         alibi: c.alibi,
         max_query_rows: c.max_query_rows,
         min_kv: c.min_kv,
+        params: m
+            .params()
+            .into_iter()
+            .map(|p| Param { name: p.name, default: p.value, doc: p.doc })
+            .collect(),
     }
 }
 
-pub fn run(_: &ListConfig, rt: &Runtime) -> Result<()> {
-    let entries: Vec<Entry> =
-        attn::registry().methods().iter().enumerate().map(|(i, m)| entry(i + 1, *m)).collect();
+pub fn run(cfg: &ListConfig, rt: &Runtime) -> Result<()> {
+    let registered = attn::registry().methods();
+    let named = !cfg.methods.is_empty();
+    let entries: Vec<Entry> = if named {
+        let priority = |m: &dyn Method| {
+            registered.iter().position(|r| r.name() == m.name()).map_or(0, |i| i + 1)
+        };
+        cfg.methods.iter().map(|m| entry(priority(&**m), &**m)).collect()
+    } else {
+        registered.iter().enumerate().map(|(i, m)| entry(i + 1, *m)).collect()
+    };
     rt.write_json(&entries)?;
     if rt.json_to_stdout() {
         return Ok(());
@@ -96,6 +119,15 @@ pub fn run(_: &ListConfig, rt: &Runtime) -> Result<()> {
             e.min_kv
         )?;
         writeln!(out, "    masks {}", e.masks.join(", "))?;
+        if named {
+            for p in &e.params {
+                writeln!(out, "    {}={}  {}", p.name, p.default, p.doc)?;
+            }
+        } else if !e.params.is_empty() {
+            let kv: Vec<String> =
+                e.params.iter().map(|p| format!("{}={}", p.name, p.default)).collect();
+            writeln!(out, "    params {}  (attn list {} explains them)", kv.join(","), e.name)?;
+        }
     }
     Ok(())
 }

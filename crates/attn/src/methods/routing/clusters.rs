@@ -1,11 +1,13 @@
 //! The routing of one `(batch, query head)`: centroids (a spherical k-means on the call's own
-//! unit queries and keys, or loaded), each query's nearest `r` clusters, each key's nearest
-//! `r_k` clusters, and both grouped by cluster in position order. Shared by both implementations: the
+//! unit queries and keys, or loaded); then either each query's nearest `r` clusters and each
+//! key's nearest `r_k` clusters (`balance=nearest`), or each cluster's `w_q` most similar
+//! queries and `w_k` most similar keys (`balance=topw`); both grouped by cluster in position
+//! order. Shared by both implementations: the
 //! similarities are f32 faer GEMMs in one thread (faer picks its kernel from the CPU, not from
 //! attn's SIMD level), so the support is bitwise the same at every attn SIMD level and thread
 //! count on one machine.
 
-use super::Routing;
+use super::{Balance, Routing};
 use crate::dispatch::Inputs;
 use crate::error::{Error, Result};
 use crate::mask::Mask;
@@ -92,16 +94,23 @@ impl Centroids {
 pub struct Routes {
     /// Clusters `C` (fewer than asked when the fit set has fewer vectors).
     pub clusters: usize,
-    /// Clusters per query `r` (at most `C`).
+    /// The most clusters one query is in (`r` under nearest routing; under top-`w`, between 1
+    /// and `C`).
     pub memberships: usize,
-    /// Clusters per key `r_k` (at most `C`).
+    /// The most clusters one key is in (`r_k` under nearest routing; under top-`w`, 0 to `C`).
     pub key_memberships: usize,
     /// `C × D`: the unit centroids used.
     pub centroids: Vec<f32>,
-    /// `S_q × r`: the clusters of each query, ascending.
+    /// The clusters of each query, ascending, query by query (`query_cluster_start` delimits
+    /// them).
     pub query_clusters: Vec<u32>,
-    /// `S_kv × r_k`: the clusters of each key, ascending.
+    /// `S_q + 1` offsets into `query_clusters`.
+    pub query_cluster_start: Vec<usize>,
+    /// The clusters of each key, ascending, key by key (`key_cluster_start` delimits them; a key
+    /// no cluster selected under top-`w` has none).
     pub key_clusters: Vec<u32>,
+    /// `S_kv + 1` offsets into `key_clusters`.
+    pub key_cluster_start: Vec<usize>,
     /// Queries grouped by cluster, ascending inside a cluster (`query_start` delimits them).
     pub queries: Vec<u32>,
     /// `C + 1` offsets into `queries`.
@@ -123,14 +132,14 @@ impl Routes {
         &self.keys[self.key_start[c]..self.key_start[c + 1]]
     }
 
-    /// The clusters of query `i`.
+    /// The clusters of query `i`, ascending.
     pub fn clusters_of(&self, i: usize) -> &[u32] {
-        &self.query_clusters[i * self.memberships..(i + 1) * self.memberships]
+        &self.query_clusters[self.query_cluster_start[i]..self.query_cluster_start[i + 1]]
     }
 
-    /// The clusters of key `j`.
+    /// The clusters of key `j`, ascending.
     pub fn clusters_of_key(&self, j: usize) -> &[u32] {
-        &self.key_clusters[j * self.key_memberships..(j + 1) * self.key_memberships]
+        &self.key_clusters[self.key_cluster_start[j]..self.key_cluster_start[j + 1]]
     }
 
     /// `c_ij`: the clusters query `i` and key `j` share.
@@ -334,7 +343,8 @@ impl Routing {
         mu
     }
 
-    /// The routing of `(b, h)` (see the module doc and README).
+    /// The routing of `(b, h)` (see the module doc and README): nearest-centroid or balanced
+    /// top-`w` by [`Routing::balance_for`] the call's mask.
     pub fn routes(
         &self,
         p: &Problem,
@@ -355,52 +365,136 @@ impl Routing {
             }
         };
         let c = centroids.len() / d;
-        let r = self.memberships.min(c);
-        let mut query_clusters = vec![0u32; p.s_q * r];
+        let (r, rk) = (self.memberships.min(c), self.key_memberships.min(c));
         let mut buf = Vec::new();
-        similarities(&qn, &centroids, d, &mut buf, |i, sims| {
-            let qc = &mut query_clusters[i * r..(i + 1) * r];
-            if r == 1 {
-                qc[0] = argmax(sims) as u32;
-            } else {
-                qc.copy_from_slice(&crate::methods::pattern::top_k(sims, r));
-            }
-        });
-        let rk = self.key_memberships.min(c);
-        let mut key_clusters = vec![0u32; p.s_kv * rk];
-        similarities(&kn, &centroids, d, &mut buf, |j, sims| {
-            let kc = &mut key_clusters[j * rk..(j + 1) * rk];
-            if rk == 1 {
-                kc[0] = argmax(sims) as u32;
-            } else {
-                kc.copy_from_slice(&crate::methods::pattern::top_k(sims, rk));
-            }
-        });
-        let (queries, query_start) = group(
-            query_clusters
-                .chunks_exact(r)
-                .enumerate()
-                .flat_map(|(i, cs)| cs.iter().map(move |&k| (i as u32, k))),
-            c,
-        );
-        let (keys, key_start) = group(
-            key_clusters
-                .chunks_exact(rk)
-                .enumerate()
-                .flat_map(|(j, cs)| cs.iter().map(move |&k| (j as u32, k))),
-            c,
-        );
+        let ((query_clusters, query_cluster_start), (key_clusters, key_cluster_start)) =
+            match self.balance_for(&params.mask) {
+                Balance::TopW => {
+                    let (wq, wk) = Self::balanced_sizes(r, rk, c, p.s_q, p.s_kv);
+                    (
+                        top_w(&qn, &centroids, d, wq, true, &mut buf),
+                        top_w(&kn, &centroids, d, wk, false, &mut buf),
+                    )
+                }
+                _ => (
+                    nearest(&qn, &centroids, d, r, &mut buf),
+                    nearest(&kn, &centroids, d, rk, &mut buf),
+                ),
+            };
+        let by_cluster = |tc: &[u32], start: &[usize]| {
+            group(
+                start
+                    .windows(2)
+                    .enumerate()
+                    .flat_map(move |(t, se)| tc[se[0]..se[1]].iter().map(move |&k| (t as u32, k))),
+                c,
+            )
+        };
+        let (queries, query_start) = by_cluster(&query_clusters, &query_cluster_start);
+        let (keys, key_start) = by_cluster(&key_clusters, &key_cluster_start);
+        let most = |start: &[usize]| start.windows(2).map(|se| se[1] - se[0]).max().unwrap_or(0);
         Routes {
             clusters: c,
-            memberships: r,
-            key_memberships: rk,
+            memberships: most(&query_cluster_start),
+            key_memberships: most(&key_cluster_start),
             centroids,
             query_clusters,
+            query_cluster_start,
             key_clusters,
+            key_cluster_start,
             queries,
             query_start,
             keys,
             key_start,
         }
     }
+
+    /// Queries and keys per cluster under top-`w` routing, `(w_q, w_k)`: `w = ⌈S / C⌉` (so
+    /// `C·w ≥ S`, the official `C·w = N`), times the memberships `r` / `r_k` (the average number
+    /// of clusters per token), capped at `S`.
+    pub fn balanced_sizes(
+        r: usize,
+        rk: usize,
+        c: usize,
+        s_q: usize,
+        s_kv: usize,
+    ) -> (usize, usize) {
+        let c = c.max(1);
+        ((r * s_q.div_ceil(c)).min(s_q), (rk * s_kv.div_ceil(c)).min(s_kv))
+    }
+}
+
+/// Nearest-centroid routing of the rows of `x` (`n × D`): each row in its `r` most similar
+/// centroids (ties: smaller index), as a row-major CSR `(clusters, start)` with clusters
+/// ascending per row.
+fn nearest(
+    x: &[f32],
+    mu: &[f32],
+    d: usize,
+    r: usize,
+    buf: &mut Vec<f32>,
+) -> (Vec<u32>, Vec<usize>) {
+    let n = x.len() / d;
+    let mut out = vec![0u32; n * r];
+    similarities(x, mu, d, buf, |t, sims| {
+        let tc = &mut out[t * r..(t + 1) * r];
+        if r == 1 {
+            tc[0] = argmax(sims) as u32;
+        } else {
+            tc.copy_from_slice(&crate::methods::pattern::top_k(sims, r));
+        }
+    });
+    (out, (0..=n).map(|t| t * r).collect())
+}
+
+/// Balanced routing of the rows of `x` (`n × D`): each centroid takes the `w` rows most similar
+/// to it (ties: smaller row). With `strand_to_nearest`, a row no centroid took joins its nearest
+/// one. Returned as a row-major CSR `(clusters, start)`, clusters ascending per row.
+fn top_w(
+    x: &[f32],
+    mu: &[f32],
+    d: usize,
+    w: usize,
+    strand_to_nearest: bool,
+    buf: &mut Vec<f32>,
+) -> (Vec<u32>, Vec<usize>) {
+    let (n, c) = (x.len() / d, mu.len() / d);
+    // Column-major similarities, C × n: one cluster's column is contiguous.
+    let mut cols = vec![0.0f32; c * n];
+    similarities(x, mu, d, buf, |t, sims| {
+        sims.iter().enumerate().for_each(|(k, &s)| cols[k * n + t] = s);
+    });
+    let w = w.min(n);
+    let mut idx: Vec<u32> = Vec::with_capacity(n);
+    // (cluster, row) pairs, cluster-major, rows ascending inside a cluster.
+    let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(c * w + n);
+    let mut taken = vec![false; n];
+    for k in 0..c {
+        if w == 0 {
+            break;
+        }
+        let col = &cols[k * n..(k + 1) * n];
+        idx.clear();
+        idx.extend(0..n as u32);
+        let order = |a: &u32, b: &u32| col[*b as usize].total_cmp(&col[*a as usize]).then(a.cmp(b));
+        if w < n {
+            idx.select_nth_unstable_by(w - 1, order);
+            idx.truncate(w);
+        }
+        idx.sort_unstable();
+        for &t in &idx {
+            taken[t as usize] = true;
+            pairs.push((k as u32, t));
+        }
+    }
+    if strand_to_nearest {
+        let mut row = Vec::with_capacity(c);
+        for t in (0..n).filter(|&t| !taken[t]) {
+            row.clear();
+            row.extend((0..c).map(|k| cols[k * n + t]));
+            pairs.push((argmax(&row) as u32, t as u32));
+        }
+    }
+    // Grouped by row: a row's clusters come in cluster order (a stranded row has one).
+    group(pairs.iter().copied(), n)
 }

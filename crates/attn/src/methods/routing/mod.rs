@@ -30,6 +30,31 @@ pub const ROW_TILE: usize = 64;
 /// Keys per tile of the fast path.
 pub const KEY_TILE: usize = 256;
 
+/// How tokens are assigned to clusters (spec §6.2 step 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// [`Balance::TopW`] without a mask, [`Balance::Nearest`] under causal (the default).
+    Auto,
+    /// Each query joins its `r` nearest centroids and each key its `r_k` nearest: a token's
+    /// clusters depend on that token alone, so causal rows never see later keys.
+    Nearest,
+    /// Balanced (official routing): each cluster takes the `w_q` queries and `w_k` keys most
+    /// similar to its centroid over the whole sequence (`w = ⌈S / C⌉`, times `r` / `r_k`). Not
+    /// causal: a later key can evict an earlier one from a cluster, so a causal mask rejects it.
+    TopW,
+}
+
+impl Balance {
+    /// The parameter value: `auto`, `nearest` or `topw`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Balance::Auto => "auto",
+            Balance::Nearest => "nearest",
+            Balance::TopW => "topw",
+        }
+    }
+}
+
 /// `routing`: k-means routing of queries and keys, attention inside the clusters plus a local
 /// window.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +75,9 @@ pub struct Routing {
     pub sink: usize,
     /// Seed of the k-means initialisation (keyed with the query head, spec §0.4.5).
     pub seed: u64,
+    /// Cluster assignment: nearest centroid or balanced top-`w` (`Auto`: top-`w` without a mask,
+    /// nearest under causal).
+    pub balance: Balance,
     /// Loaded centroids `[H, C, D]`; `None` fits them on the input.
     pub centroids: Option<Arc<Centroids>>,
 }
@@ -68,6 +96,7 @@ impl Routing {
         local: 256,
         sink: 0,
         seed: 0,
+        balance: Balance::Auto,
         centroids: None,
     };
 
@@ -75,6 +104,16 @@ impl Routing {
     /// k-means is skipped; `clusters`, `window`, `iters` and `seed` no longer matter.
     pub fn with_centroids(centroids: Centroids) -> Self {
         Self { centroids: Some(Arc::new(centroids)), ..Self::DEFAULT }
+    }
+
+    /// The assignment used under `mask`: `balance`, with `Auto` resolved (top-`w` without a
+    /// mask, nearest under causal).
+    pub fn balance_for(&self, mask: &Mask) -> Balance {
+        match (self.balance, mask) {
+            (Balance::Auto, Mask::Causal) => Balance::Nearest,
+            (Balance::Auto, _) => Balance::TopW,
+            (b, _) => b,
+        }
     }
 
     /// Keys `[lo, hi)` of row `i`'s local window: `p_i − L < j ≤ p_i`, clipped to `[0, S_kv)`.
@@ -220,6 +259,11 @@ impl SparseConfig for Routing {
                 value: self.seed.to_string(),
                 doc: "k-means initialisation seed, keyed with the query head (0)",
             },
+            ParamInfo {
+                name: "balance",
+                value: self.balance.name().into(),
+                doc: "cluster assignment: topw = each cluster takes its ceil(S/C)*r most similar queries and ceil(S/C)*r_k keys (balanced, official; not causal), nearest = each token its nearest centroids; auto = topw without a mask, nearest under causal",
+            },
         ]
     }
 
@@ -260,13 +304,29 @@ impl SparseConfig for Routing {
             "local" => self.local = parse_param(Self::NAME, key, value)?,
             "sink" => self.sink = parse_param(Self::NAME, key, value)?,
             "seed" => self.seed = parse_param(Self::NAME, key, value)?,
+            "balance" => {
+                self.balance = match value {
+                    "auto" => Balance::Auto,
+                    "nearest" => Balance::Nearest,
+                    "topw" => Balance::TopW,
+                    _ => return Err(bad("auto, nearest or topw")),
+                }
+            }
             _ => return Err(unknown(self, key)),
         }
         Ok(())
     }
 
-    fn unsupported(&self, p: &Problem, _: &Params) -> Vec<Reason> {
+    fn unsupported(&self, p: &Problem, params: &Params) -> Vec<Reason> {
         let mut r = Vec::new();
+        if self.balance == Balance::TopW && matches!(params.mask, Mask::Causal) {
+            r.push(Reason::Other(
+                "routing: balance=topw is not causal (whether a past key makes its cluster's top-w \
+                 depends on the similarities of later keys, so a future key can evict a past one); \
+                 use balance=nearest (the causal default)"
+                    .into(),
+            ));
+        }
         if let Some(c) = &self.centroids {
             if c.heads() != p.h || c.dim() != p.d {
                 r.push(Reason::Other(format!(
@@ -306,7 +366,16 @@ impl SparseConfig for Routing {
             + 8 * c * p.d
             + 4 * (p.s_q + p.s_kv)
             + 8 * (p.s_q + p.s_kv) * r
-            + 16 * (c + 1);
+            + 16 * (c + 1)
+            + c;
+        // Top-w (the mask is not known here: counted unless `nearest` is asked): the C × S
+        // similarity columns, the row order and the (cluster, row) pairs (up to r·S_q + S_q
+        // stranded queries, r_k·S_kv keys) while a side is routed.
+        let s = p.s_q.max(p.s_kv);
+        let routes = match self.balance {
+            Balance::Nearest => routes,
+            _ => routes + 4 * c * s + 5 * s + 8 * (p.s_q + p.s_kv) * (r + 1),
+        };
         match exec {
             Exec::Reference => routes + 8 * (p.s_kv * 2 + p.d_v),
             Exec::Fast => par.threads().min(p.b * p.h).max(1) * (routes + tiled::Work::bytes(p)),

@@ -2,8 +2,10 @@
 //!
 //! For every batch `b` and query head `h` (keys and values from head `h / g`), with the routing
 //! of [`Routing::routes`] (the same clustering as the fast path):
-//! 1. `R(i)`: the keys sharing at least one cluster with query `i` (its `r` nearest centroids,
-//!    the key's `r_k` nearest), allowed by the mask (causal: `j ≤ p_i`);
+//! 1. `R(i)`: the keys sharing at least one cluster with query `i`, allowed by the mask (causal:
+//!    `j ≤ p_i`). Nearest routing: the query's `r` nearest centroids, the key's `r_k` nearest.
+//!    Top-`w` (balanced, no mask): the clusters that took the query among their `w_q` most
+//!    similar (or, taken by none, its nearest) and those that took the key among their `w_k`;
 //! 2. `F(i)`: the sinks `j < sink` allowed by the mask and the local window `p_i − L < j ≤ p_i`
 //!    (inside `[0, S_kv)`);
 //! 3. `U_i = R(i) ∪ F(i)`; if empty the row is empty (`o = 0`, `lse = −∞`);

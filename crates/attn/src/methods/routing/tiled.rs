@@ -41,6 +41,11 @@ pub struct Work {
     pos: [i64; ROW_TILE],
     /// `ln c` for the duplicate correction, `c = 0..=r` (entry 0 unused).
     ln_count: Vec<f32>,
+    /// Positions (in the gathered keys) of the keys that are in several clusters.
+    multi: Vec<u32>,
+    /// Per cluster: is it one of the current query's clusters (`C` entries, all false between
+    /// rows).
+    mark: Vec<bool>,
 }
 
 impl Work {
@@ -55,12 +60,14 @@ impl Work {
             alpha: [1.0; ROW_TILE],
             pos: [0; ROW_TILE],
             ln_count: Vec::new(),
+            multi: Vec::with_capacity(p.s_kv),
+            mark: Vec::new(),
         }
     }
 
     /// Bytes a worker allocates for a call of shape `p`.
     pub fn bytes(p: &Problem) -> usize {
-        4 * ((p.s_kv + PAD) * (p.d + p.d_v) + ROW_TILE * (p.d + KEY_TILE + p.d_v + 4))
+        4 * ((p.s_kv + PAD) * (p.d + p.d_v) + p.s_kv + ROW_TILE * (p.d + KEY_TILE + p.d_v + 4))
     }
 }
 
@@ -128,6 +135,11 @@ impl Head<'_> {
             self.inputs.k.read_row(self.b, hk, j as usize, 1.0, &mut w.k[t * d..(t + 1) * d]);
             self.inputs.v.read_row(self.b, hk, j as usize, 1.0, &mut w.v[t * dv..(t + 1) * dv]);
         }
+        w.multi.clear();
+        if let Some(rs) = routes {
+            let several = |&(_, &j): &(usize, &u32)| rs.clusters_of_key(j as usize).len() > 1;
+            w.multi.extend(keys.iter().enumerate().filter(several).map(|(t, _)| t as u32));
+        }
         // Zero rows after the last key: a tile may reach up to PAD − 1 rows past it.
         w.k[n * d..(n + PAD) * d].fill(0.0);
         w.v[n * dv..(n + PAD) * dv].fill(0.0);
@@ -159,14 +171,15 @@ impl Head<'_> {
                 let whole = match piece {
                     // Every key a non-sink before every row's window, or (no mask) after every row.
                     Piece::Cluster => {
-                        routes.is_none()
-                            && first >= sink
-                            && (last <= lo_pos - local || (!causal && first > top))
+                        first >= sink && (last <= lo_pos - local || (!causal && first > top))
                     }
                     // Every key inside every row's window.
                     Piece::Fixed => first > top - local && last <= lo_pos,
                 };
                 let kt = &keys[k0..k0 + nk];
+                // Tile positions of the keys in several clusters (ascending).
+                let mk = &w.multi[w.multi.partition_point(|&t| (t as usize) < k0)
+                    ..w.multi.partition_point(|&t| (t as usize) < k0 + nk)];
                 // Keys are ascending: each part of a row's mask is a run of the tile.
                 let s_end = kt.partition_point(|&j| (j as i64) < sink); // sinks: [0, s_end)
                 let ninf = f32::NEG_INFINITY;
@@ -175,21 +188,9 @@ impl Head<'_> {
                     // Keys ≤ pos: [0, a); keys ≤ pos − L: [0, b); the window is [b, a).
                     let a = kt.partition_point(|&j| j as i64 <= pos);
                     let b = kt.partition_point(|&j| j as i64 <= pos - local);
-                    match (piece, routes) {
+                    match piece {
                         _ if whole => {}
-                        (Piece::Cluster, Some(rs)) => {
-                            let i = rt[r] as usize;
-                            for (t, (x, &j)) in srow[..nk].iter_mut().zip(kt).enumerate() {
-                                let seen = !causal || t < a;
-                                let fixed = (t >= b && t < a) || (t < s_end && seen);
-                                if seen && !fixed {
-                                    *x -= w.ln_count[rs.shared(i, j as usize)];
-                                } else {
-                                    *x = ninf;
-                                }
-                            }
-                        }
-                        (Piece::Cluster, None) => {
+                        Piece::Cluster => {
                             // Sinks, then the window and (causal) every later key.
                             srow[..s_end].fill(ninf);
                             let lo = b.max(s_end);
@@ -199,13 +200,31 @@ impl Head<'_> {
                                 srow[lo..a].fill(ninf);
                             }
                         }
-                        (Piece::Fixed, _) => {
+                        Piece::Fixed => {
                             // Keep the sinks seen, [0, sk), and the window [b, a).
                             let sk = if causal { s_end.min(a) } else { s_end };
                             if b > sk {
                                 srow[sk..b].fill(ninf);
                             }
                             srow[a.max(sk)..nk].fill(ninf);
+                        }
+                    }
+                    // − ln c_ij where both the query and the key are in several clusters (a
+                    // pair with one of them in this cluster only shares exactly this one).
+                    if let Some(rs) = routes {
+                        let qc = rs.clusters_of(rt[r] as usize);
+                        if qc.len() > 1 {
+                            // c_ij = Σ_{c ∈ clusters(j)} [c ∈ clusters(i)], by a mark per cluster.
+                            qc.iter().for_each(|&c| w.mark[c as usize] = true);
+                            for &t in mk {
+                                let t = t as usize - k0;
+                                if srow[t] != ninf {
+                                    let kc = rs.clusters_of_key(kt[t] as usize);
+                                    let c = kc.iter().filter(|&&c| w.mark[c as usize]).count();
+                                    srow[t] -= w.ln_count[c];
+                                }
+                            }
+                            qc.iter().for_each(|&c| w.mark[c as usize] = false);
                         }
                     }
                     srow[nk..].fill(ninf);
@@ -253,6 +272,8 @@ impl Head<'_> {
         // A pair can share several clusters only when queries and keys both have several.
         let dup = routes.memberships > 1 && routes.key_memberships > 1;
         w.ln_count = (0..=routes.memberships).map(|c| (c.max(1) as f32).ln()).collect();
+        w.mark.clear();
+        w.mark.resize(routes.clusters, false);
         for c in 0..routes.clusters {
             let rows = routes.cluster_queries(c);
             if rows.is_empty() || routes.cluster_keys(c).is_empty() {
