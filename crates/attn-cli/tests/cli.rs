@@ -727,39 +727,13 @@ fn run_per_token_bad_shapes_and_options_fail_with_typed_messages() {
     assert!(err.contains("norm=false"), "{err}");
     let err = run("sdpa-flash", &["--initial-state", s(&s0)]);
     assert!(err.contains("only gated-deltanet, kda and linear"), "{err}");
-    let err = fails(&[
-        "run",
-        "--method",
-        "kda",
-        "--layout",
-        "bshd",
-        "--q",
-        s(&paths[0]),
-        "--k",
-        s(&paths[1]),
-        "--v",
-        s(&paths[2]),
-        "--out",
-        s(&paths[3]),
-        "--g",
-        s(&gk),
-    ]);
+    // Calls missing --causal, or --method.
+    let without = |drop: &[&str], method: &str, extra: &[&str]| -> String {
+        let a = f.args(&paths, method, extra);
+        fails(&a.into_iter().filter(|x| !drop.contains(x)).collect::<Vec<_>>())
+    };
+    let err = without(&["--causal"], "kda", &["--g", s(&gk)]);
     assert!(err.contains("--causal"), "{err}");
-    let err = fails(&[
-        "run",
-        "--layout",
-        "bshd",
-        "--causal",
-        "--q",
-        s(&paths[0]),
-        "--k",
-        s(&paths[1]),
-        "--v",
-        s(&paths[2]),
-        "--out",
-        s(&paths[3]),
-        "--beta",
-        s(&beta),
-    ]);
+    let err = without(&["--method", "gated-deltanet"], "gated-deltanet", &["--beta", s(&beta)]);
     assert!(err.contains("need a forced --method"), "{err}");
 }
