@@ -13,6 +13,12 @@ method spec with the same budget:
 | reformer_lsh (bucket c, R hashes)| reformer:chunk=c,n_hashes=R  (K := Q: shared-QK, keys normalised by both) |
 | hyper_attn (r, block, samples, min_seq_len) | hyper:projections=r,block=..,samples=..,min_seq_len=.. |
 | routing_kmeans (window w)       | routing:clusters=n/w,window=w,local=1 (routed heads only)      |
+| scatterbrain (SBSmyrf: R, c, m) | scatterbrain:sparse=lsh,n_hashes=R,cluster=c,features=m         |
+| scatterbrain_local (w, m)       | scatterbrain:window=w,features=m                               |
+| smyrf (R, c)                    | scatterbrain:sparse=lsh,n_hashes=R,cluster=c,low_rank=false     |
+
+(fly's Scatterbrain peers run with softmax_eps=1e-4 in the harness; attn's low-rank part has no
+eps, spec §4.2: 0 for approximation studies.)
 
 Inputs: `gauss` (q, k ~ N(0, 1.5²), v ~ N(0, 1), 1 × 8 × n × 64, seed 1234, prefixes of one
 16384-long draw) and `minilm` (real all-MiniLM-L6-v2 captures, head_dim 32) when the harness's
@@ -68,6 +74,13 @@ def attn_spec(peer, setting, n, d):
     if peer == "hyper_attn":
         return (f"hyper:projections={s['lsh_num_projs']},block={s['block_size']},"
                 f"samples={s['sample_size']},min_seq_len={s['min_seq_len']}")
+    if peer == "scatterbrain":
+        return (f"scatterbrain:sparse=lsh,n_hashes={s['n_hashes']},cluster={s['cluster']},"
+                f"features={s['nb_features']}")
+    if peer == "scatterbrain_local":
+        return f"scatterbrain:window={s['local_context']},features={s['nb_features']}"
+    if peer == "smyrf":
+        return f"scatterbrain:sparse=lsh,n_hashes={s['n_hashes']},cluster={s['cluster']},low_rank=false"
     if peer == "routing_kmeans":
         w = s["window_size"]
         # The peer's routed heads alone: no local window beyond the diagonal (local=1).

@@ -14,6 +14,7 @@ use crate::mask::Mask;
 use crate::methods::pattern::dot_fixed;
 use crate::methods::performer::FeatureMap;
 use crate::params::Resolved;
+use crate::primitives::merge::merge_weights;
 use crate::primitives::rng::{purpose, Key, Stream};
 use crate::primitives::simd::{Kernel, Simd};
 use crate::problem::Problem;
@@ -28,6 +29,10 @@ pub struct Clusters {
     pub clusters: usize,
     /// `R × S_q`: the cluster of query `i` in round `r`.
     pub q_cluster: Vec<u32>,
+    /// `R × S_q`: round `r`'s queries sorted by `(hash, index)`.
+    pub q_order: Vec<u32>,
+    /// `clusters + 1` rank boundaries of the query clusters.
+    pub q_start: Vec<usize>,
     /// `R × S_kv`: round `r`'s keys sorted by `(hash, index)`.
     pub k_order: Vec<u32>,
     /// `clusters + 1` rank boundaries of the key clusters.
@@ -35,6 +40,13 @@ pub struct Clusters {
 }
 
 impl Clusters {
+    /// The queries of cluster `u` in round `r`.
+    #[inline]
+    pub fn queries(&self, r: usize, u: usize) -> &[u32] {
+        let n = self.q_order.len() / self.rounds.max(1);
+        &self.q_order[r * n + self.q_start[u]..r * n + self.q_start[u + 1]]
+    }
+
     /// The keys of cluster `u` in round `r`.
     #[inline]
     pub fn keys(&self, r: usize, u: usize) -> &[u32] {
@@ -101,10 +113,20 @@ impl Scatterbrain {
         let rounds = self.n_hashes;
         let nc = self.clusters_for(nk);
         let k_start: Vec<usize> = (0..=nc).map(|u| (u * nk).div_ceil(nc)).collect();
+        let q_start: Vec<usize> = (0..=nc).map(|u| (u * nq).div_ceil(nc)).collect();
         let mut q_cluster = vec![0u32; rounds * nq];
+        let mut q_order: Vec<u32> = (0..rounds).flat_map(|_| 0..nq as u32).collect();
         let mut k_order: Vec<u32> = (0..rounds).flat_map(|_| 0..nk as u32).collect();
         if nc == 1 {
-            return Clusters { rounds, clusters: nc, q_cluster, k_order, k_start };
+            return Clusters {
+                rounds,
+                clusters: nc,
+                q_cluster,
+                q_order,
+                q_start,
+                k_order,
+                k_start,
+            };
         }
         let hk = h / p.group();
         let dirs = self.hash_directions(d, h);
@@ -122,7 +144,6 @@ impl Scatterbrain {
         let ext = |n: f32| (m2 - n).max(0.0).sqrt();
         let mut hq = vec![0.0f32; nq];
         let mut hk_ = vec![0.0f32; nk];
-        let mut qorder: Vec<u32> = Vec::with_capacity(nq);
         for r in 0..rounds {
             let a = &dirs[r * (d + 2)..(r + 1) * (d + 2)];
             for (i, x) in hq.iter_mut().enumerate() {
@@ -131,12 +152,9 @@ impl Scatterbrain {
             for (j, x) in hk_.iter_mut().enumerate() {
                 *x = dot_seq(&a[..d], &k[j * d..(j + 1) * d]) + a[d] * ext(kn[j]);
             }
-            qorder.clear();
-            qorder.extend(0..nq as u32);
-            qorder.sort_unstable_by(|&x, &y| {
-                hq[x as usize].total_cmp(&hq[y as usize]).then(x.cmp(&y))
-            });
-            for (rank, &i) in qorder.iter().enumerate() {
+            let qo = &mut q_order[r * nq..(r + 1) * nq];
+            qo.sort_unstable_by(|&x, &y| hq[x as usize].total_cmp(&hq[y as usize]).then(x.cmp(&y)));
+            for (rank, &i) in qo.iter().enumerate() {
                 q_cluster[r * nq + i as usize] = ((rank * nc) / nq) as u32;
             }
             let ko = &mut k_order[r * nk..(r + 1) * nk];
@@ -144,7 +162,7 @@ impl Scatterbrain {
                 hk_[x as usize].total_cmp(&hk_[y as usize]).then(x.cmp(&y))
             });
         }
-        Clusters { rounds, clusters: nc, q_cluster, k_order, k_start }
+        Clusters { rounds, clusters: nc, q_cluster, q_order, q_start, k_order, k_start }
     }
 
     /// The keys `[0, allowed)` query row `i` may see: all, or `j ≤ p_i` under the causal mask.
@@ -157,70 +175,30 @@ impl Scatterbrain {
     }
 }
 
-/// A Performer sum over keys (`Σ_j φ(k_j) v_jᵀ`, `Σ_j φ(k_j)`) in f64 under a running key
-/// log-scale `ck` (the largest `c_j` added): `state_r = Σ_j f_jr e^{c_j − ck} v_j`.
-struct LowRank64 {
-    state: Vec<f64>,
-    z: Vec<f64>,
-    ck: f32,
-}
-
-impl LowRank64 {
-    fn new(m: usize, dv: usize) -> Self {
-        Self { state: vec![0.0; m * dv], z: vec![0.0; m], ck: f32::NEG_INFINITY }
-    }
-
-    #[inline(always)]
-    fn add(&mut self, fj: &[f32], cj: f32, vj: &[f32]) {
-        let dv = vj.len();
-        if cj > self.ck {
-            let r = if self.ck == f32::NEG_INFINITY { 0.0 } else { ((self.ck - cj) as f64).exp() };
-            self.state.iter_mut().for_each(|s| *s *= r);
-            self.z.iter_mut().for_each(|s| *s *= r);
-            self.ck = cj;
-        }
-        let g = ((cj - self.ck) as f64).exp();
-        for (r, &fr) in fj.iter().enumerate() {
-            let a = fr as f64 * g;
-            self.z[r] += a;
-            let row = &mut self.state[r * dv..(r + 1) * dv];
-            row.iter_mut().zip(vj).for_each(|(s, &x)| *s += a * x as f64);
-        }
-    }
-
-    /// `den = φ̂·z` and `num = Σ_r φ̂_r state_r`: the terms are `e^{base + ck}·(num, den)`.
-    #[inline(always)]
-    fn read(&self, phi: &[f32], num: &mut [f64]) -> f64 {
-        let dv = num.len();
-        num.fill(0.0);
-        let mut den = 0.0f64;
-        for (r, &ph) in phi.iter().enumerate() {
-            let ph = ph as f64;
-            den += ph * self.z[r];
-            let row = &self.state[r * dv..(r + 1) * dv];
-            num.iter_mut().zip(row).for_each(|(a, s)| *a += ph * s);
-        }
-        den
-    }
-}
-
-/// `Σ_r a_r b_r` of two f32 feature rows in f64 (each product of two f32 is exact in f64).
+/// `Σ_r a_r b_r` in f64 with eight partial sums (one register at 512 bits).
 #[inline(always)]
-fn dot64(a: &[f32], b: &[f32]) -> f64 {
-    let mut s = [0.0f64; 4];
-    let (ac, bc) = (a.chunks_exact(4), b.chunks_exact(4));
-    let tail: f64 =
-        ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| *x as f64 * *y as f64).sum();
+fn dot64(a: &[f64], b: &[f64]) -> f64 {
+    let mut s = [0.0f64; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in ac.zip(bc) {
-        for l in 0..4 {
-            s[l] += x[l] as f64 * y[l] as f64;
+        for l in 0..8 {
+            s[l] += x[l] * y[l];
         }
     }
-    (s[0] + s[1]) + (s[2] + s[3]) + tail
+    ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])) + tail
 }
 
 /// The fast path of one `(b, h)` with the LSH support, as a SIMD kernel. Returns the exact
 /// scores computed, `Σ_i |S_i|`.
+///
+/// Queries of one cluster share its keys, so the work runs by round and cluster: the cluster's
+/// keys, features and values are gathered once into tiles, and each of its queries scores them.
+/// A pair met in `c_ij` rounds enters each of them with weight `1/c_ij` (`z − ln c_ij` for the
+/// exact part, `ℓ/c_ij` for the low-rank one): the same sums as the set `S_i` (spec §4.2 step
+/// 4). Per row, the exact part is a softmax merged over rounds by LSE into `o`/`lse`; the
+/// support's low-rank terms are summed in f64 and subtracted at the end from the f64 sums over
+/// every allowed key (README, "The subtraction"), all under one global key log-scale.
 pub(super) struct LshKernel<'a> {
     pub cfg: &'a Scatterbrain,
     pub fm: &'a FeatureMap,
@@ -245,9 +223,9 @@ impl Kernel for LshKernel<'_> {
         let hk = h / p.group();
         let rs = params.scale.sqrt();
         let ln_m = (m.max(1) as f32).ln();
-        let causal = matches!(params.mask, Mask::Causal);
         let cl = cfg.clusters(p, inputs, b, h);
-        // Keys scaled by √s (q'·k' = s·q·k), values, key features f_jr with their log-scale c_j.
+        let nr = cl.rounds;
+        // Keys scaled by √s (q'·k' = s·q·k), values, key features f_j with log-scale c_j.
         let mut k = vec![0.0f32; nk * d];
         let mut v = vec![0.0f32; nk * dv];
         let mut f = vec![0.0f32; nk * m];
@@ -260,89 +238,181 @@ impl Kernel for LshKernel<'_> {
                 c[j] = featurize(&omt, m, &k[j * d..(j + 1) * d], &mut f[j * m..(j + 1) * m]);
             }
         }
-        let mut state = LowRank64::new(m, dv);
-        let mut added = 0usize;
-        if low_rank && !causal {
-            for j in 0..nk {
-                state.add(&f[j * m..(j + 1) * m], c[j], &v[j * dv..(j + 1) * dv]);
-            }
-            added = nk;
-        }
-        let mut qi = vec![0.0f32; d];
-        let mut phi = vec![0.0f32; m];
-        let mut seen = vec![false; nk];
-        let mut sup: Vec<u32> = Vec::with_capacity(cl.rounds * cfg.cluster.min(nk));
-        let mut sc: Vec<f32> = Vec::with_capacity(sup.capacity());
-        let mut num_lr = vec![0.0f64; dv];
-        let mut num = vec![0.0f64; dv];
-        let mut pairs = 0u64;
+        // One key log-scale for every sum: ψ_j = f_j·e^{c_j − ck} in f64.
+        let ck = c.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let g: Vec<f64> = c.iter().map(|&cj| ((cj - ck) as f64).exp()).collect();
+        // Queries scaled by √s, their features φ̂ and log-scales base_i = c_q,i − ln m + ck.
+        let mut q = vec![0.0f32; nq * d];
+        let mut phi = vec![0.0f32; nq * m];
+        let mut base = vec![f32::NEG_INFINITY; nq];
         for i in 0..nq {
-            let allowed = cfg.allowed(params, nk, i);
-            cl.support(i, allowed, &mut seen, &mut sup);
-            pairs += sup.len() as u64;
-            inputs.q.read_row(b, h, i, rs, &mut qi);
-            sc.clear();
-            let mut zmax = f32::NEG_INFINITY;
-            for &j in &sup {
-                let j = j as usize;
-                let z = dot_fixed(&qi, &k[j * d..(j + 1) * d]);
-                zmax = zmax.max(z);
-                sc.push(z);
+            let qi = &mut q[i * d..(i + 1) * d];
+            inputs.q.read_row(b, h, i, rs, qi);
+            if low_rank {
+                base[i] = featurize(&omt, m, qi, &mut phi[i * m..(i + 1) * m]) - ln_m + ck;
             }
-            // The low-rank part over the allowed keys off the support: all of them minus the
-            // support's terms, in f64 (README: the subtraction in f32 loses digits).
-            let mut log_lr = f32::NEG_INFINITY;
-            let mut den_lr = 0.0f64;
-            if low_rank && sup.len() < allowed {
-                while added < allowed {
-                    let j = added;
-                    state.add(&f[j * m..(j + 1) * m], c[j], &v[j * dv..(j + 1) * dv]);
-                    added += 1;
-                }
-                let cq = featurize(&omt, m, &qi, &mut phi);
-                log_lr = cq - ln_m + state.ck;
-                den_lr = state.read(&phi, &mut num_lr);
-                for &j in &sup {
+        }
+        // Token-major cluster tables for c_ij: key j's cluster and query i's in every round.
+        let mut kc = vec![0u32; nk * nr];
+        let mut qc = vec![0u32; nq * nr];
+        for r in 0..nr {
+            for u in 0..cl.clusters {
+                cl.keys(r, u).iter().for_each(|&j| kc[j as usize * nr + r] = u as u32);
+            }
+            for i in 0..nq {
+                qc[i * nr + r] = cl.q_cluster[r * nq + i];
+            }
+        }
+        let ln_count: Vec<f32> = (0..=nr).map(|x| (x.max(1) as f32).ln()).collect();
+        // Per row: the support's low-rank sums Σ ψ·φ̂/c_ij (v_j, 1) in f64, and |S_i|.
+        let mut sub = vec![0.0f64; if low_rank { nq * (dv + 1) } else { 0 }];
+        let mut count = vec![0u32; nq];
+        o.fill(0.0);
+        lse.fill(f32::NEG_INFINITY);
+        let cmax = cl.k_start.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        let mut kt = vec![0.0f32; cmax * d]; // the cluster's keys, c × D
+        let mut vt = vec![0.0f32; cmax * dv]; // their values
+        let mut ft = vec![0.0f64; cmax * m]; // their ψ
+        let mut ct = vec![0u32; cmax * nr]; // their cluster in every round
+        let mut sc = vec![0.0f32; cmax]; // one row's scores, then weights
+        let mut lw = vec![0.0f64; cmax]; // one row's low-rank weights
+        let mut phi64 = vec![0.0f64; m];
+        let mut acc = vec![0.0f32; dv];
+        let mut pairs = 0u64;
+        for r in 0..nr {
+            for u in 0..cl.clusters {
+                let keys = cl.keys(r, u);
+                let w = keys.len();
+                for (t, &j) in keys.iter().enumerate() {
                     let j = j as usize;
-                    let l = dot64(&phi, &f[j * m..(j + 1) * m]) * ((c[j] - state.ck) as f64).exp();
-                    den_lr -= l;
-                    let vj = &v[j * dv..(j + 1) * dv];
-                    num_lr.iter_mut().zip(vj).for_each(|(a, &x)| *a -= l * x as f64);
+                    kt[t * d..(t + 1) * d].copy_from_slice(&k[j * d..(j + 1) * d]);
+                    vt[t * dv..(t + 1) * dv].copy_from_slice(&v[j * dv..(j + 1) * dv]);
+                    ct[t * nr..(t + 1) * nr].copy_from_slice(&kc[j * nr..(j + 1) * nr]);
+                    let fj = &f[j * m..(j + 1) * m];
+                    ft[t * m..(t + 1) * m]
+                        .iter_mut()
+                        .zip(fj)
+                        .for_each(|(a, &x)| *a = x as f64 * g[j]);
                 }
-                // A sum of positive terms: a negative residue is rounding (f64, ~1e-16 of the
-                // total).
-                if den_lr <= 0.0 {
-                    (log_lr, den_lr) = (f32::NEG_INFINITY, 0.0);
+                for &i in cl.queries(r, u) {
+                    let i = i as usize;
+                    let allowed = cfg.allowed(params, nk, i);
+                    let qi = &q[i * d..(i + 1) * d];
+                    let qci = &qc[i * nr..(i + 1) * nr];
+                    if low_rank {
+                        phi64
+                            .iter_mut()
+                            .zip(&phi[i * m..(i + 1) * m])
+                            .for_each(|(a, &x)| *a = x as f64);
+                    }
+                    let mut zmax = f32::NEG_INFINITY;
+                    let mut any = false;
+                    for (t, &j) in keys.iter().enumerate() {
+                        if j as usize >= allowed {
+                            sc[t] = f32::NEG_INFINITY;
+                            lw[t] = 0.0;
+                            continue;
+                        }
+                        any = true;
+                        // c_ij: the rounds in which i and j share a cluster (this one among
+                        // them); the pair is new in this round when no earlier one had it.
+                        let ctj = &ct[t * nr..(t + 1) * nr];
+                        let cij = qci.iter().zip(ctj).filter(|(a, b)| a == b).count();
+                        let first = qci[..r].iter().zip(&ctj[..r]).all(|(a, b)| a != b);
+                        if first {
+                            count[i] += 1;
+                        }
+                        let z = dot_fixed(qi, &kt[t * d..(t + 1) * d]) - ln_count[cij];
+                        sc[t] = z;
+                        zmax = zmax.max(z);
+                        if low_rank {
+                            lw[t] = dot64(&phi64, &ft[t * m..(t + 1) * m]) / cij as f64;
+                        }
+                    }
+                    if !any {
+                        continue;
+                    }
+                    // Exact part of this round: a softmax over the cluster, merged by LSE.
+                    let mut den = 0.0f32;
+                    acc.fill(0.0);
+                    for (t, s) in sc[..w].iter_mut().enumerate() {
+                        if *s == f32::NEG_INFINITY {
+                            continue;
+                        }
+                        let e = (*s - zmax).exp();
+                        den += e;
+                        let vr = &vt[t * dv..(t + 1) * dv];
+                        acc.iter_mut().zip(vr).for_each(|(a, &x)| *a += e * x);
+                    }
+                    let (wa, wb, merged) = merge_weights(lse[i], zmax + den.ln());
+                    let wb = wb / den;
+                    o[i * dv..(i + 1) * dv]
+                        .iter_mut()
+                        .zip(&acc)
+                        .for_each(|(x, a)| *x = wa * *x + wb * a);
+                    lse[i] = merged;
+                    if low_rank {
+                        let si = &mut sub[i * (dv + 1)..(i + 1) * (dv + 1)];
+                        for (t, &l) in lw[..w].iter().enumerate() {
+                            if l != 0.0 {
+                                let vr = &vt[t * dv..(t + 1) * dv];
+                                si[..dv].iter_mut().zip(vr).for_each(|(a, &x)| *a += l * x as f64);
+                                si[dv] += l;
+                            }
+                        }
+                    }
                 }
             }
-            let lambda = zmax.max(log_lr);
-            let orow = &mut o[i * dv..(i + 1) * dv];
-            if lambda == f32::NEG_INFINITY {
-                orow.fill(0.0);
-                lse[i] = f32::NEG_INFINITY;
+        }
+        // The low-rank part over the allowed keys off the support: the f64 sums over all of
+        // them (the total, or the running prefix under the causal mask) minus the support's.
+        let mut state = vec![0.0f64; m * dv];
+        let mut zs = vec![0.0f64; m];
+        let mut added = 0usize;
+        let mut num = vec![0.0f64; dv];
+        for i in 0..nq {
+            pairs += count[i] as u64;
+            let allowed = cfg.allowed(params, nk, i);
+            if !low_rank || count[i] as usize >= allowed {
                 continue;
             }
-            let mut den = 0.0f64;
-            num.fill(0.0);
-            if log_lr > f32::NEG_INFINITY {
-                let g = ((log_lr - lambda) as f64).exp();
-                den += g * den_lr;
-                num.iter_mut().zip(&num_lr).for_each(|(a, x)| *a = g * x);
-            }
-            for (&z, &j) in sc.iter().zip(&sup) {
-                let j = j as usize;
-                let e = ((z - lambda) as f64).exp();
-                den += e;
+            while added < allowed {
+                let j = added;
                 let vj = &v[j * dv..(j + 1) * dv];
-                num.iter_mut().zip(vj).for_each(|(a, &x)| *a += e * x as f64);
+                for (rr, &fr) in f[j * m..(j + 1) * m].iter().enumerate() {
+                    let a = fr as f64 * g[j];
+                    zs[rr] += a;
+                    let row = &mut state[rr * dv..(rr + 1) * dv];
+                    row.iter_mut().zip(vj).for_each(|(s, &x)| *s += a * x as f64);
+                }
+                added += 1;
             }
+            num.fill(0.0);
+            let mut den_lr = 0.0f64;
+            for (rr, &ph) in phi[i * m..(i + 1) * m].iter().enumerate() {
+                let ph = ph as f64;
+                den_lr += ph * zs[rr];
+                let row = &state[rr * dv..(rr + 1) * dv];
+                num.iter_mut().zip(row).for_each(|(a, s)| *a += ph * s);
+            }
+            let si = &sub[i * (dv + 1)..(i + 1) * (dv + 1)];
+            den_lr -= si[dv];
+            // A sum of positive terms: a non-positive residue is rounding (~1e-16 of the total).
+            if den_lr <= 0.0 {
+                continue;
+            }
+            num.iter_mut().zip(&si[..dv]).for_each(|(a, s)| *a -= s);
+            let orow = &mut o[i * dv..(i + 1) * dv];
+            let lambda = lse[i].max(base[i]);
+            let ge = ((lse[i] - lambda) as f64).exp();
+            let gl = ((base[i] - lambda) as f64).exp();
+            let den = ge + gl * den_lr;
             if den > 0.0 && den.is_finite() {
                 let inv = 1.0 / den;
-                orow.iter_mut().zip(&num).for_each(|(x, a)| *x = (a * inv) as f32);
+                orow.iter_mut()
+                    .zip(&num)
+                    .for_each(|(x, a)| *x = ((ge * *x as f64 + gl * a) * inv) as f32);
                 lse[i] = lambda + den.ln() as f32;
-            } else {
-                orow.fill(0.0);
-                lse[i] = f32::NEG_INFINITY;
             }
         }
         pairs
