@@ -75,9 +75,12 @@ def main():
             recs = ot.read_records(path)
             n = recs[0][1].shape[0]
             rows_total = len(recs) * n
-            methods = [spec for b in budgets for _, spec in rows_for(*b)]
+            methods = list(dict.fromkeys(spec for b in budgets for _, spec in rows_for(*b)))
             out = ot.run_attn(a.attn, path, recs, causal, methods, a.threads)
-            by_spec = {row["method"]: row for row in out}
+            if len(out) != len(methods):
+                raise RuntimeError(f"{len(methods)} methods but {len(out)} rows from attn bench")
+            # attn prints the full spec; rows come back in the order asked.
+            by_spec = dict(zip(methods, out))
             mode = "causal" if causal else "non-causal"
             print(f"\n### {label}, {mode}, n = {n}, {len(recs)} heads\n")
             print("| budget R·c, m | " + " | ".join(name for name, _ in rows_for(*budgets[0]))
@@ -86,7 +89,7 @@ def main():
             for r, c, m in budgets:
                 cells, err = [], {}
                 for name, spec in rows_for(r, c, m):
-                    row = by_spec.get(spec) or next(x for x in out if x["method"].startswith(spec))
+                    row = by_spec[spec]
                     e = row.get("rel_error")
                     err[name] = e
                     keys = row["computed_pairs"] / rows_total
