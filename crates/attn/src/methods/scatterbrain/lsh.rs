@@ -11,7 +11,6 @@
 use super::{featurize, omega_t, Scatterbrain};
 use crate::dispatch::Inputs;
 use crate::mask::Mask;
-use crate::methods::pattern::dot_fixed;
 use crate::methods::performer::FeatureMap;
 use crate::params::Resolved;
 use crate::primitives::merge::merge_weights;
@@ -175,20 +174,6 @@ impl Scatterbrain {
     }
 }
 
-/// `Σ_r a_r b_r` in f64 with eight partial sums (one register at 512 bits).
-#[inline(always)]
-fn dot64(a: &[f64], b: &[f64]) -> f64 {
-    let mut s = [0.0f64; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f64 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            s[l] += x[l] * y[l];
-        }
-    }
-    ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])) + tail
-}
-
 /// The fast path of one `(b, h)` with the LSH support, as a SIMD kernel. Returns the exact
 /// scores computed, `Σ_i |S_i|`.
 ///
@@ -270,13 +255,16 @@ impl Kernel for LshKernel<'_> {
         o.fill(0.0);
         lse.fill(f32::NEG_INFINITY);
         let cmax = cl.k_start.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-        let mut kt = vec![0.0f32; cmax * d]; // the cluster's keys, c × D
-        let mut vt = vec![0.0f32; cmax * dv]; // their values
-        let mut ft = vec![0.0f64; cmax * m]; // their ψ
+        // The cluster's tiles, column t = its t-th key: keys (D × c) and ψ (m × c) transposed,
+        // so one row's scores and low-rank weights are column-wise multiply-adds over D (m)
+        // rows (no reduction per pair; each column sums in the order of e, the same bits at
+        // every SIMD width).
+        let mut kt = vec![0.0f32; d * cmax];
+        let mut vt = vec![0.0f32; cmax * dv]; // their values, c × D_v
+        let mut ft = vec![0.0f64; m * cmax];
         let mut ct = vec![0u32; cmax * nr]; // their cluster in every round
         let mut sc = vec![0.0f32; cmax]; // one row's scores, then weights
         let mut lw = vec![0.0f64; cmax]; // one row's low-rank weights
-        let mut phi64 = vec![0.0f64; m];
         let mut acc = vec![0.0f32; dv];
         let mut pairs = 0u64;
         for r in 0..nr {
@@ -285,25 +273,33 @@ impl Kernel for LshKernel<'_> {
                 let w = keys.len();
                 for (t, &j) in keys.iter().enumerate() {
                     let j = j as usize;
-                    kt[t * d..(t + 1) * d].copy_from_slice(&k[j * d..(j + 1) * d]);
+                    for (e, &x) in k[j * d..(j + 1) * d].iter().enumerate() {
+                        kt[e * cmax + t] = x;
+                    }
                     vt[t * dv..(t + 1) * dv].copy_from_slice(&v[j * dv..(j + 1) * dv]);
                     ct[t * nr..(t + 1) * nr].copy_from_slice(&kc[j * nr..(j + 1) * nr]);
-                    let fj = &f[j * m..(j + 1) * m];
-                    ft[t * m..(t + 1) * m]
-                        .iter_mut()
-                        .zip(fj)
-                        .for_each(|(a, &x)| *a = x as f64 * g[j]);
+                    for (rr, &x) in f[j * m..(j + 1) * m].iter().enumerate() {
+                        ft[rr * cmax + t] = x as f64 * g[j];
+                    }
                 }
                 for &i in cl.queries(r, u) {
                     let i = i as usize;
                     let allowed = cfg.allowed(params, nk, i);
-                    let qi = &q[i * d..(i + 1) * d];
                     let qci = &qc[i * nr..(i + 1) * nr];
+                    let sc = &mut sc[..w];
+                    sc.fill(0.0);
+                    for (e, &x) in q[i * d..(i + 1) * d].iter().enumerate() {
+                        let row = &kt[e * cmax..e * cmax + w];
+                        sc.iter_mut().zip(row).for_each(|(s, &y)| *s += x * y);
+                    }
+                    let lw = &mut lw[..w];
                     if low_rank {
-                        phi64
-                            .iter_mut()
-                            .zip(&phi[i * m..(i + 1) * m])
-                            .for_each(|(a, &x)| *a = x as f64);
+                        lw.fill(0.0);
+                        for (rr, &x) in phi[i * m..(i + 1) * m].iter().enumerate() {
+                            let x = x as f64;
+                            let row = &ft[rr * cmax..rr * cmax + w];
+                            lw.iter_mut().zip(row).for_each(|(s, &y)| *s += x * y);
+                        }
                     }
                     let mut zmax = f32::NEG_INFINITY;
                     let mut any = false;
@@ -314,20 +310,20 @@ impl Kernel for LshKernel<'_> {
                             continue;
                         }
                         any = true;
-                        // c_ij: the rounds in which i and j share a cluster (this one among
-                        // them); the pair is new in this round when no earlier one had it.
-                        let ctj = &ct[t * nr..(t + 1) * nr];
-                        let cij = qci.iter().zip(ctj).filter(|(a, b)| a == b).count();
-                        let first = qci[..r].iter().zip(&ctj[..r]).all(|(a, b)| a != b);
-                        if first {
+                        if nr > 1 {
+                            // c_ij: the rounds in which i and j share a cluster (this one
+                            // among them); the pair is new here when no earlier round had it.
+                            let ctj = &ct[t * nr..(t + 1) * nr];
+                            let cij = qci.iter().zip(ctj).filter(|(a, b)| a == b).count();
+                            if qci[..r].iter().zip(&ctj[..r]).all(|(a, b)| a != b) {
+                                count[i] += 1;
+                            }
+                            sc[t] -= ln_count[cij];
+                            lw[t] /= cij as f64;
+                        } else {
                             count[i] += 1;
                         }
-                        let z = dot_fixed(qi, &kt[t * d..(t + 1) * d]) - ln_count[cij];
-                        sc[t] = z;
-                        zmax = zmax.max(z);
-                        if low_rank {
-                            lw[t] = dot64(&phi64, &ft[t * m..(t + 1) * m]) / cij as f64;
-                        }
+                        zmax = zmax.max(sc[t]);
                     }
                     if !any {
                         continue;
@@ -335,7 +331,7 @@ impl Kernel for LshKernel<'_> {
                     // Exact part of this round: a softmax over the cluster, merged by LSE.
                     let mut den = 0.0f32;
                     acc.fill(0.0);
-                    for (t, s) in sc[..w].iter_mut().enumerate() {
+                    for (t, s) in sc.iter_mut().enumerate() {
                         if *s == f32::NEG_INFINITY {
                             continue;
                         }
@@ -353,7 +349,7 @@ impl Kernel for LshKernel<'_> {
                     lse[i] = merged;
                     if low_rank {
                         let si = &mut sub[i * (dv + 1)..(i + 1) * (dv + 1)];
-                        for (t, &l) in lw[..w].iter().enumerate() {
+                        for (t, &l) in lw.iter().enumerate() {
                             if l != 0.0 {
                                 let vr = &vt[t * dv..(t + 1) * dv];
                                 si[..dv].iter_mut().zip(vr).for_each(|(a, &x)| *a += l * x as f64);
