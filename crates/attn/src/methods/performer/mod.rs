@@ -98,9 +98,13 @@ impl Default for Performer {
 pub struct Favor {
     /// The random features.
     pub map: Performer,
-    /// The additive feature `ε ≥ 0` (performer-pytorch `kernel_epsilon`: 1e-4); 0 = FAVOR+.
+    /// The additive feature `0 ≤ ε ≤` [`MAX_EPS`] (performer-pytorch `kernel_epsilon`: 1e-4);
+    /// 0 = FAVOR+.
     pub eps: f64,
 }
+
+/// The largest `eps` [`Favor`] accepts.
+pub const MAX_EPS: f64 = 1e12;
 
 impl Favor {
     /// FAVOR+ with the authors' feature defaults and no additive feature.
@@ -666,9 +670,10 @@ impl SparseConfig for Favor {
             "seed" => self.map.seed = parse_param(Self::NAME, key, value)?,
             "eps" => {
                 let eps: f64 = parse_param(Self::NAME, key, value)?;
-                // f32 features: eps must stay finite once rounded.
-                if !(eps >= 0.0 && (eps as f32).is_finite()) {
-                    return Err(bad_param(Self::NAME, key, value, "a finite number ≥ 0"));
+                // The f32 sums `ε·Σu·Σv` and `ε·Σu·n` stay finite up to 2^20 features and 2^24
+                // keys; at 1e6 every row is already the mean of V to ~1e-6.
+                if !(0.0..=MAX_EPS).contains(&eps) {
+                    return Err(bad_param(Self::NAME, key, value, "a number in [0, 1e12]"));
                 }
                 self.eps = eps;
             }
