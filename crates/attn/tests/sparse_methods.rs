@@ -359,6 +359,7 @@ fn parameters_and_rejections_are_typed() {
 /// Kernel cost per pair, printed (no assertion on time): the diagonal kernel with every
 /// distance listed (exact causal attention) beside `sdpa-flash` on the same inputs.
 /// `cargo test --release -p attn --test sparse_methods -- --ignored --nocapture diagonal_cost`
+/// (`DIAG_STEP=17` lists every 17th distance instead: isolated windows).
 #[test]
 #[ignore]
 fn diagonal_cost_per_pair() {
