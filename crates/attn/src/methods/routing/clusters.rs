@@ -205,7 +205,7 @@ const LANES: usize = 16;
 
 /// The index of the largest value (first on ties; 0 when every value is −∞ or NaN): per lane
 /// `k mod 16` the first index of its largest value (a strict `>` keeps the earlier one), then the
-/// largest lane value with the smallest index among equal ones, the same as a left-to-right scan.
+/// smallest index among the lanes holding the largest value: the same as a left-to-right scan.
 #[inline(always)]
 fn argmax(s: &[f32]) -> usize {
     let mut best = [f32::NEG_INFINITY; LANES];
@@ -226,13 +226,11 @@ fn argmax(s: &[f32]) -> usize {
             (best[l], arg[l]) = (v, base + l as u32);
         }
     }
-    let (mut b, mut a) = (f32::NEG_INFINITY, 0u32);
-    for l in 0..LANES {
-        if best[l] > b || (best[l] == b && best[l] != f32::NEG_INFINITY && arg[l] < a) {
-            (b, a) = (best[l], arg[l]);
-        }
-    }
-    a as usize
+    // The largest lane value, then the smallest index holding it (a lane never raised holds
+    // −∞ at index 0, so an all-−∞/NaN row gives 0).
+    let b = best.iter().fold(f32::NEG_INFINITY, |b, &v| if v > b { v } else { b });
+    let at = |l: usize| if best[l] == b { arg[l] } else { u32::MAX };
+    (0..LANES).map(at).min().unwrap_or(0) as usize
 }
 
 /// [`argmax`] of every row of a `rows × C` block into `out` (compiled for the SIMD level it
@@ -411,10 +409,11 @@ impl Routing {
             }
             sum.fill(0.0);
             count.fill(0);
-            for (t, &a) in assign.iter().enumerate() {
+            let fit = qn.chunks_exact(d).chain(kn[..shared * d].chunks_exact(d));
+            for (&a, x) in assign.iter().zip(fit) {
                 let a = a as usize;
                 count[a] += 1;
-                sum[a * d..(a + 1) * d].iter_mut().zip(row(t)).for_each(|(s, &x)| *s += x as f64);
+                sum[a * d..(a + 1) * d].iter_mut().zip(x).for_each(|(s, &x)| *s += x as f64);
             }
             for k in 0..c {
                 let sk = &sum[k * d..(k + 1) * d];
