@@ -72,14 +72,21 @@ mod small_budgets {
     use attn::methods::pattern::{Fast, Reference};
     use attn::methods::sea::{Budget, Estimate, Sea};
     use attn::methods::streaming::Streaming;
-    use attn::methods::vertical_slash::VerticalSlash;
+    use attn::methods::vertical_slash::{Layout, VerticalSlash};
     use attn::{Method, Registry};
     use attn_testing::{run_suite_with, SuiteConfig};
 
     const STREAMING: Streaming = Streaming { sink: 3, window: 17 };
     const A_SHAPE: AShape = AShape { sink: 20, local: 24, block: 16 };
-    const VS: VerticalSlash =
-        VerticalSlash { last_q: 24, vertical: 7, slash: 9, sink: 2, local: 3, block: 16 };
+    const VS: VerticalSlash = VerticalSlash {
+        last_q: 24,
+        vertical: 7,
+        slash: 9,
+        sink: 2,
+        local: 3,
+        block: 16,
+        layout: Layout::Blocks,
+    };
     const BS: BlockSparse = BlockSparse { top_k: 3, block: 16 };
     const HYPER: Hyper = Hyper { projections: 3, block: 16, samples: 8, min_seq_len: 24, seed: 5 };
     const SEA: Sea = Sea {
@@ -125,6 +132,20 @@ mod small_budgets {
     #[test]
     fn sea_projected_equals_its_reference() {
         let reg = Registry::new(SEA_PROJECTED_REG);
+        let m = reg.methods()[0];
+        let cfg = SuiteConfig { registry: reg, ..SuiteConfig::for_method(m) };
+        assert!(run_suite_with(m, &cfg).cases > 0);
+    }
+
+    /// Vertical-Slash's element-wise layout (the diagonal kernel; its own registry: one reference
+    /// per family). `local` 12 makes a band, the other distances are scattered.
+    const VS_ELEMENTS: VerticalSlash =
+        VerticalSlash { local: 12, slash: 20, layout: Layout::Elements, ..VS };
+    static VS_ELEMENTS_REG: &[&dyn Method] = &[&Fast(VS_ELEMENTS), &Reference(VS_ELEMENTS)];
+
+    #[test]
+    fn vertical_slash_elements_equals_its_reference() {
+        let reg = Registry::new(VS_ELEMENTS_REG);
         let m = reg.methods()[0];
         let cfg = SuiteConfig { registry: reg, ..SuiteConfig::for_method(m) };
         assert!(run_suite_with(m, &cfg).cases > 0);

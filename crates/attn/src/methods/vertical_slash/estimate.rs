@@ -11,6 +11,7 @@ use crate::methods::sdpa::tile::SharedMut;
 use crate::par::Par;
 use crate::params::Resolved;
 use crate::primitives::simd::{dispatch, Kernel, Level, Simd};
+use crate::primitives::sparse::diagonal::{DiagHead, DiagList};
 use crate::primitives::sparse::{BlockList, HeadList};
 use crate::problem::Problem;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -253,7 +254,31 @@ pub fn convert(
     (blocks, cols)
 }
 
-/// The pattern of every query head and the pairs the estimation scored (`L · S_kv` per head).
+/// The selected `(verticals, slashes)` of one query head, both ascending.
+pub type Selection = (Vec<u32>, Vec<u32>);
+
+/// The [`Selection`] of every query head (batch-major) and the pairs the estimation scored
+/// (`L · S_kv` per head).
+pub fn selection(
+    c: &VerticalSlash,
+    p: &Problem,
+    inputs: &Inputs,
+    params: &Resolved,
+    par: Par,
+) -> (Vec<Selection>, u64) {
+    let mut heads = Vec::with_capacity(p.b * p.h);
+    for b in 0..p.b {
+        for h in 0..p.h {
+            let (a_v, a_s) = scores(c, p, inputs, params, b, h, par);
+            heads.push(select(c, a_v, a_s));
+        }
+    }
+    let l = c.last_q.min(p.s_q);
+    (heads, (p.b * p.h * l * p.s_kv) as u64)
+}
+
+/// The kernel-faithful pattern of every query head (MInference's block conversion, step 7) and
+/// the pairs the estimation scored (`L · S_kv` per head).
 ///
 /// # Errors
 /// Only if the pattern fails validation (a bug).
@@ -265,21 +290,34 @@ pub fn pattern(
     par: Par,
 ) -> Result<(BlockList, u64)> {
     let bs = c.block;
-    let mut heads = Vec::with_capacity(p.b * p.h);
-    for b in 0..p.b {
-        for h in 0..p.h {
-            let (a_v, a_s) = scores(c, p, inputs, params, b, h, par);
-            let (v, s) = select(c, a_v, a_s);
-            let mut hl = HeadList::new();
-            for qb in 0..p.s_q.div_ceil(bs) {
-                let last = (qb * bs + bs).min(p.s_q) - 1;
-                let (blocks, cols) = convert(bs, p.s_kv, params.position(last) + 1, &v, &s);
-                hl.push(&blocks, &cols);
-            }
-            heads.push(hl);
+    let (sel, pairs) = selection(c, p, inputs, params, par);
+    let mut heads = Vec::with_capacity(sel.len());
+    for (v, s) in &sel {
+        let mut hl = HeadList::new();
+        for qb in 0..p.s_q.div_ceil(bs) {
+            let last = (qb * bs + bs).min(p.s_q) - 1;
+            let (blocks, cols) = convert(bs, p.s_kv, params.position(last) + 1, v, s);
+            hl.push(&blocks, &cols);
         }
+        heads.push(hl);
     }
-    let l = c.last_q.min(p.s_q);
-    let pairs = (p.b * p.h * l * p.s_kv) as u64;
     Ok((BlockList::new(bs, bs, p.s_q, p.s_kv, heads)?, pairs))
+}
+
+/// The element-wise pattern of every query head (spec §2.2 step 6: `j ∈ V` or `p − j ∈ S`, no
+/// block expansion) and the pairs the estimation scored.
+///
+/// # Errors
+/// Only if the pattern fails validation (a bug).
+pub fn diag_pattern(
+    c: &VerticalSlash,
+    p: &Problem,
+    inputs: &Inputs,
+    params: &Resolved,
+    par: Par,
+) -> Result<(DiagList, u64)> {
+    let (sel, pairs) = selection(c, p, inputs, params, par);
+    let heads =
+        sel.into_iter().map(|(columns, diagonals)| DiagHead { diagonals, columns }).collect();
+    Ok((DiagList::new(p.s_q, p.s_kv, heads)?, pairs))
 }

@@ -13,18 +13,40 @@ pub mod estimate;
 pub mod reference;
 
 use crate::dispatch::{parse_param, Inputs, OutputMut, ParamInfo, Reason, Stats};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::mask::MaskKind;
 use crate::methods::pattern::{is_causal, positive, unknown, Exec, SparseConfig};
 use crate::par::Par;
 use crate::params::{Params, Resolved};
-use crate::primitives::sparse::{kernel, reference as exec_ref};
+use crate::primitives::sparse::{diagonal, kernel, reference as exec_ref};
 use crate::problem::Problem;
 
 /// Fewest vertical columns kept whatever `vertical` says (MInference: 30).
 pub const MIN_VERTICAL: usize = 30;
 /// Fewest diagonals kept whatever `slash` says (MInference: 50).
 pub const MIN_SLASH: usize = 50;
+
+/// How the selected columns and diagonals become the attended keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// MInference's kernel conversion (spec §2.2 step 7): each diagonal becomes key blocks of
+    /// `block` keys per query block, so an isolated diagonal costs up to `block` keys per row
+    /// (the covered set is a superset of the element-wise pattern).
+    Blocks,
+    /// The element-wise pattern (spec §2.2 step 6): row `p` attends to `j ∈ V` and `p − δ` for
+    /// `δ ∈ S`, each key once, through the diagonal kernel (`primitives::sparse::diagonal`).
+    Elements,
+}
+
+impl Layout {
+    /// The parameter value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Blocks => "blocks",
+            Layout::Elements => "elements",
+        }
+    }
+}
 
 /// `vertical-slash` configuration (the authors' run-time defaults, spec §2.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,13 +63,22 @@ pub struct VerticalSlash {
     pub local: usize,
     /// Query and key block size of the conversion (MInference 64).
     pub block: usize,
+    /// Block conversion or element-wise pattern.
+    pub layout: Layout,
 }
 
 impl VerticalSlash {
     /// MInference's defaults: `last_q = 64`, `(vertical, slash) = (1000, 6096)`, 30 sink
     /// columns, 100 local diagonals, blocks of 64.
-    pub const DEFAULT: VerticalSlash =
-        VerticalSlash { last_q: 64, vertical: 1000, slash: 6096, sink: 30, local: 100, block: 64 };
+    pub const DEFAULT: VerticalSlash = VerticalSlash {
+        last_q: 64,
+        vertical: 1000,
+        slash: 6096,
+        sink: 30,
+        local: 100,
+        block: 64,
+        layout: Layout::Blocks,
+    };
 }
 
 impl Default for VerticalSlash {
@@ -97,6 +128,12 @@ impl SparseConfig for VerticalSlash {
                 value: self.block.to_string(),
                 doc: "block size of the kernel conversion (64)",
             },
+            ParamInfo {
+                name: "layout",
+                value: self.layout.name().to_string(),
+                doc: "blocks = MInference's block conversion (a diagonal costs up to `block` keys \
+                      per row); elements = exactly j ∈ V or p − j ∈ S, diagonal kernel (blocks)",
+            },
         ]
     }
 
@@ -108,6 +145,19 @@ impl SparseConfig for VerticalSlash {
             "sink" => self.sink = parse_param(Self::NAME, key, value)?,
             "local" => self.local = parse_param(Self::NAME, key, value)?,
             "block" => self.block = positive(Self::NAME, key, value)?,
+            "layout" => {
+                self.layout = match value {
+                    "blocks" => Layout::Blocks,
+                    "elements" => Layout::Elements,
+                    _ => {
+                        return Err(Error::InvalidParam {
+                            op: "vertical-slash",
+                            name: "layout",
+                            detail: format!("`{value}`: expected `blocks` or `elements`"),
+                        })
+                    }
+                }
+            }
             _ => return Err(unknown(self, key)),
         }
         Ok(())
@@ -132,6 +182,14 @@ impl SparseConfig for VerticalSlash {
         par: Par,
         out: OutputMut,
     ) -> Result<Stats> {
+        if self.layout == Layout::Elements {
+            let (pattern, est_pairs) = estimate::diag_pattern(self, p, inputs, params, par)?;
+            let pairs = match exec {
+                Exec::Reference => diagonal::forward_reference(p, inputs, params, &pattern, out),
+                Exec::Fast => diagonal::forward(p, inputs, params, &pattern, par, out),
+            };
+            return Ok(Stats::pairs(pairs + est_pairs));
+        }
         let (pattern, est_pairs) = estimate::pattern(self, p, inputs, params, par)?;
         let pairs = match exec {
             Exec::Reference => exec_ref::forward(p, inputs, params, &pattern, out),
@@ -142,6 +200,14 @@ impl SparseConfig for VerticalSlash {
 
     fn scratch_bytes(&self, exec: Exec, p: &Problem, par: Par) -> usize {
         let est = estimate::scratch_bytes(self, p);
+        if self.layout == Layout::Elements {
+            let cols = self.vertical.max(MIN_VERTICAL).min(p.s_kv);
+            return est
+                + match exec {
+                    Exec::Reference => 8 * (p.s_kv + p.d_v),
+                    Exec::Fast => diagonal::scratch_bytes(p, cols, par),
+                };
+        }
         match exec {
             Exec::Reference => est + 8 * p.s_kv,
             Exec::Fast => est + kernel::scratch_bytes(p, self.block, par),

@@ -24,6 +24,7 @@
 //! - [`reference`](mod@reference): plain loops in f64 over the support (the specification);
 //! - [`kernel`]: tiled online softmax with SIMD at run time, threads over (head, query block).
 
+pub mod diagonal;
 pub mod kernel;
 pub mod reference;
 
