@@ -208,28 +208,32 @@ const LANES: usize = 16;
 /// smallest index among the lanes holding the largest value: the same as a left-to-right scan.
 #[inline(always)]
 fn argmax(s: &[f32]) -> usize {
+    // Indices as f32 (exact below 2²⁴; C ≤ 65536), so the selects are one lane type and
+    // vectorise.
     let mut best = [f32::NEG_INFINITY; LANES];
-    let mut arg = [0u32; LANES];
+    let mut arg = [0.0f32; LANES];
     let chunks = s.chunks_exact(LANES);
     let rest = chunks.remainder();
-    for (i, ch) in chunks.enumerate() {
-        let base = (i * LANES) as u32;
+    let mut base = [0.0f32; LANES];
+    base.iter_mut().enumerate().for_each(|(l, b)| *b = l as f32);
+    for ch in chunks {
+        let ch: &[f32; LANES] = ch.try_into().expect("a chunk of LANES");
         for l in 0..LANES {
             let gt = ch[l] > best[l];
             best[l] = if gt { ch[l] } else { best[l] };
-            arg[l] = if gt { base + l as u32 } else { arg[l] };
+            arg[l] = if gt { base[l] } else { arg[l] };
+            base[l] += LANES as f32;
         }
     }
-    let base = (s.len() - rest.len()) as u32;
     for (l, &v) in rest.iter().enumerate() {
         if v > best[l] {
-            (best[l], arg[l]) = (v, base + l as u32);
+            (best[l], arg[l]) = (v, base[l]);
         }
     }
     // The largest lane value, then the smallest index holding it (a lane never raised holds
     // −∞ at index 0, so an all-−∞/NaN row gives 0).
     let b = best.iter().fold(f32::NEG_INFINITY, |b, &v| if v > b { v } else { b });
-    let at = |l: usize| if best[l] == b { arg[l] } else { u32::MAX };
+    let at = |l: usize| if best[l] == b { arg[l] as u32 } else { u32::MAX };
     (0..LANES).map(at).min().unwrap_or(0) as usize
 }
 
