@@ -9,10 +9,17 @@ method spec with the same budget:
 
 | peer (setting)                  | attn spec                                                      |
 |---------------------------------|----------------------------------------------------------------|
-| performer (nb_features m)       | performer:features=m (m = ⌊D ln D⌋ when the peer's is None)    |
+| performer (nb_features m)       | performer:features=m (m = ⌊D ln D⌋ when the peer's is None), and |
+|                                 | performer:features=m,eps=ε with the peer's kernel ε (1e-4)      |
 | reformer_lsh (bucket c, R hashes)| reformer:chunk=c,n_hashes=R  (K := Q: shared-QK, keys normalised by both) |
 | hyper_attn (r, block, samples, min_seq_len) | hyper:projections=r,block=..,samples=..,min_seq_len=.. |
 | routing_kmeans (window w)       | routing:clusters=n/w,window=w,local=1 (routed heads only)      |
+| scatterbrain (SBSmyrf: R, c, m) | scatterbrain:sparse=lsh,n_hashes=R,cluster=c,features=m         |
+| scatterbrain_local (w, m)       | scatterbrain:window=w,features=m                               |
+| smyrf (R, c)                    | scatterbrain:sparse=lsh,n_hashes=R,cluster=c,low_rank=false     |
+
+(fly's Scatterbrain peers run with softmax_eps=1e-4 in the harness; attn's low-rank part has no
+eps, spec §4.2: 0 for approximation studies.)
 
 Inputs: `gauss` (q, k ~ N(0, 1.5²), v ~ N(0, 1), 1 × 8 × n × 64, seed 1234, prefixes of one
 16384-long draw) and `minilm` (real all-MiniLM-L6-v2 captures, head_dim 32) when the harness's
@@ -57,6 +64,24 @@ except ImportError as e:
     sys.exit(f"approx_peer.py: the peer harness is not at {PEERS_DIR} ({e}); set APPROX_PEERS_DIR")
 
 
+def performer_eps():
+    """The ε performer-pytorch adds to every feature (`softmax_kernel`'s default `eps`)."""
+    import inspect
+    from performer_pytorch.performer_pytorch import softmax_kernel
+    return inspect.signature(softmax_kernel).parameters["eps"].default
+
+
+def attn_specs(peer, setting, n, d):
+    """The attn method specs with the peer setting's budget (empty when attn has none)."""
+    spec = attn_spec(peer, setting, n, d)
+    if spec is None:
+        return []
+    if peer == "performer":
+        # FAVOR+ as the spec has it (ε = 0), and the peer's algorithm (its ε).
+        return [spec, f"{spec},eps={performer_eps()}"]
+    return [spec]
+
+
 def attn_spec(peer, setting, n, d):
     """The attn method spec with the peer setting's budget, or None when attn has no counterpart."""
     s = PEERS[peer]["settings"][setting]
@@ -68,6 +93,13 @@ def attn_spec(peer, setting, n, d):
     if peer == "hyper_attn":
         return (f"hyper:projections={s['lsh_num_projs']},block={s['block_size']},"
                 f"samples={s['sample_size']},min_seq_len={s['min_seq_len']}")
+    if peer == "scatterbrain":
+        return (f"scatterbrain:sparse=lsh,n_hashes={s['n_hashes']},cluster={s['cluster']},"
+                f"features={s['nb_features']}")
+    if peer == "scatterbrain_local":
+        return f"scatterbrain:window={s['local_context']},features={s['nb_features']}"
+    if peer == "smyrf":
+        return f"scatterbrain:sparse=lsh,n_hashes={s['n_hashes']},cluster={s['cluster']},low_rank=false"
     if peer == "routing_kmeans":
         w = s["window_size"]
         # The peer's routed heads alone: no local window beyond the diagonal (local=1).
@@ -146,27 +178,30 @@ def main():
                         for setting in a.settings.split(","):
                             if setting not in info["settings"]:
                                 continue
-                            spec = attn_spec(peer, setting, n, d)
-                            row = {"input": inp, "n": n, "mode": mode, "peer": peer,
-                                   "setting": setting, "attn_spec": spec, "threads": a.threads,
-                                   "load1_before": os.getloadavg()[0]}
+                            specs = attn_specs(peer, setting, n, d)
+                            base = {"input": inp, "n": n, "mode": mode, "peer": peer,
+                                    "setting": setting, "threads": a.threads,
+                                    "load1_before": os.getloadavg()[0]}
                             try:
                                 f = build(peer, setting, n, q.shape[1], d, causal)
                                 po, pt = time_peer(f, q, kk, v, a.reps)
-                                row.update(peer_err=rel(po, ref), peer_s=pt)
+                                base.update(peer_err=rel(po, ref), peer_s=pt)
                             except Exception as e:  # a peer that cannot run here is reported
-                                row.update(peer_status=f"failed: {type(e).__name__}: {e}"[:300])
-                            if spec is not None:
-                                try:
-                                    oo, ot = run_attn(a.attn, spec, q, kk, v, causal, a.reps,
-                                                      a.threads, tmp)
-                                    row.update(attn_err=rel(oo, ref), attn_s=ot)
-                                except Exception as e:
-                                    row.update(attn_status=f"failed: {e}"[:300])
-                            if "peer_s" in row and "attn_s" in row:
-                                row["speedup"] = row["peer_s"] / row["attn_s"]
-                            print(json.dumps(row), flush=True)
-                            rows.append(row)
+                                base.update(peer_status=f"failed: {type(e).__name__}: {e}"[:300])
+                            # One row per attn spec beside the same peer run.
+                            for spec in specs or [None]:
+                                row = dict(base, attn_spec=spec)
+                                if spec is not None:
+                                    try:
+                                        oo, ot = run_attn(a.attn, spec, q, kk, v, causal, a.reps,
+                                                          a.threads, tmp)
+                                        row.update(attn_err=rel(oo, ref), attn_s=ot)
+                                    except Exception as e:
+                                        row.update(attn_status=f"failed: {e}"[:300])
+                                if "peer_s" in row and "attn_s" in row:
+                                    row["speedup"] = row["peer_s"] / row["attn_s"]
+                                print(json.dumps(row), flush=True)
+                                rows.append(row)
     print("\n| input | n | mode | peer (setting) | attn spec | peer err | attn err | peer s | attn s | speed-up |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     fmt = lambda r, key, f: f.format(r[key]) if key in r else "—"

@@ -21,7 +21,7 @@ $attn capture --model smollm2 --text emma --tokens 8192 --layers 10,20 --heads 0
     --out "$out/smollm2.safetensors"
 $attn capture --model gemma3 --text emma --tokens 32768 --layers 5,11 --heads 0,2 \
     --out "$out/gemma3.safetensors"
-m="sdpa-flash,vertical-slash"
+m="sdpa-flash,vertical-slash,vertical-slash:layout=elements"
 $attn bench --causal --shape b1,h2,s64k,d64 --qkv "$out/smollm2.safetensors" \
     --qkv-heads L10.H0.B0,L20.H4.B0 --method "$m" --reps "$reps" --recall --json "$out/smollm2-d64.json"
 $attn bench --causal --shape b1,h2,s64k,d128 --qkv "$out/smollm2.safetensors" \

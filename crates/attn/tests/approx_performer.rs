@@ -3,6 +3,8 @@
 //! feature count grows (no finite budget makes FAVOR+ exact, so this is its "full budget"
 //! oracle); implied rows sum to 1; causality is bitwise; the seed decides the output; the fast
 //! prefix-sum path equals the pairwise f64 reference; typed parameter errors and rejections.
+//! With `eps > 0` (performer-pytorch's features): fast = reference, the peer's formula written
+//! out independently, rows sum to 1, causality bitwise, and the large-`eps` limit (mean of V).
 
 use attn::methods::performer::{default_features, FeatureMap};
 use attn::primitives::rng::Key;
@@ -187,4 +189,178 @@ fn parameters_and_rejections_are_typed() {
     let window = Params::default().with_mask(Mask::sliding_window(4));
     assert!(matches!(x.run("performer", &window), Err(Error::Unsupported { .. })));
     assert!(x.run("performer:features=7,orthogonal=false", &p).is_ok());
+    for eps in ["-1e-4", "NaN", "inf", "1e13", "x"] {
+        let got = x.run(&format!("performer:eps={eps}"), &p);
+        assert!(matches!(got, Err(Error::BadParam { .. })), "eps={eps}: {got:?}");
+    }
+    assert!(x.run("performer:eps=1e-4", &p).is_ok());
+    assert!(x.run("performer:eps=1e12", &p).is_ok());
+    assert!(matches!(x.run("performer:eps=1e-4", &window), Err(Error::Unsupported { .. })));
+}
+
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// `eps = 0` is the registered default, bitwise.
+#[test]
+fn eps_zero_is_the_default_bitwise() {
+    let x = qkv(11, [1, 2, 2], [70, 70], 16, 1.5);
+    for params in [Params::default(), Params::causal()] {
+        for name in ["performer", "performer-reference"] {
+            let a = x.run(name, &params).unwrap();
+            let b = x.run(&format!("{name}:eps=0"), &params).unwrap();
+            assert_eq!(a.o, b.o, "{name} {:?}", params.mask);
+            assert_eq!(a.lse, b.lse, "{name} {:?}", params.mask);
+        }
+    }
+}
+
+/// `eps > 0`: the chunked fast path equals the f64 reference, unmasked and causal (square,
+/// `S_q < S_kv` with the default bottom-right alignment, and a negative offset), with GQA and
+/// more than two key chunks, at the peer's `eps` and at a large one.
+#[test]
+fn eps_fast_equals_reference() {
+    let square = qkv(12, [1, 4, 2], [150, 150], 32, 1.5);
+    let wide = qkv(13, [2, 2, 1], [33, 150], 16, 1.5);
+    let cases = [
+        (&square, Params::default()),
+        (&square, Params::causal()),
+        (&wide, Params::default()),
+        (&wide, Params::causal()),
+        (&wide, Params { q_offset: Some(-5), ..Params::causal() }),
+    ];
+    for eps in ["1e-4", "0.05"] {
+        for (x, params) in &cases {
+            let a = x.run(&format!("performer:eps={eps},seed=2"), params).unwrap();
+            let r = x.run(&format!("performer-reference:eps={eps},seed=2"), params).unwrap();
+            let worst = max_abs(&a.o, &r.o);
+            assert!(
+                worst < 2e-5,
+                "eps={eps} {:?}: fast vs reference max |Δo| {worst}",
+                params.mask
+            );
+            for (i, (x, y)) in a.lse.iter().zip(&r.lse).enumerate() {
+                let ok =
+                    if y.is_finite() { (x - y).abs() <= 1e-5 * y.abs().max(1.0) } else { x == y };
+                assert!(ok, "eps={eps} {:?}: lse[{i}] {x} vs {y}", params.mask);
+            }
+            assert_eq!(a.stats, r.stats);
+        }
+    }
+}
+
+/// The peer's formula written out (performer-pytorch `softmax_kernel` + `linear_attention`):
+/// `φ(q)_r = m^{-1/2}(exp(a_r − |q'|²/2 − max_r a_r) + ε)`, `φ(k_j)_r = m^{-1/2}(exp(a_jr −
+/// |k'_j|²/2 − max_{j,r} a_jr) + ε)`, `o = φ(q)·Σ φ(k_j) v_jᵀ / φ(q)·Σ φ(k_j)`, with our
+/// projection of each head. Unmasked rows, and the last causal row (it sees every key, so its
+/// key max is the peer's global one), equal it.
+#[test]
+fn eps_follows_the_peers_formula() {
+    let (h, s, d) = (2usize, 100usize, 16usize);
+    let x = qkv(14, [1, h, h], [s, s], d, 1.5);
+    let eps = 1e-3;
+    let m = default_features(d);
+    let rs = (1.0 / (d as f64).sqrt()).sqrt();
+    let spec = format!("performer:eps={eps}");
+    let plain = x.run(&spec, &Params::default()).unwrap();
+    let causal = x.run(&spec, &Params::causal()).unwrap();
+    for hh in 0..h {
+        let fm =
+            FeatureMap::draw(Key { seed: 0, layer: 0, head: hh as u64, purpose: 0 }, m, d, true);
+        let rows = |t: &[f32]| -> Vec<Vec<f64>> {
+            (0..s).map(|i| (0..d).map(|c| rs * t[(hh * s + i) * d + c] as f64).collect()).collect()
+        };
+        let (q, k) = (rows(&x.q), rows(&x.k));
+        let proj = |x: &[f64]| -> Vec<f64> {
+            fm.omega().chunks_exact(d).map(|w| w.iter().zip(x).map(|(a, b)| a * b).sum()).collect()
+        };
+        let half = |x: &[f64]| 0.5 * x.iter().map(|v| v * v).sum::<f64>();
+        let kp: Vec<Vec<f64>> = k.iter().map(|x| proj(x)).collect();
+        let big_m = kp.iter().flatten().copied().fold(f64::NEG_INFINITY, f64::max);
+        let norm = (m as f64).powf(-0.5);
+        let kf: Vec<Vec<f64>> = kp
+            .iter()
+            .zip(&k)
+            .map(|(a, x)| a.iter().map(|a| norm * ((a - half(x) - big_m).exp() + eps)).collect())
+            .collect();
+        let mut ksum = vec![0.0f64; m];
+        let mut ctx = vec![0.0f64; m * d];
+        for (j, f) in kf.iter().enumerate() {
+            for r in 0..m {
+                ksum[r] += f[r];
+                for c in 0..d {
+                    ctx[r * d + c] += f[r] * x.v[(hh * s + j) * d + c] as f64;
+                }
+            }
+        }
+        for (i, qi) in q.iter().enumerate() {
+            let a = proj(qi);
+            let amax = a.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let qf: Vec<f64> =
+                a.iter().map(|a| norm * ((a - half(qi) - amax).exp() + eps)).collect();
+            let den: f64 = qf.iter().zip(&ksum).map(|(a, b)| a * b).sum();
+            let want: Vec<f32> = (0..d)
+                .map(|c| ((0..m).map(|r| qf[r] * ctx[r * d + c]).sum::<f64>() / den) as f32)
+                .collect();
+            let row = (hh * s + i) * d;
+            let got = &plain.o[row..row + d];
+            assert!(max_abs(got, &want) < 2e-5, "head {hh} row {i}: {got:?} vs {want:?}");
+            if i == s - 1 {
+                let got = &causal.o[row..row + d];
+                assert!(max_abs(got, &want) < 2e-5, "causal head {hh} last row");
+            }
+        }
+    }
+}
+
+/// With `eps > 0` implied rows still sum to 1, a causal row ignores later keys bitwise (its key
+/// max included), and a huge `eps` turns every row into the mean of the values it sees.
+#[test]
+fn eps_rows_are_causal_convex_and_tend_to_the_mean_of_v() {
+    let mut ones = qkv(15, [1, 2, 1], [90, 90], 16, 1.5);
+    ones.v.iter_mut().for_each(|v| *v = 1.0);
+    for params in [Params::default(), Params::causal()] {
+        for spec in ["performer:eps=1e-4", "performer-reference:eps=1e-4"] {
+            let out = ones.run(spec, &params).unwrap();
+            assert!(out.o.iter().all(|o| (o - 1.0).abs() < 1e-5), "{spec} {:?}", params.mask);
+        }
+    }
+    let (s, d, cut) = (90usize, 16usize, 70usize);
+    let x = qkv(16, [1, 2, 1], [s, s], d, 1.5);
+    let mut y = qkv(16, [1, 2, 1], [s, s], d, 1.5);
+    for j in cut..s {
+        for c in 0..d {
+            y.k[j * d + c] *= 3.0; // larger projections: the key max would move
+            y.v[j * d + c] -= 1.0;
+        }
+    }
+    let params = Params::causal();
+    let (a, b) = (
+        x.run("performer:eps=1e-4", &params).unwrap(),
+        y.run("performer:eps=1e-4", &params).unwrap(),
+    );
+    for h in 0..2 {
+        for i in 0..s {
+            let r = (h * s + i) * d;
+            assert_eq!(a.o[r..r + d] == b.o[r..r + d], i < cut, "head {h} row {i}");
+        }
+    }
+    for (causal, params) in [(false, Params::default()), (true, Params::causal())] {
+        let out = x.run("performer:eps=1e6", &params).unwrap();
+        for h in 0..2 {
+            for i in 0..s {
+                let n = if causal { i + 1 } else { s };
+                for c in 0..d {
+                    let mean = (0..n).map(|j| x.v[j * d + c] as f64).sum::<f64>() / n as f64;
+                    let got = out.o[(h * s + i) * d + c] as f64;
+                    assert!(
+                        (got - mean).abs() < 1e-4,
+                        "{:?} head {h} row {i}: {got} vs {mean}",
+                        params.mask
+                    );
+                }
+            }
+        }
+    }
 }

@@ -2,10 +2,13 @@
 //! gives Performer with the same features; the unnormalised estimate is unbiased over seeds
 //! (`E[e^{lse}] = Σ_j e^{z_ij}`, `E[e^{lse} o] = Σ_j e^{z_ij} v_j`, Monte Carlo, 5 standard
 //! errors); rows sum to 1; causality is bitwise; the seed decides the output; the fast path
-//! equals the f64 reference at small windows; pair counts; typed errors.
+//! equals the f64 reference at small windows; pair counts; typed errors. The same for the LSH
+//! support (`sparse=lsh`): one cluster is exact, `low_rank=false` is softmax over the support
+//! (SMYRF alone), unbiased over seeds, fast = reference (also where the support holds most of a
+//! large low-rank estimate, the cancellation case), pair counts, seeds.
 
 use attn::methods::pattern::{Fast, Reference};
-use attn::methods::scatterbrain::Scatterbrain;
+use attn::methods::scatterbrain::{Scatterbrain, Sparse};
 use attn::{Error, Mask, Method, Params, Problem, Registry, TensorRef};
 use attn_testing::cases::{case, MaskSpec};
 use attn_testing::Qkv;
@@ -125,7 +128,12 @@ fn rows_sum_to_one() {
     let mut x = qkv(4, [2, 4, 2], [40, 56], 32, 1.0);
     x.v.iter_mut().for_each(|v| *v = 1.0);
     for params in [Params::default(), Params::causal()] {
-        for spec in ["scatterbrain:window=6", "scatterbrain-reference:window=6"] {
+        for spec in [
+            "scatterbrain:window=6",
+            "scatterbrain-reference:window=6",
+            "scatterbrain:sparse=lsh,cluster=8,n_hashes=2",
+            "scatterbrain-reference:sparse=lsh,cluster=8,n_hashes=2",
+        ] {
             let out = x.run(spec, &params).unwrap();
             for (i, o) in out.o.iter().enumerate() {
                 assert!((o - 1.0).abs() < 1e-5, "{spec} {:?}: o[{i}] = {o}", params.mask);
@@ -178,9 +186,13 @@ fn the_seed_decides_the_output() {
 /// SIMD level and thread count, bitwise across thread counts, through the conformance suite.
 #[test]
 fn fast_equals_reference_at_small_windows() {
-    const W5: Scatterbrain = Scatterbrain { window: 5, features: 8, orthogonal: true, seed: 1 };
-    const W0: Scatterbrain = Scatterbrain { window: 0, features: 16, orthogonal: true, seed: 2 };
-    const IID: Scatterbrain = Scatterbrain { window: 3, features: 24, orthogonal: false, seed: 3 };
+    const D: Scatterbrain = Scatterbrain::DEFAULT;
+    const W5: Scatterbrain =
+        Scatterbrain { window: 5, features: 8, orthogonal: true, seed: 1, ..D };
+    const W0: Scatterbrain =
+        Scatterbrain { window: 0, features: 16, orthogonal: true, seed: 2, ..D };
+    const IID: Scatterbrain =
+        Scatterbrain { window: 3, features: 24, orthogonal: false, seed: 3, ..D };
     static A: &[&dyn Method] = &[&Fast(W5), &Reference(W5)];
     static B: &[&dyn Method] = &[&Fast(W0), &Reference(W0)];
     static C: &[&dyn Method] = &[&Fast(IID), &Reference(IID)];
@@ -224,4 +236,262 @@ fn parameters_and_rejections_are_typed() {
     let window = Params::default().with_mask(Mask::sliding_window(4));
     assert!(matches!(x.run("scatterbrain", &window), Err(Error::Unsupported { .. })));
     assert!(x.run("scatterbrain:window=3,features=7,orthogonal=false,seed=9", &p).is_ok());
+}
+
+/// One LSH cluster (`cluster ≥ S_kv`) holds every key: exact attention, only the exact scores
+/// counted, for any number of rounds (a pair in several rounds is one pair).
+#[test]
+fn lsh_one_cluster_is_exact() {
+    let x = qkv(11, [2, 4, 2], [29, 41], 16, 1.0);
+    for params in
+        [Params::default(), Params::causal(), Params { q_offset: Some(-3), ..Params::causal() }]
+    {
+        let (eo, el) = x.exact(&params);
+        for spec in [
+            "scatterbrain:sparse=lsh,cluster=41",
+            "scatterbrain:sparse=lsh,cluster=64,n_hashes=3",
+            "scatterbrain-reference:sparse=lsh,cluster=41,n_hashes=2,features=8",
+        ] {
+            let out = x.run(spec, &params).unwrap();
+            let what = format!("{spec} {:?} offset {:?}", params.mask, params.q_offset);
+            assert_close(&format!("{what} o"), &out.o, &eo);
+            assert_close(&format!("{what} lse"), &out.lse, &el);
+            let allowed = attn::Stats::exact(&{
+                let q = TensorRef::new(&x.q[..], x.shape_q).unwrap();
+                let k = TensorRef::new(&x.k[..], x.shape_kv).unwrap();
+                let v = TensorRef::new(&x.v[..], x.shape_kv).unwrap();
+                params.resolve(&Problem::from_tensors(&q, &k, &v).unwrap()).unwrap()
+            });
+            assert_eq!(out.stats.computed_pairs, allowed.computed_pairs, "{what}");
+        }
+    }
+}
+
+/// `low_rank=false`: the sparse half alone, softmax over the support `S_i` that
+/// [`Scatterbrain::clusters`] gives (computed here in f64 from the public clusters); each row's
+/// support has at most `R·c` keys and at least the `c` of one cluster when `c` divides `S_kv`.
+#[test]
+fn lsh_without_low_rank_is_softmax_over_the_clusters() {
+    let (nq, nk, d) = (37, 48, 16);
+    let x = qkv(12, [2, 4, 2], [nq, nk], d, 1.5);
+    let inputs = x.tensors();
+    let p = Problem::from_tensors(&inputs.q, &inputs.k, &inputs.v).unwrap();
+    let cfg = Scatterbrain {
+        sparse: Sparse::Lsh,
+        n_hashes: 3,
+        cluster: 8,
+        low_rank: false,
+        seed: 4,
+        ..Scatterbrain::DEFAULT
+    };
+    for params in [Params::default(), Params { q_offset: Some(20), ..Params::causal() }] {
+        let r = params.resolve(&p).unwrap();
+        let spec = "scatterbrain:sparse=lsh,n_hashes=3,cluster=8,low_rank=false,seed=4";
+        let out = x.run(spec, &params).unwrap();
+        let (mut seen, mut sup) = (vec![false; nk], Vec::new());
+        let mut pairs = 0u64;
+        let (mut worst, mut sizes) = (0.0f64, (usize::MAX, 0));
+        for b in 0..2 {
+            for h in 0..4 {
+                let cl = cfg.clusters(&p, &inputs, b, h);
+                for i in 0..nq {
+                    let allowed = cfg.allowed(&r, nk, i);
+                    cl.support(i, allowed, &mut seen, &mut sup);
+                    pairs += sup.len() as u64;
+                    if allowed == nk {
+                        sizes = (sizes.0.min(sup.len()), sizes.1.max(sup.len()));
+                    }
+                    let z: Vec<f64> = sup
+                        .iter()
+                        .map(|&j| {
+                            (0..d)
+                                .map(|e| {
+                                    inputs.q.get(b, h, i, e) as f64
+                                        * inputs.k.get(b, h / 2, j as usize, e) as f64
+                                })
+                                .sum::<f64>()
+                                * r.scale as f64
+                        })
+                        .collect();
+                    let mx = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let row = (b * 4 + h) * nq + i;
+                    let l: f64 = z.iter().map(|zj| (zj - mx).exp()).sum();
+                    for e in 0..d {
+                        let want: f64 = sup
+                            .iter()
+                            .zip(&z)
+                            .map(|(&j, zj)| {
+                                (zj - mx).exp() * inputs.v.get(b, h / 2, j as usize, e) as f64
+                            })
+                            .sum::<f64>()
+                            / l;
+                        worst = worst.max((out.o[row * d + e] as f64 - want).abs());
+                    }
+                    assert!((out.lse[row] as f64 - (mx + l.ln())).abs() < 1e-5 * mx.abs().max(1.0));
+                }
+            }
+        }
+        assert!(worst < 2e-5, "{:?}: max |Δo| {worst}", params.mask);
+        assert_eq!(out.stats.computed_pairs, pairs);
+        if sizes.1 > 0 {
+            assert!(sizes.0 >= 8 && sizes.1 <= 24, "support sizes {sizes:?}");
+        }
+    }
+}
+
+/// Unbiasedness with the LSH support (the hash and the features use different streams, so given
+/// the support the estimate is unbiased; over seeds both vary): as
+/// `the_estimate_is_unbiased_over_seeds`, 3 clusters of 4 keys, 2 rounds.
+#[test]
+fn lsh_estimate_is_unbiased_over_seeds() {
+    let (n, d, seeds) = (12usize, 8usize, 20_000u64);
+    let x = qkv(13, [1, 1, 1], [n, n], d, 0.5);
+    for params in [Params::default(), Params::causal()] {
+        let (eo, el) = x.exact(&params);
+        let mut acc = vec![[0.0f64; 4]; n];
+        for seed in 0..seeds {
+            let spec =
+                format!("scatterbrain:sparse=lsh,cluster=4,n_hashes=2,features=16,seed={seed}");
+            let out = x.run(&spec, &params).unwrap();
+            for (i, a) in acc.iter_mut().enumerate() {
+                let den = (out.lse[i] as f64).exp();
+                let num = den * out.o[i * d] as f64;
+                a[0] += den;
+                a[1] += den * den;
+                a[2] += num;
+                a[3] += num * num;
+            }
+        }
+        let nf = seeds as f64;
+        for (i, a) in acc.iter().enumerate() {
+            let den_true = el[i].exp();
+            let num_true = den_true * eo[i * d];
+            for (s1, s2, truth, what) in
+                [(a[0], a[1], den_true, "den"), (a[2], a[3], num_true, "num")]
+            {
+                let mean = s1 / nf;
+                let se = ((s2 / nf - mean * mean).max(0.0) / nf).sqrt();
+                assert!(
+                    (mean - truth).abs() < 5.0 * se + 1e-6 * truth.abs(),
+                    "{:?} row {i} {what}: mean {mean} vs exact {truth} (se {se})",
+                    params.mask
+                );
+            }
+        }
+    }
+}
+
+/// Fast = f64 reference with the LSH support through the conformance suite: GQA, S_q ≠ S_kv,
+/// causal offsets (rows with no key, rows whose allowed keys all lie in the support), partial
+/// clusters, 1–3 rounds, i.i.d. features, the sparse half alone, and large logits at D = 128
+/// with 621 features where the support holds most of a large low-rank estimate (the
+/// subtraction case of the README).
+#[test]
+fn lsh_fast_equals_reference() {
+    const D: Scatterbrain = Scatterbrain::DEFAULT;
+    const L1: Scatterbrain =
+        Scatterbrain { sparse: Sparse::Lsh, n_hashes: 1, cluster: 8, features: 8, seed: 1, ..D };
+    const L3: Scatterbrain = Scatterbrain {
+        sparse: Sparse::Lsh,
+        n_hashes: 3,
+        cluster: 5,
+        features: 24,
+        orthogonal: false,
+        seed: 2,
+        ..D
+    };
+    const S: Scatterbrain =
+        Scatterbrain { sparse: Sparse::Lsh, n_hashes: 2, cluster: 6, low_rank: false, ..D };
+    const BIG: Scatterbrain =
+        Scatterbrain { sparse: Sparse::Lsh, n_hashes: 2, cluster: 16, features: 0, seed: 3, ..D };
+    static A: &[&dyn Method] = &[&Fast(L1), &Reference(L1)];
+    static B: &[&dyn Method] = &[&Fast(L3), &Reference(L3)];
+    static C: &[&dyn Method] = &[&Fast(S), &Reference(S)];
+    static E: &[&dyn Method] = &[&Fast(BIG), &Reference(BIG)];
+    let cases = vec![
+        case(1, [2, 1], [23, 31], 16),
+        case(2, [4, 2], [41, 41], 32).mask(MaskSpec::Causal),
+        case(1, [1, 1], [40, 30], 8).mask(MaskSpec::Causal).offset(3),
+        case(1, [1, 1], [30, 30], 8).mask(MaskSpec::Causal).offset(-4),
+        case(1, [2, 2], [37, 12], 8),
+        case(1, [1, 1], [1, 50], 16).mask(MaskSpec::Causal),
+    ];
+    for reg in [A, B, C] {
+        let reg = Registry::new(reg);
+        let m = reg.get("scatterbrain").unwrap();
+        let cfg = SuiteConfig { registry: reg, cases: cases.clone(), ..SuiteConfig::for_method(m) };
+        assert_eq!(run_suite_with(m, &cfg).cases, cases.len());
+    }
+    let reg = Registry::new(E);
+    let m = reg.get("scatterbrain").unwrap();
+    let big =
+        vec![case(1, [2, 1], [64, 64], 128), case(1, [1, 1], [48, 64], 128).mask(MaskSpec::Causal)];
+    let cfg = SuiteConfig { registry: reg, cases: big.clone(), ..SuiteConfig::for_method(m) };
+    assert_eq!(run_suite_with(m, &cfg).cases, big.len());
+    // The same at large logits (σ = 2 at D = 128, scale 1/√D: logits of std ≈ 45): the support's
+    // low-rank terms dwarf what is left off it; fast against the f64 reference directly.
+    let x = qkv(14, [1, 2, 1], [64, 64], 128, 2.0);
+    for params in [Params::default(), Params::causal()] {
+        let spec = "sparse=lsh,n_hashes=2,cluster=16,features=0,seed=3";
+        let f = x.run(&format!("scatterbrain:{spec}"), &params).unwrap();
+        let r = x.run(&format!("scatterbrain-reference:{spec}"), &params).unwrap();
+        let worst = f.o.iter().zip(&r.o).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(worst < 2e-5, "{:?}: max |Δo| {worst}", params.mask);
+        for (a, b) in f.lse.iter().zip(&r.lse) {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "lse {a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn lsh_the_seed_decides_the_output() {
+    let x = qkv(15, [2, 2, 1], [50, 50], 16, 1.0);
+    for params in [Params::default(), Params::causal()] {
+        let spec = |s: u32| format!("scatterbrain:sparse=lsh,cluster=10,seed={s}");
+        let a = x.run(&spec(3), &params).unwrap();
+        let b = x.run(&spec(3), &params).unwrap();
+        let c = x.run(&spec(4), &params).unwrap();
+        assert_eq!(a.o, b.o);
+        assert_eq!(a.lse, b.lse);
+        assert_ne!(a.o, c.o);
+        // The support too: the sparse half alone changes with the hash seed.
+        let s = |s: u32| format!("scatterbrain:sparse=lsh,cluster=10,low_rank=false,seed={s}");
+        assert_ne!(x.run(&s(3), &params).unwrap().o, x.run(&s(4), &params).unwrap().o);
+    }
+}
+
+/// `computed_pairs` with LSH: `Σ_i |S_i|` plus the featurisation. Clusters of 8 out of 32 keys,
+/// one round: every query sees exactly its 8 keys.
+#[test]
+fn lsh_pair_count() {
+    let x = qkv(16, [1, 2, 2], [32, 32], 8, 1.0);
+    let p = Params::default();
+    let out = x.run("scatterbrain:sparse=lsh,n_hashes=1,cluster=8,features=8", &p).unwrap();
+    assert_eq!(out.stats.computed_pairs, 2 * (32 * 8 + 64 * 8));
+    let out = x.run("scatterbrain:sparse=lsh,n_hashes=1,cluster=8,low_rank=false", &p).unwrap();
+    assert_eq!(out.stats.computed_pairs, 2 * 32 * 8);
+    // Two rounds: a pair in both counts once, so between 8 and 16 per row.
+    let out = x.run("scatterbrain:sparse=lsh,n_hashes=2,cluster=8,low_rank=false", &p).unwrap();
+    assert!((2 * 32 * 8..=2 * 32 * 16).contains(&out.stats.computed_pairs));
+}
+
+#[test]
+fn lsh_parameters_and_rejections_are_typed() {
+    let x = qkv(17, [1, 1, 1], [8, 8], 8, 1.0);
+    let p = Params::default();
+    for bad in [
+        "scatterbrain:sparse=smyrf",
+        "scatterbrain:n_hashes=0",
+        "scatterbrain:n_hashes=65",
+        "scatterbrain:cluster=0",
+        "scatterbrain:low_rank=2",
+    ] {
+        assert!(matches!(x.run(bad, &p), Err(Error::BadParam { .. })), "{bad}");
+    }
+    let empty = "scatterbrain:window=0,low_rank=false";
+    assert!(matches!(x.run(empty, &p), Err(Error::Unsupported { .. })));
+    assert!(x.run("scatterbrain:sparse=lsh,window=0,low_rank=false", &p).is_ok());
+    assert!(x
+        .run("scatterbrain:sparse=lsh,n_hashes=64,cluster=1,seed=9", &Params::causal())
+        .is_ok());
 }

@@ -162,6 +162,28 @@ mod small_budgets {
     }
 }
 
+/// Performer with performer-pytorch's additive feature (`eps > 0`: another key stabiliser and the
+/// `eps` sums of the fast path) against its reference on the grid.
+mod performer_eps {
+    use attn::methods::pattern::{Fast, Reference};
+    use attn::methods::performer::{Favor, Performer};
+    use attn::{Method, Registry};
+    use attn_testing::{run_suite_with, SuiteConfig};
+
+    // 32 features keep the f64 reference cheap on the grid (the registered m = ⌊D ln D⌋ is
+    // covered by `performer`).
+    const PEER: Favor = Favor { map: Performer { features: 32, ..Performer::DEFAULT }, eps: 0.01 };
+    static REG: &[&dyn Method] = &[&Fast(PEER), &Reference(PEER)];
+
+    #[test]
+    fn performer_eps_equals_its_reference() {
+        let reg = Registry::new(REG);
+        let m = reg.methods()[0];
+        let cfg = SuiteConfig { registry: reg, ..SuiteConfig::for_method(m) };
+        assert!(run_suite_with(m, &cfg).cases > 0);
+    }
+}
+
 #[test]
 fn every_registered_implementation_has_a_test() {
     for m in registry().methods() {

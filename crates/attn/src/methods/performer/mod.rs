@@ -5,12 +5,14 @@
 //!   feature map, public so that other low-rank methods (Scatterbrain, linear attention) reuse it.
 //! - [`reference`](mod@reference): the estimate materialised pair by pair in f64 (the implied
 //!   matrix `Ã_ij = φ(q_i)·φ(k_j)` restricted to the mask, row-normalised).
-//! - fast path ([`Performer`] under [`crate::methods::pattern::Fast`]): `φ(K)ᵀV` and `φ(K)ᵀ1`
+//! - fast path ([`Favor`] under [`crate::methods::pattern::Fast`]): `φ(K)ᵀV` and `φ(K)ᵀ1`
 //!   once (non-causal) or as running prefix sums (causal), then one `m × D_v` product per query.
+//! - [`Favor`] is the registered configuration: the random features of [`Performer`] (which
+//!   Scatterbrain also uses) and the additive feature `eps` of performer-pytorch (default 0).
 
 pub mod reference;
 
-use crate::dispatch::{parse_param, Inputs, OutputMut, ParamInfo, Stats};
+use crate::dispatch::{bad_param, parse_param, Inputs, OutputMut, ParamInfo, Stats};
 use crate::error::{Error, Result};
 use crate::mask::{Mask, MaskKind};
 use crate::methods::pattern::{dot_fixed, for_each_head, unknown, Exec, SparseConfig};
@@ -23,7 +25,8 @@ use crate::problem::Problem;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// `performer`: FAVOR+ with `features` positive random features per head.
+/// FAVOR+'s random features: how many, how drawn, and the seed (the feature map that `performer`
+/// and Scatterbrain's low-rank part use; the registered method is [`Favor`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Performer {
     /// Random features `m`; 0 means `⌊D ln D⌋` (lucidrains / fly default; D = 64 → 266).
@@ -78,6 +81,37 @@ impl Performer {
 }
 
 impl Default for Performer {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// `performer` as registered: FAVOR+ with the random features of [`Performer`] and an additive
+/// feature `eps`.
+///
+/// `eps = 0` is the unbiased FAVOR+ estimate (spec §1.4). `eps > 0` is performer-pytorch's
+/// `softmax_kernel`: every stabilised feature gets `+eps`, queries stabilised by their own max
+/// `max_r ω_r·q'` and keys by one max `M = max_{j,r} ω_r·k'_j` over the keys
+/// (`φ(k_j)_r = m^{-1/2}(exp(ω_r·k'_j − |k'_j|²/2 − M) + eps)`); a causal row `i` takes `M` over
+/// the keys it sees only (the peer's global max lets later keys into earlier rows). See README.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Favor {
+    /// The random features.
+    pub map: Performer,
+    /// The additive feature `0 ≤ ε ≤` [`MAX_EPS`] (performer-pytorch `kernel_epsilon`: 1e-4);
+    /// 0 = FAVOR+.
+    pub eps: f64,
+}
+
+/// The largest `eps` [`Favor`] accepts.
+pub const MAX_EPS: f64 = 1e12;
+
+impl Favor {
+    /// FAVOR+ with the authors' feature defaults and no additive feature.
+    pub const DEFAULT: Favor = Favor { map: Performer::DEFAULT, eps: 0.0 };
+}
+
+impl Default for Favor {
     fn default() -> Self {
         Self::DEFAULT
     }
@@ -236,10 +270,14 @@ struct Work {
     kf: Vec<f32>,
     /// `CHUNK`: the log-scale of each key row (`max_r e_jr − |k'_j|²/2`).
     kc: Vec<f32>,
-    /// `CHUNK × m`: stabilised query features.
+    /// `CHUNK`: the largest projection of each key row (`max_r ω_r·k'_j`).
+    ka: Vec<f32>,
+    /// `CHUNK × m`: stabilised query features (with `eps`: `exp(a − max a − |q'|²/2) + eps`).
     qf: Vec<f32>,
     /// `CHUNK`: the log-scale of each query row.
     qc: Vec<f32>,
+    /// `CHUNK`: the largest projection of each query row.
+    qa: Vec<f32>,
     /// `CHUNK × CHUNK`: intra-chunk weights.
     l: Vec<f32>,
     /// `CHUNK × D_v`: numerators.
@@ -248,6 +286,9 @@ struct Work {
     state: Vec<f32>,
     /// `m`: `Σ_j exp(kc_j − ck)·φ̂_j`.
     z: Vec<f32>,
+    /// `CHUNK × D_v` (`eps > 0`): `Σ v_j` over the keys added so far and the chunk's keys up to
+    /// row `t` (the `eps` part of the state, never rescaled).
+    vsum: Vec<f32>,
 }
 
 impl Work {
@@ -257,28 +298,33 @@ impl Work {
             v: vec![0.0; CHUNK * dv],
             kf: vec![0.0; CHUNK * m],
             kc: vec![0.0; CHUNK],
+            ka: vec![0.0; CHUNK],
             qf: vec![0.0; CHUNK * m],
             qc: vec![0.0; CHUNK],
+            qa: vec![0.0; CHUNK],
             l: vec![0.0; CHUNK * CHUNK],
             num: vec![0.0; CHUNK * dv],
             state: vec![0.0; m * dv],
             z: vec![0.0; m],
+            vsum: vec![0.0; CHUNK * dv],
         }
     }
 
     /// The scratch bytes of [`Work::new`].
     fn bytes(m: usize, d: usize, dv: usize) -> usize {
-        4 * (CHUNK * (d + 2 * dv + 2 * m + 2 + CHUNK) + m * (dv + 1))
+        4 * (CHUNK * (d + 3 * dv + 2 * m + 4 + CHUNK) + m * (dv + 1))
     }
 }
 
 /// Stabilises `n` rows of exponents in place: each row `a` becomes `exp(a − max a)` (entries in
-/// `(0, 1]`, the largest exactly 1), and `c[i] = max a − |x_i|²/2` is its log-scale, so that
-/// `φ(x_i) = exp(c[i] − ½ ln m)·row_i`. Vectorised at the caller's [`Level`].
+/// `(0, 1]`, the largest exactly 1), `c[i] = max a − |x_i|²/2` is its log-scale, so that
+/// `φ(x_i) = exp(c[i] − ½ ln m)·row_i`, and `amax[i] = max a` (the peer's stabiliser for `eps`).
+/// Vectorised at the caller's [`Level`].
 struct Stabilise<'a> {
     e: &'a mut [f32],
     x: &'a [f32],
     c: &'a mut [f32],
+    amax: &'a mut [f32],
     m: usize,
     d: usize,
 }
@@ -289,8 +335,12 @@ impl Kernel for Stabilise<'_> {
     fn run<S: Simd>(self) {
         const LOG2E: f32 = std::f32::consts::LOG2_E;
         let (m, d) = (self.m, self.d);
-        for ((row, x), c) in
-            self.e.chunks_exact_mut(m).zip(self.x.chunks_exact(d)).zip(self.c.iter_mut())
+        for (((row, x), c), amax) in self
+            .e
+            .chunks_exact_mut(m)
+            .zip(self.x.chunks_exact(d))
+            .zip(self.c.iter_mut())
+            .zip(self.amax.iter_mut())
         {
             let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let split = m - m % S::LANES;
@@ -306,14 +356,24 @@ impl Kernel for Stabilise<'_> {
                 *a = exp2_scalar((*a - mx) * LOG2E);
             }
             *c = mx - 0.5 * dot_fixed(x, x);
+            *amax = mx;
         }
     }
 }
 
 impl FeatureMap {
-    /// Stabilised features of `n` scaled rows `x` (`n × D`) into `out` (`n × m`) and their
-    /// log-scales into `c` (see [`Stabilise`]): one GEMM `x·ωᵀ`, then the row-wise exponentials.
-    fn stabilised_rows(&self, level: Level, x: &[f32], n: usize, out: &mut [f32], c: &mut [f32]) {
+    /// Stabilised features of `n` scaled rows `x` (`n × D`) into `out` (`n × m`), their
+    /// log-scales into `c` and their largest projections into `amax` (see [`Stabilise`]): one
+    /// GEMM `x·ωᵀ`, then the row-wise exponentials.
+    fn stabilised_rows(
+        &self,
+        level: Level,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+        c: &mut [f32],
+        amax: &mut [f32],
+    ) {
         gemm_bt(out, x, &self.omega32, [n, self.d, self.m], false);
         dispatch(
             level,
@@ -321,6 +381,7 @@ impl FeatureMap {
                 e: &mut out[..n * self.m],
                 x: &x[..n * self.d],
                 c: &mut c[..n],
+                amax: &mut amax[..n],
                 m: self.m,
                 d: self.d,
             },
@@ -328,7 +389,7 @@ impl FeatureMap {
     }
 }
 
-impl Performer {
+impl Favor {
     /// The fast path for one `(b, h)`, writing `o` (`S_q × D_v`) and `lse` (`S_q`).
     ///
     /// Keys go through in chunks of [`CHUNK`]: their features by one GEMM, then added to the
@@ -338,6 +399,11 @@ impl Performer {
     /// intra-chunk weights `φ̂_q·φ̂_j·exp(kc_j − c_i)` of the keys they see, `c_i` the largest
     /// log-scale among those keys — so a row depends only on the keys it may see, bitwise (the
     /// weights of later keys are exact zeros). Non-causal rows are answered from the full state.
+    ///
+    /// With `eps > 0` the running scale is the largest key projection `M` instead (the peer's
+    /// stabiliser, at least every key log-scale), query features become `u = φ̂_q·e^{−|q'|²/2} +
+    /// eps`, and the keys' `eps` adds `eps·(Σ_r u_r)·(Σ_j v_j, count)` to the row's numerator
+    /// and denominator, from running sums of `v` that are never rescaled.
     #[allow(clippy::too_many_arguments)]
     fn head(
         &self,
@@ -356,6 +422,8 @@ impl Performer {
         let rs = params.scale.sqrt();
         let ln_m = (m as f32).ln();
         let causal = matches!(params.mask, Mask::Causal);
+        let eps = self.eps as f32;
+        let peer = self.eps > 0.0;
         let mut w = Work::new(m, d, dv);
         // The last key row i sees (−1: none).
         let last = |i: usize| {
@@ -369,6 +437,15 @@ impl Performer {
             o[i * dv..(i + 1) * dv].fill(0.0);
             lse[i] = f32::NEG_INFINITY;
         };
+        // With eps: query features `u = φ̂·e^{qc − qa} + eps` in place, `Σ_r u_r` into `su`.
+        let with_eps = |qf: &mut [f32], qc: &[f32], qa: &[f32], su: &mut [f32], nr: usize| {
+            for r in 0..nr {
+                let g = (qc[r] - qa[r]).exp();
+                let row = &mut qf[r * m..(r + 1) * m];
+                row.iter_mut().for_each(|x| *x = *x * g + eps);
+                su[r] = row.iter().sum();
+            }
+        };
         let mut next = 0usize;
         while next < p.s_q && last(next) < 0 {
             empty(o, lse, next);
@@ -376,6 +453,9 @@ impl Performer {
         }
         let mut ck = f32::NEG_INFINITY;
         let mut pm = [0.0f32; CHUNK];
+        let mut su = [0.0f32; CHUNK];
+        // Keys added to the state so far (the count that multiplies eps in the denominator).
+        let mut added = 0usize;
         for j0 in (0..p.s_kv).step_by(CHUNK) {
             if next == p.s_q {
                 break;
@@ -385,16 +465,30 @@ impl Performer {
                 inputs.k.read_row(b, hk, j0 + t, rs, &mut w.x[t * d..(t + 1) * d]);
                 inputs.v.read_row(b, hk, j0 + t, 1.0, &mut w.v[t * dv..(t + 1) * dv]);
             }
-            fm.stabilised_rows(level, &w.x, n, &mut w.kf, &mut w.kc);
+            fm.stabilised_rows(level, &w.x, n, &mut w.kf, &mut w.kc, &mut w.ka);
+            if peer {
+                // Row t of `vsum`: Σ v over the keys before this chunk (row 0 on entry) and the
+                // chunk's keys up to t.
+                w.vsum[..dv].iter_mut().zip(&w.v[..dv]).for_each(|(x, v)| *x += v);
+                for t in 1..n {
+                    let (done, rest) = w.vsum.split_at_mut(t * dv);
+                    let prev = &done[(t - 1) * dv..];
+                    let v = &w.v[t * dv..(t + 1) * dv];
+                    for ((x, a), v) in rest[..dv].iter_mut().zip(prev).zip(v) {
+                        *x = a + v;
+                    }
+                }
+            }
             // Causal rows whose last key is in this chunk, in blocks of CHUNK rows.
             let end = (j0 + n) as i64;
             let mut stop = next;
             while causal && stop < p.s_q && last(stop) < end {
                 stop += 1;
             }
+            let scales = if peer { &w.ka } else { &w.kc };
             let mut run = ck;
             for (t, x) in pm.iter_mut().enumerate().take(n) {
-                run = run.max(w.kc[t]);
+                run = run.max(scales[t]);
                 *x = run;
             }
             for r0 in (next..stop).step_by(CHUNK) {
@@ -402,7 +496,10 @@ impl Performer {
                 for r in 0..nr {
                     inputs.q.read_row(b, h, r0 + r, rs, &mut w.x[r * d..(r + 1) * d]);
                 }
-                fm.stabilised_rows(level, &w.x, nr, &mut w.qf, &mut w.qc);
+                fm.stabilised_rows(level, &w.x, nr, &mut w.qf, &mut w.qc, &mut w.qa);
+                if peer {
+                    with_eps(&mut w.qf, &w.qc, &w.qa, &mut su, nr);
+                }
                 gemm_bt(&mut w.l, &w.qf, &w.kf, [nr, m, n], false);
                 let mut den = [0.0f32; CHUNK];
                 let mut cs = [0.0f32; CHUNK];
@@ -418,13 +515,26 @@ impl Performer {
                     let f = if ck == f32::NEG_INFINITY { 0.0 } else { (ck - c).exp() };
                     w.qf[r * m..(r + 1) * m].iter_mut().for_each(|x| *x *= f);
                     den[r] += dot_fixed(&w.qf[r * m..(r + 1) * m], &w.z);
+                    if peer {
+                        den[r] += eps * su[r] * (added + tl + 1) as f32;
+                    }
                     cs[r] = c;
                 }
                 gemm(&mut w.num, &w.l, &w.v, [nr, n, dv], false);
                 gemm(&mut w.num, &w.qf, &w.state, [nr, m, dv], true);
                 for r in 0..nr {
                     let i = r0 + r;
-                    finish(&w.num[r * dv..(r + 1) * dv], den[r], w.qc[r] + cs[r] - ln_m, i, o, lse);
+                    let num = &mut w.num[r * dv..(r + 1) * dv];
+                    let log_scale = if peer {
+                        let tl = (last(i) - j0 as i64) as usize;
+                        let e = eps * su[r];
+                        let vs = &w.vsum[tl * dv..(tl + 1) * dv];
+                        num.iter_mut().zip(vs).for_each(|(x, s)| *x += e * s);
+                        w.qa[r] + cs[r] - ln_m
+                    } else {
+                        w.qc[r] + cs[r] - ln_m
+                    };
+                    finish(num, den[r], log_scale, i, o, lse);
                 }
             }
             next = stop;
@@ -446,6 +556,10 @@ impl Performer {
                 w.z.iter_mut().zip(row.iter()).for_each(|(z, x)| *z += x);
             }
             gemm_at_add(&mut w.state, &w.kf, &w.v, [n, m, dv]);
+            if peer {
+                w.vsum.copy_within((n - 1) * dv..n * dv, 0);
+                added += n;
+            }
         }
         // Non-causal rows (and none are left over when causal): the full state.
         for r0 in (next..p.s_q).step_by(CHUNK) {
@@ -453,14 +567,27 @@ impl Performer {
             for r in 0..nr {
                 inputs.q.read_row(b, h, r0 + r, rs, &mut w.x[r * d..(r + 1) * d]);
             }
-            fm.stabilised_rows(level, &w.x, nr, &mut w.qf, &mut w.qc);
+            fm.stabilised_rows(level, &w.x, nr, &mut w.qf, &mut w.qc, &mut w.qa);
+            if peer {
+                with_eps(&mut w.qf, &w.qc, &w.qa, &mut su, nr);
+            }
             gemm(&mut w.num, &w.qf, &w.state, [nr, m, dv], false);
-            for r in 0..nr {
-                let den = dot_fixed(&w.qf[r * m..(r + 1) * m], &w.z);
-                finish(&w.num[r * dv..(r + 1) * dv], den, w.qc[r] + ck - ln_m, r0 + r, o, lse);
+            for (r, s_u) in su.iter().enumerate().take(nr) {
+                let num = &mut w.num[r * dv..(r + 1) * dv];
+                let mut den = dot_fixed(&w.qf[r * m..(r + 1) * m], &w.z);
+                let log_scale = if peer {
+                    let e = eps * s_u;
+                    num.iter_mut().zip(&w.vsum[..dv]).for_each(|(x, s)| *x += e * s);
+                    den += e * added as f32;
+                    w.qa[r] + ck - ln_m
+                } else {
+                    w.qc[r] + ck - ln_m
+                };
+                finish(num, den, log_scale, r0 + r, o, lse);
             }
         }
     }
+
     fn fast(
         &self,
         p: &Problem,
@@ -469,7 +596,7 @@ impl Performer {
         par: Par,
         out: OutputMut,
     ) -> Result<()> {
-        let maps: Vec<Arc<FeatureMap>> = (0..p.h).map(|h| self.feature_map(p.d, h)).collect();
+        let maps: Vec<Arc<FeatureMap>> = (0..p.h).map(|h| self.map.feature_map(p.d, h)).collect();
         // The caller's level (a thread-local choice) for every worker.
         let level = Level::current();
         for_each_head(
@@ -501,7 +628,7 @@ fn finish(num: &[f32], den: f32, log_scale: f32, i: usize, o: &mut [f32], lse: &
     }
 }
 
-impl SparseConfig for Performer {
+impl SparseConfig for Favor {
     const NAME: &'static str = "performer";
     const REFERENCE_NAME: &'static str = "performer-reference";
     const FAMILY: &'static str = "performer";
@@ -513,30 +640,46 @@ impl SparseConfig for Performer {
         vec![
             ParamInfo {
                 name: "features",
-                value: self.features.to_string(),
+                value: self.map.features.to_string(),
                 doc: "random features m; 0 = ⌊D ln D⌋ (lucidrains/fly default, D=64 → 266)",
             },
             ParamInfo {
                 name: "orthogonal",
-                value: self.orthogonal.to_string(),
+                value: self.map.orthogonal.to_string(),
                 doc: "orthogonal blocks with chi row norms (FAVOR+ default true) or i.i.d. rows",
             },
             ParamInfo {
                 name: "seed",
-                value: self.seed.to_string(),
+                value: self.map.seed.to_string(),
                 doc: "projection seed, keyed with the query head (default 0)",
+            },
+            ParamInfo {
+                name: "eps",
+                value: self.eps.to_string(),
+                doc:
+                    "added to every stabilised feature, performer-pytorch style (its default 1e-4; \
+                      keys stabilised by one max over the keys a row sees); 0 = unbiased FAVOR+",
             },
         ]
     }
 
     fn set(&mut self, key: &str, value: &str) -> Result<()> {
         match key {
-            "features" => self.features = parse_param(Self::NAME, key, value)?,
-            "orthogonal" => self.orthogonal = parse_param(Self::NAME, key, value)?,
-            "seed" => self.seed = parse_param(Self::NAME, key, value)?,
+            "features" => self.map.features = parse_param(Self::NAME, key, value)?,
+            "orthogonal" => self.map.orthogonal = parse_param(Self::NAME, key, value)?,
+            "seed" => self.map.seed = parse_param(Self::NAME, key, value)?,
+            "eps" => {
+                let eps: f64 = parse_param(Self::NAME, key, value)?;
+                // The f32 sums `ε·Σu·Σv` and `ε·Σu·n` stay finite up to 2^20 features and 2^24
+                // keys; at 1e6 every row is already the mean of V to ~1e-6.
+                if !(0.0..=MAX_EPS).contains(&eps) {
+                    return Err(bad_param(Self::NAME, key, value, "a number in [0, 1e12]"));
+                }
+                self.eps = eps;
+            }
             _ => return Err(unknown(self, key)),
         }
-        if self.features > 1 << 20 {
+        if self.map.features > 1 << 20 {
             return Err(Error::BadParam {
                 method: Self::NAME.into(),
                 key: key.into(),
@@ -560,13 +703,13 @@ impl SparseConfig for Performer {
             Exec::Reference => reference::forward(self, p, inputs, params, out),
             Exec::Fast => self.fast(p, inputs, params, par, out)?,
         }
-        Ok(Stats::pairs(self.pairs(p)))
+        Ok(Stats::pairs(self.map.pairs(p)))
     }
 
     fn scratch_bytes(&self, exec: Exec, p: &Problem, par: Par) -> usize {
-        let m = self.features_for(p.d);
+        let m = self.map.features_for(p.d);
         match exec {
-            Exec::Reference => 8 * (p.s_kv * m + m + p.s_kv + p.d_v + p.d),
+            Exec::Reference => 8 * (p.s_kv * (m + 1) + m + p.s_kv + p.d_v + p.d),
             Exec::Fast => {
                 par.threads().min(p.b * p.h).max(1) * Work::bytes(m, p.d, p.d_v)
                     + p.h * 12 * m * p.d

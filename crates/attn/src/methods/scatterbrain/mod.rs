@@ -9,25 +9,47 @@
 //!   state (`Σ φ(k_j) v_jᵀ`, `Σ φ(k_j)`) for the low-rank part, then per query the window's exact
 //!   terms minus its low-rank terms, all under one per-row reference exponent; heads in parallel.
 
+mod lsh;
 pub mod reference;
 
-use crate::dispatch::{parse_param, Inputs, OutputMut, ParamInfo, Stats};
+pub use lsh::Clusters;
+
+use crate::dispatch::{parse_param, Inputs, OutputMut, ParamInfo, Reason, Stats};
 use crate::error::{Error, Result};
 use crate::mask::{Mask, MaskKind};
-use crate::methods::pattern::{dot_fixed, for_each_head, unknown, Exec, SparseConfig};
+use crate::methods::pattern::{dot_fixed, for_each_head, positive, unknown, Exec, SparseConfig};
 use crate::methods::performer::{FeatureMap, Performer};
 use crate::par::Par;
-use crate::params::Resolved;
+use crate::params::{Params, Resolved};
 use crate::primitives::simd::{dispatch, Kernel, Level, Simd};
 use crate::problem::Problem;
 use std::sync::Arc;
 
-/// `scatterbrain`: exact attention on a local window of `window` keys, Performer with `features`
-/// random features elsewhere.
+/// The sparse support of `scatterbrain`: where attention is exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sparse {
+    /// The local window of [`Scatterbrain::window`] keys (fly's `sblocal`).
+    Local,
+    /// SMYRF's asymmetric LSH clusters: [`Scatterbrain::n_hashes`] rounds of balanced clusters
+    /// of [`Scatterbrain::cluster`] keys (fly's `sbsmyrf`).
+    Lsh,
+}
+
+/// `scatterbrain`: exact attention on a sparse support (a local window of `window` keys, or
+/// `n_hashes` rounds of LSH clusters of `cluster` keys), Performer with `features` random
+/// features elsewhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scatterbrain {
+    /// The sparse support: local window or LSH clusters.
+    pub sparse: Sparse,
     /// Local window `w`: row `i` is exact on keys `p_i − ⌊w/2⌋ ≤ j < p_i + ⌈w/2⌉` (0: none).
     pub window: usize,
+    /// LSH hash rounds `R` (`sparse=lsh`).
+    pub n_hashes: usize,
+    /// LSH cluster size `c` (`sparse=lsh`): `⌈S_kv/c⌉` balanced clusters per round.
+    pub cluster: usize,
+    /// The low-rank part; false leaves the sparse part alone (softmax over the support).
+    pub low_rank: bool,
     /// Random features `m`; 0 means `⌊D ln D⌋`.
     pub features: usize,
     /// Orthogonal features (FAVOR+) or i.i.d. rows.
@@ -62,8 +84,18 @@ impl RowSupport {
 impl Scatterbrain {
     /// fly's local variant in its LRA configuration (spec §4.3): window 64, 32 orthogonal
     /// features, seed 0.
-    pub const DEFAULT: Scatterbrain =
-        Scatterbrain { window: 64, features: 32, orthogonal: true, seed: 0 };
+    /// The LSH options are fly's LRA ones (2 rounds, clusters of 32: the 64 keys per query of the
+    /// window).
+    pub const DEFAULT: Scatterbrain = Scatterbrain {
+        sparse: Sparse::Local,
+        window: 64,
+        n_hashes: 2,
+        cluster: 32,
+        low_rank: true,
+        features: 32,
+        orthogonal: true,
+        seed: 0,
+    };
 
     /// The Performer whose feature map the low-rank part uses.
     pub fn performer(&self) -> Performer {
@@ -86,22 +118,32 @@ impl Scatterbrain {
         RowSupport { lo, hi, allowed }
     }
 
-    /// True when some row needs the low-rank part (its window misses an allowed key).
+    /// True when some row may need the low-rank part: with `low_rank`, a local window that
+    /// misses an allowed key of some row, or more than one LSH cluster.
     pub fn needs_low_rank(&self, p: &Problem, params: &Resolved) -> bool {
-        (0..p.s_q).any(|i| !self.window(params, p.s_kv, i).full())
+        self.low_rank
+            && match self.sparse {
+                Sparse::Local => (0..p.s_q).any(|i| !self.window(params, p.s_kv, i).full()),
+                Sparse::Lsh => p.s_kv > 0 && self.clusters_for(p.s_kv) > 1,
+            }
     }
 
-    /// Pairs reported per call: the exact scores `Σ_i |S_i|` per (batch, query head), plus,
-    /// when some row needs the low-rank part, the featurisation `(S_q + S_kv)·m` as Performer
-    /// counts it (one `D`-long dot product per feature of a row).
-    pub fn pairs(&self, p: &Problem, params: &Resolved) -> u64 {
-        let exact: usize = (0..p.s_q).map(|i| self.window(params, p.s_kv, i).exact().len()).sum();
-        let low = if self.needs_low_rank(p, params) {
-            (p.s_q + p.s_kv) * self.performer().features_for(p.d)
+    /// The featurisation `(S_q + S_kv)·m` per (batch, query head) as Performer counts it (one
+    /// `D`-long dot product per feature of a row), when some row needs the low-rank part.
+    fn feature_pairs(&self, p: &Problem, params: &Resolved) -> u64 {
+        if self.needs_low_rank(p, params) {
+            ((p.s_q + p.s_kv) * self.performer().features_for(p.d) * p.b * p.h) as u64
         } else {
             0
-        };
-        ((exact + low) * p.b * p.h) as u64
+        }
+    }
+
+    /// Pairs reported per call with the local window: the exact scores `Σ_i |S_i|` per (batch,
+    /// query head), plus the featurisation when some row needs the low-rank part. (With LSH the
+    /// support depends on the inputs; the implementations count it as they go.)
+    pub fn pairs(&self, p: &Problem, params: &Resolved) -> u64 {
+        let exact: usize = (0..p.s_q).map(|i| self.window(params, p.s_kv, i).exact().len()).sum();
+        (exact * p.b * p.h) as u64 + self.feature_pairs(p, params)
     }
 }
 
@@ -109,6 +151,33 @@ impl Default for Scatterbrain {
     fn default() -> Self {
         Self::DEFAULT
     }
+}
+
+/// ωᵀ (`D × m`) in f32 for the first `m` rows of the map, so a row's `m` projections are one
+/// pass over `D` contiguous rows.
+fn omega_t(fm: &FeatureMap, m: usize) -> Vec<f32> {
+    let d = fm.d();
+    let mut omt = vec![0.0f32; d * m];
+    for (r, w) in fm.omega().chunks_exact(d.max(1)).take(m).enumerate() {
+        for (e, &x) in w.iter().enumerate() {
+            omt[e * m + r] = x as f32;
+        }
+    }
+    omt
+}
+
+/// The stabilised features of `x` (already scaled by `√s`): `φ(x) = e^{c − ½ln m}·φ̂` with
+/// `φ̂_r = exp(ω_r·x − max_r ω_r·x) ∈ (0, 1]` written to `out`, and `c = max_r ω_r·x − ½|x|²`
+/// returned.
+#[inline(always)]
+fn featurize(omt: &[f32], m: usize, x: &[f32], out: &mut [f32]) -> f32 {
+    out.fill(0.0);
+    for (e, &xe) in x.iter().enumerate() {
+        out.iter_mut().zip(&omt[e * m..(e + 1) * m]).for_each(|(a, w)| *a += xe * w);
+    }
+    let mx = out.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    out.iter_mut().for_each(|a| *a = (*a - mx).exp());
+    mx - 0.5 * dot_fixed(x, x)
 }
 
 /// A Performer sum `Σ_j φ(k_j) v_jᵀ`, `Σ_j φ(k_j)` over the keys added so far, under a
@@ -194,24 +263,8 @@ impl Kernel for HeadKernel<'_> {
         let mut v = vec![0.0f32; nk * dv];
         let mut f = vec![0.0f32; nk * m];
         let mut c = vec![0.0f32; nk];
-        // ωᵀ (D × m) in f32, so a row's m projections are one pass over D contiguous rows.
-        let mut omt = vec![0.0f32; d * m];
-        for (r, w) in fm.omega().chunks_exact(d.max(1)).take(m).enumerate() {
-            for (e, &x) in w.iter().enumerate() {
-                omt[e * m + r] = x as f32;
-            }
-        }
-        // φ(x) = e^{c − ½ln m}·φ̂ with φ̂_r = exp(ω_r·x − max_r ω_r·x) ∈ (0, 1] and
-        // c = max_r ω_r·x − ½|x|² (x already scaled by √s); returns c.
-        let features = |x: &[f32], out: &mut [f32]| -> f32 {
-            out.fill(0.0);
-            for (e, &xe) in x.iter().enumerate() {
-                out.iter_mut().zip(&omt[e * m..(e + 1) * m]).for_each(|(a, w)| *a += xe * w);
-            }
-            let mx = out.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            out.iter_mut().for_each(|a| *a = (*a - mx).exp());
-            mx - 0.5 * dot_fixed(x, x)
-        };
+        let omt = omega_t(fm, m);
+        let features = |x: &[f32], out: &mut [f32]| -> f32 { featurize(&omt, m, x, out) };
         for j in 0..nk {
             inputs.k.read_row(b, hk, j, rs, &mut k[j * d..(j + 1) * d]);
             inputs.v.read_row(b, hk, j, 1.0, &mut v[j * dv..(j + 1) * dv]);
@@ -336,6 +389,8 @@ impl Kernel for HeadKernel<'_> {
 }
 
 impl Scatterbrain {
+    /// The fast path; returns the exact scores computed with the LSH support (0 with the
+    /// window, whose count is [`Scatterbrain::pairs`]).
     fn fast(
         &self,
         p: &Problem,
@@ -343,9 +398,9 @@ impl Scatterbrain {
         params: &Resolved,
         par: Par,
         out: OutputMut,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         if p.b * p.h == 0 || p.s_q == 0 {
-            return Ok(());
+            return Ok(0);
         }
         let low_rank = self.needs_low_rank(p, params);
         let perf = self.performer();
@@ -354,21 +409,28 @@ impl Scatterbrain {
         let empty = FeatureMap::draw(Default::default(), 0, p.d, false);
         // Workers run at the caller's level (a thread-local setting).
         let level = Level::current();
-        for_each_head(
+        Ok(for_each_head(
             p,
             par,
             out,
             || (),
             |_, b, h, o, lse| {
                 let fm = maps[h].as_deref().unwrap_or(&empty);
-                dispatch(
-                    level,
-                    HeadKernel { cfg: self, fm, low_rank, p, inputs, params, b, h, o, lse },
-                );
-                0
+                match self.sparse {
+                    Sparse::Local => {
+                        dispatch(
+                            level,
+                            HeadKernel { cfg: self, fm, low_rank, p, inputs, params, b, h, o, lse },
+                        );
+                        0
+                    }
+                    Sparse::Lsh => dispatch(
+                        level,
+                        lsh::LshKernel { cfg: self, fm, low_rank, p, inputs, params, b, h, o, lse },
+                    ),
+                }
             },
-        );
-        Ok(())
+        ))
     }
 }
 
@@ -377,15 +439,38 @@ impl SparseConfig for Scatterbrain {
     const REFERENCE_NAME: &'static str = "scatterbrain-reference";
     const FAMILY: &'static str = "scatterbrain";
     const DESCRIPTION: &'static str =
-        "Scatterbrain: exact local window + Performer low-rank elsewhere, estimate replaced on the window (unbiased)";
+        "Scatterbrain: exact sparse support (local window, or SMYRF LSH clusters with sparse=lsh) + Performer low-rank elsewhere, estimate replaced on the support (unbiased)";
     const MASKS: &'static [MaskKind] = &[MaskKind::None, MaskKind::Causal];
 
     fn params(&self) -> Vec<ParamInfo> {
         vec![
             ParamInfo {
+                name: "sparse",
+                value: match self.sparse {
+                    Sparse::Local => "local".into(),
+                    Sparse::Lsh => "lsh".into(),
+                },
+                doc: "sparse support: local (window, default) or lsh (SMYRF clusters: n_hashes, cluster)",
+            },
+            ParamInfo {
                 name: "window",
                 value: self.window.to_string(),
                 doc: "local window w: exact on keys p_i−⌊w/2⌋ ≤ j < p_i+⌈w/2⌉ (fly local_context 64; 0 = Performer)",
+            },
+            ParamInfo {
+                name: "n_hashes",
+                value: self.n_hashes.to_string(),
+                doc: "sparse=lsh: hash rounds R, 1..64; a pair in several rounds counts once (fly LRA 2)",
+            },
+            ParamInfo {
+                name: "cluster",
+                value: self.cluster.to_string(),
+                doc: "sparse=lsh: cluster size c, ⌈S_kv/c⌉ balanced clusters per round (32: R·c = 64 keys per query)",
+            },
+            ParamInfo {
+                name: "low_rank",
+                value: self.low_rank.to_string(),
+                doc: "the Performer part (default true); false = the sparse part alone (SMYRF / local window)",
             },
             ParamInfo {
                 name: "features",
@@ -413,6 +498,26 @@ impl SparseConfig for Scatterbrain {
             detail: detail.into(),
         };
         match key {
+            "sparse" => {
+                self.sparse = match value {
+                    "local" => Sparse::Local,
+                    "lsh" => Sparse::Lsh,
+                    _ => return Err(bad("local or lsh")),
+                }
+            }
+            "n_hashes" => {
+                self.n_hashes = positive(Self::NAME, key, value)?;
+                if self.n_hashes > 64 {
+                    return Err(bad("at most 64 rounds"));
+                }
+            }
+            "cluster" => {
+                self.cluster = positive(Self::NAME, key, value)?;
+                if self.cluster > 1 << 31 {
+                    return Err(bad("at most 2^31"));
+                }
+            }
+            "low_rank" => self.low_rank = parse_param(Self::NAME, key, value)?,
             "window" => {
                 self.window = parse_param(Self::NAME, key, value)?;
                 if self.window > 1 << 31 {
@@ -432,6 +537,16 @@ impl SparseConfig for Scatterbrain {
         Ok(())
     }
 
+    fn unsupported(&self, _p: &Problem, _params: &Params) -> Vec<Reason> {
+        if self.sparse == Sparse::Local && self.window == 0 && !self.low_rank {
+            vec![Reason::Other(
+                "scatterbrain: window=0 with low_rank=false leaves nothing to attend to".into(),
+            )]
+        } else {
+            Vec::new()
+        }
+    }
+
     fn forward(
         &self,
         exec: Exec,
@@ -441,11 +556,14 @@ impl SparseConfig for Scatterbrain {
         par: Par,
         out: OutputMut,
     ) -> Result<Stats> {
-        match exec {
+        let exact = match exec {
             Exec::Reference => reference::forward(self, p, inputs, params, out),
             Exec::Fast => self.fast(p, inputs, params, par, out)?,
-        }
-        Ok(Stats::pairs(self.pairs(p, params)))
+        };
+        Ok(Stats::pairs(match self.sparse {
+            Sparse::Local => self.pairs(p, params),
+            Sparse::Lsh => exact + self.feature_pairs(p, params),
+        }))
     }
 
     fn scratch_bytes(&self, exec: Exec, p: &Problem, par: Par) -> usize {
@@ -455,12 +573,25 @@ impl SparseConfig for Scatterbrain {
             Exec::Fast => {
                 // Per worker: keys, values, key features and scales, ωᵀ; queries, their
                 // features, scales, supports and suffix partials; two low-rank states; rows.
+                // LSH: the clusters (query clusters, key orders, hashes, unscaled rows), the
+                // f64 state and the row's support.
                 let (nq, nk, d, dv) = (p.s_q, p.s_kv, p.d, p.d_v);
+                let lsh = match self.sparse {
+                    Sparse::Local => 0,
+                    Sparse::Lsh => {
+                        let r = self.n_hashes;
+                        4 * (r * (nq + nk) + (nq + nk) * (d + 3) + r * (d + 2))
+                            + 8 * (m * (dv + 1) + 2 * dv)
+                            + nk
+                            + 8 * r * self.cluster.min(nk)
+                    }
+                };
                 par.threads().min(p.b * p.h).max(1)
                     * (4 * (nk * (d + dv + m + 1) + d * m)
                         + 4 * nq * (d + m + dv + 3)
                         + 24 * nq
-                        + 4 * (2 * m * (dv + 1) + self.window.min(nk) + 2 * dv))
+                        + 4 * (2 * m * (dv + 1) + self.window.min(nk) + 2 * dv)
+                        + lsh)
                     + p.h * 12 * m * p.d
             }
         }

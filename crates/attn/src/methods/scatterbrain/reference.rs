@@ -1,34 +1,48 @@
 //! The specification of `scatterbrain`: the implied matrix materialised pair by pair, in f64.
 //!
 //! For every batch `b` and query head `h` (keys and values from head `h / g`), with the support
-//! of [`Scatterbrain::window`] and the feature map `φ` of `performer` with the same seed, features
-//! and head:
-//! 1. `A_i`: the allowed keys (all, or `j ≤ p_i` under the causal mask); `S_i ⊆ A_i` the window;
-//! 2. `Ã_ij = exp(s·q_i·k_j)` for `j ∈ S_i`, `Ã_ij = φ(q_i)·φ(k_j)` for `j ∈ A_i \ S_i`;
+//! of [`Scatterbrain::window`] (`sparse=local`) or [`Clusters::support`] of
+//! [`Scatterbrain::clusters`] (`sparse=lsh`: the same function as the fast path) and the feature
+//! map `φ` of `performer` with the same seed, features and head:
+//! 1. `A_i`: the allowed keys (all, or `j ≤ p_i` under the causal mask); `S_i ⊆ A_i` the support
+//!    (a set: a pair in several hash rounds is in it once);
+//! 2. `Ã_ij = exp(s·q_i·k_j)` for `j ∈ S_i`, `Ã_ij = φ(q_i)·φ(k_j)` for `j ∈ A_i \ S_i`
+//!    (`low_rank=false`: `Ã_ij = 0` there);
 //! 3. `o_i = Σ_{A_i} Ã_ij v_j / Σ_{A_i} Ã_ij`, `lse_i = ln Σ_{A_i} Ã_ij` (`A_i` empty: `o_i = 0`,
 //!    `lse_i = −∞`).
 //!
 //! Every entry is positive, so no clamp is needed here; the fast path reaches the same sums as
 //! "low-rank over `A_i`, plus `e − ℓ` on `S_i`" (spec §4.2 steps 2–5).
 
-use super::Scatterbrain;
+use super::{Clusters, Scatterbrain, Sparse};
 use crate::dispatch::{Inputs, OutputMut};
 use crate::params::Resolved;
 use crate::problem::Problem;
 
-/// The method in f64, rounded into `out`.
+/// The method in f64, rounded into `out`; returns the exact scores `Σ_i |S_i|` with the LSH
+/// support (0 with the window, whose count is [`Scatterbrain::pairs`]).
 ///
 /// Off-support entries are evaluated in log space from stabilised features, as in the Performer
 /// reference: `ln ℓ_ij = c_q,i + c_k − ln m + ln Σ_r φ̂_ir ψ̂_jr` with `c_q,i` the row max of the
 /// query exponents and `c_k` one max over all keys and features (four partial sums per dot
 /// product, so the long feature dots pipeline).
-pub fn forward(c: &Scatterbrain, p: &Problem, inputs: &Inputs, params: &Resolved, out: OutputMut) {
+pub fn forward(
+    c: &Scatterbrain,
+    p: &Problem,
+    inputs: &Inputs,
+    params: &Resolved,
+    out: OutputMut,
+) -> u64 {
     let scale = params.scale as f64;
     let low_rank = c.needs_low_rank(p, params);
     let perf = c.performer();
     let nk = p.s_kv;
     let mut t = Vec::with_capacity(nk);
     let mut acc = vec![0.0f64; p.d_v];
+    let mut in_support = vec![false; nk];
+    let mut seen = vec![false; nk];
+    let mut sup: Vec<u32> = Vec::new();
+    let mut pairs = 0u64;
     for h in 0..p.h {
         let fm = low_rank.then(|| perf.feature_map(p.d, h));
         let m = fm.as_ref().map_or(0, |f| f.m());
@@ -48,26 +62,41 @@ pub fn forward(c: &Scatterbrain, p: &Problem, inputs: &Inputs, params: &Resolved
                 ck = psi.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 psi.iter_mut().for_each(|x| *x = (*x - ck).exp());
             }
+            let clusters: Option<Clusters> =
+                (c.sparse == Sparse::Lsh).then(|| c.clusters(p, inputs, b, h));
             let mut phi = vec![0.0f64; m];
             for i in 0..p.s_q {
                 let r = (b * p.h + h) * p.s_q + i;
-                let sup = c.window(params, nk, i);
+                // S_i as flags over the allowed keys [0, allowed).
+                let allowed = c.allowed(params, nk, i);
+                match &clusters {
+                    None => c.window(params, nk, i).exact().for_each(|j| in_support[j] = true),
+                    Some(cl) => {
+                        cl.support(i, allowed, &mut seen, &mut sup);
+                        pairs += sup.len() as u64;
+                        sup.iter().for_each(|&j| in_support[j as usize] = true);
+                    }
+                }
+                let full = in_support[..allowed].iter().all(|&x| x);
                 let qi = row(&inputs.q, h, i);
                 let mut cq = 0.0;
-                if let (Some(fm), false) = (&fm, sup.full()) {
+                if let (Some(fm), false) = (&fm, full) {
                     exponents(fm, &qi, scale, &mut phi);
                     cq = phi.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                     phi.iter_mut().for_each(|x| *x = (*x - cq).exp());
                 }
                 // t_ij = ln Ã_ij for every allowed key.
                 t.clear();
-                for (j, kj) in keys.iter().enumerate().take(sup.allowed) {
-                    t.push(if sup.exact().contains(&j) {
+                for (j, kj) in keys.iter().enumerate().take(allowed) {
+                    t.push(if in_support[j] {
                         scale * qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>()
-                    } else {
+                    } else if m > 0 {
                         cq + ck - ln_m + dot4(&phi, &psi[j * m..(j + 1) * m]).ln()
+                    } else {
+                        f64::NEG_INFINITY
                     });
                 }
+                in_support.fill(false);
                 let mx = t.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let o = &mut out.o[r * p.d_v..(r + 1) * p.d_v];
                 if mx == f64::NEG_INFINITY {
@@ -91,6 +120,7 @@ pub fn forward(c: &Scatterbrain, p: &Problem, inputs: &Inputs, params: &Resolved
             }
         }
     }
+    pairs
 }
 
 /// The feature exponents `a_r = √s·ω_r·x − s|x|²/2` (as
