@@ -15,6 +15,7 @@ use crate::methods::pattern::dot_fixed;
 use crate::params::Resolved;
 use crate::primitives::gemm::gemm_bt;
 use crate::primitives::rng::{purpose, Key, Stream};
+use crate::primitives::simd::{dispatch, Kernel, Level, Simd};
 use crate::problem::Problem;
 
 /// Loaded centroids `[H, C, D]` (one set per query head), stored as unit vectors.
@@ -171,10 +172,10 @@ fn unit_rows(x: &crate::tensor::TensorRef, b: usize, h: usize, n: usize, d: usiz
 /// Rows per similarity GEMM (bounds the `rows × C` buffer).
 const SIM_ROWS: usize = 256;
 
-/// Calls `f(t, sims)` for every row `t` of `x` (`n × D`) with its dot products with the rows of
-/// `mu` (`C × D`): one GEMM (`primitives::gemm`, faer) per [`SIM_ROWS`] rows (single-threaded;
-/// chunks start at multiples of `SIM_ROWS`, so a row's similarities depend only on the row, `mu`
-/// and `n`).
+/// Calls `f(t0, sims)` for every block of [`SIM_ROWS`] rows of `x` (`n × D`) starting at row
+/// `t0`, with their dot products with the rows of `mu` (`C × D`), `rows × C` row-major: one GEMM
+/// (`primitives::gemm`, faer) per block (single-threaded; blocks start at multiples of
+/// `SIM_ROWS`, so a row's similarities depend only on the row, `mu` and `n`).
 fn similarities(
     x: &[f32],
     mu: &[f32],
@@ -188,22 +189,103 @@ fn similarities(
     for t0 in (0..n).step_by(SIM_ROWS) {
         let m = (n - t0).min(SIM_ROWS);
         gemm_bt(buf, &x[t0 * d..], mu, [m, d, c], false);
-        for (r, sims) in buf[..m * c].chunks_exact(c).enumerate() {
-            f(t0 + r, sims);
+        f(t0, &buf[..m * c]);
+    }
+}
+
+/// The k-means++ seeding draws from at most `max(SEED_ROWS, SEED_PER_CLUSTER·C)` fit vectors
+/// (each of the `C` picks reads all of them: 4096 unit vectors of D = 64 are 1 MiB).
+const SEED_ROWS: usize = 4096;
+/// See [`SEED_ROWS`].
+const SEED_PER_CLUSTER: usize = 8;
+
+/// Lanes of [`argmax`]'s running maxima (the widest register; a fixed count, so the result
+/// does not depend on the SIMD level).
+const LANES: usize = 16;
+
+/// The index of the largest value (first on ties; 0 when every value is −∞ or NaN): per lane
+/// `k mod 16` the first index of its largest value (a strict `>` keeps the earlier one), then the
+/// smallest index among the lanes holding the largest value: the same as a left-to-right scan.
+#[inline(always)]
+fn argmax(s: &[f32]) -> usize {
+    // Indices as f32 (exact below 2²⁴; C ≤ 65536), so the selects are one lane type and
+    // vectorise.
+    let mut best = [f32::NEG_INFINITY; LANES];
+    let mut arg = [0.0f32; LANES];
+    let chunks = s.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    let mut base = [0.0f32; LANES];
+    base.iter_mut().enumerate().for_each(|(l, b)| *b = l as f32);
+    for ch in chunks {
+        let ch: &[f32; LANES] = ch.try_into().expect("a chunk of LANES");
+        for l in 0..LANES {
+            let gt = ch[l] > best[l];
+            best[l] = if gt { ch[l] } else { best[l] };
+            arg[l] = if gt { base[l] } else { arg[l] };
+            base[l] += LANES as f32;
+        }
+    }
+    for (l, &v) in rest.iter().enumerate() {
+        if v > best[l] {
+            (best[l], arg[l]) = (v, base[l]);
+        }
+    }
+    // The largest lane value, then the smallest index holding it (a lane never raised holds
+    // −∞ at index 0, so an all-−∞/NaN row gives 0).
+    let b = best.iter().fold(f32::NEG_INFINITY, |b, &v| if v > b { v } else { b });
+    let at = |l: usize| if best[l] == b { arg[l] as u32 } else { u32::MAX };
+    (0..LANES).map(at).min().unwrap_or(0) as usize
+}
+
+/// [`argmax`] of every row of a `rows × C` block into `out` (compiled for the SIMD level it
+/// is dispatched at; the result is the same at every level).
+struct ArgmaxRows<'a> {
+    sims: &'a [f32],
+    c: usize,
+    out: &'a mut [u32],
+}
+
+impl Kernel for ArgmaxRows<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self) {
+        for (row, o) in self.sims.chunks_exact(self.c).zip(self.out.iter_mut()) {
+            *o = argmax(row) as u32;
         }
     }
 }
 
-/// The index of the largest value (first on ties).
-#[inline]
-fn argmax(s: &[f32]) -> usize {
-    let (mut best, mut arg) = (f32::NEG_INFINITY, 0usize);
-    for (c, &v) in s.iter().enumerate() {
-        if v > best {
-            (best, arg) = (v, c);
+/// One k-means++ step over the sample rows (`D` wide): the squared
+/// distance to the newest centroid `mu`, `e = max(0, 2 − 2·x·μ)` (the dot in [`dot_fixed`]'s
+/// order), lowers each row's `dist`; returns `Σ dist` in row order. Elementwise f32/f64
+/// arithmetic only, so the same bits at every SIMD level.
+struct SeedStep<'a> {
+    rows: &'a [f32],
+    mu: &'a [f32],
+    dist: &'a mut [f64],
+}
+
+impl Kernel for SeedStep<'_> {
+    type Output = f64;
+    #[inline(always)]
+    fn run<S: Simd>(self) -> f64 {
+        let d = self.mu.len();
+        let mut total = 0.0f64;
+        for (row, du) in self.rows.chunks_exact(d).zip(self.dist.iter_mut()) {
+            let e = (2.0 - 2.0 * dot_fixed(row, self.mu) as f64).max(0.0);
+            *du = du.min(e);
+            total += *du;
         }
+        total
     }
-    arg
+}
+
+/// An `i32` whose order is `f32::total_cmp`'s (the sign-magnitude bits with the magnitude
+/// flipped for negatives).
+#[inline(always)]
+fn order_key(v: f32) -> i32 {
+    let b = v.to_bits() as i32;
+    b ^ ((((b >> 31) as u32) >> 1) as i32)
 }
 
 /// Groups `items` (ascending) by their cluster: `(grouped, start)` with `start.len() = C + 1`.
@@ -267,9 +349,12 @@ impl Routing {
         let row =
             |t: usize| if t < nq { &qn[t * d..(t + 1) * d] } else { &kn[(t - nq) * d..][..d] };
         let c = c.min(n);
-        // k-means++ seeding: the first centroid uniform, each next one a fit vector drawn with
+        // k-means++ seeding on the seed sample — `m = min(n, max(SEED_ROWS, SEED_PER_CLUSTER·C))`
+        // fit vectors evenly spaced over the fit set (queries, then keys; all of them when
+        // `m = n`): the first centroid uniform, each next one a sample vector drawn with
         // probability ∝ its squared distance to the nearest chosen one (`2 − 2·x·μ` for unit
-        // vectors); uniform number `b·2³² + t` of the stream for pick `t`.
+        // vectors); uniform number `b·2³² + t` of the stream for pick `t`. Each pick reads the
+        // whole sample, so it is kept small enough for the core's cache.
         let s = Stream::new(Key {
             seed: self.seed,
             layer: 0,
@@ -277,20 +362,21 @@ impl Routing {
             purpose: purpose::CLUSTERS,
         });
         let uniform = |t: usize| s.uniform_at(((b as u64) << 32) | t as u64);
+        let m = n.min(SEED_ROWS.max(SEED_PER_CLUSTER * c));
+        let mut sample = Vec::with_capacity(m * d);
+        for u in 0..m {
+            sample.extend_from_slice(row(u * n / m));
+        }
+        let srow = |u: usize| &sample[u * d..(u + 1) * d];
         let mut mu = Vec::with_capacity(c * d);
-        let first = ((uniform(0) * n as f64) as usize).min(n - 1);
-        mu.extend_from_slice(row(first));
-        let mut dist = vec![f64::INFINITY; n];
+        let first = ((uniform(0) * m as f64) as usize).min(m - 1);
+        mu.extend_from_slice(srow(first));
+        let mut dist = vec![f64::INFINITY; m];
         let mut buf = Vec::new();
+        let level = Level::current();
         for t in 1..c {
             let last = &mu[(t - 1) * d..t * d];
-            let mut see = |u: usize, sim: &[f32]| {
-                let e = (2.0 - 2.0 * sim[0] as f64).max(0.0);
-                dist[u] = dist[u].min(e);
-            };
-            similarities(qn, last, d, &mut buf, &mut see);
-            similarities(&kn[..shared * d], last, d, &mut buf, |u, sim| see(nq + u, sim));
-            let total: f64 = dist.iter().sum();
+            let total = dispatch(level, SeedStep { rows: &sample, mu: last, dist: &mut dist });
             let pick = if total > 0.0 {
                 // The first vector whose cumulative distance exceeds u·total.
                 let target = uniform(t) * total;
@@ -300,34 +386,38 @@ impl Routing {
                         acc += du;
                         acc > target
                     })
-                    .unwrap_or(n - 1)
+                    .unwrap_or(m - 1)
             } else {
-                // Every fit vector coincides with a chosen centroid: repeat one.
-                ((uniform(t) * n as f64) as usize).min(n - 1)
+                // Every sample vector coincides with a chosen centroid: repeat one.
+                ((uniform(t) * m as f64) as usize).min(m - 1)
             };
-            mu.extend_from_slice(row(pick));
+            mu.extend_from_slice(srow(pick));
         }
         let mut assign = vec![u32::MAX; n];
         let mut sum = vec![0.0f64; c * d];
         let mut count = vec![0usize; c];
+        let mut near = [0u32; SIM_ROWS];
         for _ in 0..self.iters {
             let mut moved = false;
-            let mut see = |t: usize, sims: &[f32]| {
-                let k = argmax(sims) as u32;
-                moved |= assign[t] != k;
-                assign[t] = k;
+            let mut see = |t0: usize, sims: &[f32]| {
+                let m = sims.len() / c;
+                dispatch(level, ArgmaxRows { sims, c, out: &mut near[..m] });
+                let old = &mut assign[t0..t0 + m];
+                moved |= old != &near[..m];
+                old.copy_from_slice(&near[..m]);
             };
             similarities(qn, &mu, d, &mut buf, &mut see);
-            similarities(&kn[..shared * d], &mu, d, &mut buf, |u, sims| see(nq + u, sims));
+            similarities(&kn[..shared * d], &mu, d, &mut buf, |u0, sims| see(nq + u0, sims));
             if !moved {
                 break;
             }
             sum.fill(0.0);
             count.fill(0);
-            for (t, &a) in assign.iter().enumerate() {
+            let fit = qn.chunks_exact(d).chain(kn[..shared * d].chunks_exact(d));
+            for (&a, x) in assign.iter().zip(fit) {
                 let a = a as usize;
                 count[a] += 1;
-                sum[a * d..(a + 1) * d].iter_mut().zip(row(t)).for_each(|(s, &x)| *s += x as f64);
+                sum[a * d..(a + 1) * d].iter_mut().zip(x).for_each(|(s, &x)| *s += x as f64);
             }
             for k in 0..c {
                 let sk = &sum[k * d..(k + 1) * d];
@@ -434,14 +524,18 @@ fn nearest(
     r: usize,
     buf: &mut Vec<f32>,
 ) -> (Vec<u32>, Vec<usize>) {
-    let n = x.len() / d;
+    let (n, c) = (x.len() / d, mu.len() / d);
     let mut out = vec![0u32; n * r];
-    similarities(x, mu, d, buf, |t, sims| {
-        let tc = &mut out[t * r..(t + 1) * r];
+    let level = Level::current();
+    similarities(x, mu, d, buf, |t0, sims| {
+        let m = sims.len() / c;
+        let tc = &mut out[t0 * r..(t0 + m) * r];
         if r == 1 {
-            tc[0] = argmax(sims) as u32;
+            dispatch(level, ArgmaxRows { sims, c, out: tc });
         } else {
-            tc.copy_from_slice(&crate::methods::pattern::top_k(sims, r));
+            for (row, tc) in sims.chunks_exact(c).zip(tc.chunks_exact_mut(r)) {
+                tc.copy_from_slice(&crate::methods::pattern::top_k(row, r));
+            }
         }
     });
     (out, (0..=n).map(|t| t * r).collect())
@@ -459,40 +553,52 @@ fn top_w(
     buf: &mut Vec<f32>,
 ) -> (Vec<u32>, Vec<usize>) {
     let (n, c) = (x.len() / d, mu.len() / d);
-    // Column-major similarities, C × n: one cluster's column is contiguous.
-    let mut cols = vec![0.0f32; c * n];
-    similarities(x, mu, d, buf, |t, sims| {
-        sims.iter().enumerate().for_each(|(k, &s)| cols[k * n + t] = s);
+    // Column-major similarities as order keys ([`order_key`]), C × n: one cluster's column is
+    // contiguous. Each row's nearest centroid on the way (for the stranded rows).
+    let mut cols = vec![0i32; c * n];
+    let mut nearest_of = vec![0u32; if strand_to_nearest { n } else { 0 }];
+    let level = Level::current();
+    similarities(x, mu, d, buf, |t0, sims| {
+        let m = sims.len() / c;
+        for (k, col) in cols.chunks_exact_mut(n).enumerate() {
+            let col = &mut col[t0..t0 + m];
+            col.iter_mut().zip(sims[k..].iter().step_by(c)).for_each(|(o, &v)| *o = order_key(v));
+        }
+        if strand_to_nearest {
+            dispatch(level, ArgmaxRows { sims, c, out: &mut nearest_of[t0..t0 + m] });
+        }
     });
     let w = w.min(n);
-    let mut idx: Vec<u32> = Vec::with_capacity(n);
+    let mut scratch: Vec<i32> = Vec::with_capacity(n);
     // (cluster, row) pairs, cluster-major, rows ascending inside a cluster.
     let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(c * w + n);
     let mut taken = vec![false; n];
-    for k in 0..c {
+    for (k, col) in cols.chunks_exact(n).enumerate() {
         if w == 0 {
             break;
         }
-        let col = &cols[k * n..(k + 1) * n];
-        idx.clear();
-        idx.extend(0..n as u32);
-        let order = |a: &u32, b: &u32| col[*b as usize].total_cmp(&col[*a as usize]).then(a.cmp(b));
-        if w < n {
-            idx.select_nth_unstable_by(w - 1, order);
-            idx.truncate(w);
-        }
-        idx.sort_unstable();
-        for &t in &idx {
-            taken[t as usize] = true;
-            pairs.push((k as u32, t));
+        // The w-th largest key `thr`: the rows above it, then the first rows equal to it (the
+        // smaller rows win ties) — the w largest in (similarity desc, row asc) order, ascending.
+        let (thr, mut eq) = if w < n {
+            scratch.clear();
+            scratch.extend_from_slice(col);
+            let thr = *scratch.select_nth_unstable(n - w).1;
+            (thr, w - col.iter().filter(|&&v| v > thr).count())
+        } else {
+            (i32::MIN, n)
+        };
+        for (t, &v) in col.iter().enumerate() {
+            let take = v > thr || (v == thr && eq > 0);
+            if take {
+                eq -= usize::from(v == thr);
+                taken[t] = true;
+                pairs.push((k as u32, t as u32));
+            }
         }
     }
     if strand_to_nearest {
-        let mut row = Vec::with_capacity(c);
         for t in (0..n).filter(|&t| !taken[t]) {
-            row.clear();
-            row.extend((0..c).map(|k| cols[k * n + t]));
-            pairs.push((argmax(&row) as u32, t as u32));
+            pairs.push((nearest_of[t], t as u32));
         }
     }
     // Grouped by row: a row's clusters come in cluster order (a stranded row has one).

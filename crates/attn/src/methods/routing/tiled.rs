@@ -253,6 +253,16 @@ impl Head<'_> {
                     continue; // no key in this piece
                 }
                 let i = i as usize;
+                if lse[i] == f32::NEG_INFINITY {
+                    // The row's first piece: what the merge with nothing gives (weights 0 and
+                    // 1, lse + ln 1), without its exp and ln.
+                    let out = &mut o[i * dv..(i + 1) * dv];
+                    out.iter_mut()
+                        .zip(&w.acc[r * dv..(r + 1) * dv])
+                        .for_each(|(x, y)| *x = y * inv_l);
+                    lse[i] = piece_lse + 0.0;
+                    continue;
+                }
                 let (a, c, merged) = merge_weights(lse[i], piece_lse);
                 let c = c * inv_l;
                 for (x, y) in o[i * dv..(i + 1) * dv].iter_mut().zip(&w.acc[r * dv..(r + 1) * dv]) {
