@@ -43,6 +43,7 @@
 //! attention on exactly the listed pairs. Memory: K and V of one kv head in key blocks, padded by
 //! 16 zero keys on each side, plus per worker one tile's queries, accumulator and statistics.
 
+use super::reference;
 use crate::dispatch::{Inputs, OutputMut};
 use crate::error::{Error, Result};
 use crate::memory::Scratch;
@@ -164,43 +165,18 @@ pub fn forward_reference(
     pattern.check(p);
     let mut pairs = 0u64;
     let mut acc = vec![0.0f64; p.d_v];
-    let mut z = Vec::new();
     for b in 0..p.b {
         for h in 0..p.h {
-            let hk = h / p.group();
             let bh = b * p.h + h;
             for i in 0..p.s_q {
                 let r = bh * p.s_q + i;
                 let keys = pattern.support(params, bh, b, i);
                 pairs += keys.len() as u64;
-                // scores z_j = scale · q·k_j, then weights exp(z_j − max)
-                z.clear();
-                for &j in &keys {
-                    let dot: f64 = (0..p.d)
-                        .map(|d| inputs.q.get(b, h, i, d) as f64 * inputs.k.get(b, hk, j, d) as f64)
-                        .sum();
-                    z.push(params.scale as f64 * dot);
+                let lse = reference::softmax_row_f64(p, inputs, params, (b, h, i), &keys, &mut acc);
+                for (x, a) in out.o[r * p.d_v..(r + 1) * p.d_v].iter_mut().zip(&acc) {
+                    *x = *a as f32;
                 }
-                let o = &mut out.o[r * p.d_v..(r + 1) * p.d_v];
-                let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                if m == f64::NEG_INFINITY {
-                    o.fill(0.0);
-                    out.lse[r] = f32::NEG_INFINITY;
-                    continue;
-                }
-                acc.fill(0.0);
-                let mut l = 0.0;
-                for (&j, &zj) in keys.iter().zip(&z) {
-                    let w = (zj - m).exp();
-                    l += w;
-                    for (dv, a) in acc.iter_mut().enumerate() {
-                        *a += w * inputs.v.get(b, hk, j, dv) as f64;
-                    }
-                }
-                for (x, a) in o.iter_mut().zip(&acc) {
-                    *x = (a / l) as f32;
-                }
-                out.lse[r] = (m + l.ln()) as f32;
+                out.lse[r] = lse as f32;
             }
         }
     }
@@ -646,19 +622,13 @@ fn worker_loop<S: Simd>(sh: &Shared, wk: &mut Worker) {
                     pairs += (chunk.len() * ln) as u64;
                     tail_bias(&mut wk.tail, chunk.len(), ln)
                 } else {
-                    let mut n = 0;
-                    for gi in 0..G {
-                        let valid = match chunk.get(gi) {
-                            Some(&c) => {
-                                info.valid_lanes(c as i64, false)
-                                    & !window_bits(bits, info.p0 - c as i64, ln)
-                            }
-                            None => 0,
-                        };
-                        n += valid.count_ones();
-                        fill_bias(&mut wk.bias[gi * ln..(gi + 1) * ln], valid);
-                    }
-                    pairs += n as u64;
+                    pairs += masked(&mut wk.bias, ln, |gi| match chunk.get(gi) {
+                        Some(&c) => {
+                            info.valid_lanes(c as i64, false)
+                                & !window_bits(bits, info.p0 - c as i64, ln)
+                        }
+                        None => 0,
+                    });
                     Some(wk.bias.as_ptr())
                 };
                 // SAFETY: the block's columns lie inside the tile buffers; the panels hold
@@ -717,26 +687,21 @@ fn worker_loop<S: Simd>(sh: &Shared, wk: &mut Worker) {
                         pairs += (G * ln) as u64;
                         None
                     } else {
-                        let mut n = 0;
-                        for gi in 0..G {
+                        pairs += masked(&mut wk.bias, ln, |gi| {
                             let jj = j + gi as i64;
-                            let valid = if jj > j_hi {
+                            if jj > j_hi {
+                                return 0;
+                            }
+                            // lanes with jj + δa ≤ p_t ≤ jj + δb, inside their interval
+                            let t_lo = (jj + da - info.p0).max(0);
+                            let t_hi = (jj + db - info.p0).min(ln as i64 - 1);
+                            let band = if t_lo > t_hi {
                                 0
                             } else {
-                                // lanes with jj + δa ≤ p_t ≤ jj + δb, inside their interval
-                                let t_lo = (jj + da - info.p0).max(0);
-                                let t_hi = (jj + db - info.p0).min(ln as i64 - 1);
-                                let band = if t_lo > t_hi {
-                                    0
-                                } else {
-                                    ((1u64 << (t_hi + 1)) - (1u64 << t_lo)) as u32
-                                };
-                                band & info.valid_lanes(jj, false)
+                                ((1u64 << (t_hi + 1)) - (1u64 << t_lo)) as u32
                             };
-                            n += valid.count_ones();
-                            fill_bias(&mut wk.bias[gi * ln..(gi + 1) * ln], valid);
-                        }
-                        pairs += n as u64;
+                            band & info.valid_lanes(jj, false)
+                        });
                         Some(wk.bias.as_ptr())
                     };
                     // SAFETY: keys j .. j + G (j a multiple of G) lie in one key block within
@@ -789,8 +754,7 @@ fn worker_loop<S: Simd>(sh: &Shared, wk: &mut Worker) {
                         pairs += (chunk.len() * ln) as u64;
                         tail_bias(&mut wk.tail, chunk.len(), ln)
                     } else {
-                        let mut n = 0;
-                        for gi in 0..G {
+                        pairs += masked(&mut wk.bias, ln, |gi| {
                             let valid = match chunk.get(gi) {
                                 Some(&dl) => info.valid_lanes(info.p0 - dl as i64, true),
                                 None => 0,
@@ -798,10 +762,8 @@ fn worker_loop<S: Simd>(sh: &Shared, wk: &mut Worker) {
                             // A window no lane may use is read from the padding instead.
                             starts[gi] =
                                 if valid == 0 { -(PAD as i64) } else { info.p0 - chunk[gi] as i64 };
-                            n += valid.count_ones();
-                            fill_bias(&mut wk.bias[gi * ln..(gi + 1) * ln], valid);
-                        }
-                        pairs += n as u64;
+                            valid
+                        });
                         Some(wk.bias.as_ptr())
                     };
                     // SAFETY: a window with a valid lane starts in (−L, S_kv), aligned to L
@@ -854,6 +816,19 @@ fn tail_bias(tail: &mut [f32], n: usize, ln: usize) -> Option<*const f32> {
     tail[..n * ln].fill(0.0);
     tail[n * ln..G * ln].fill(f32::NEG_INFINITY);
     Some(tail.as_ptr())
+}
+
+/// The masked path of one group: `valid(g)` gives item `g`'s valid lanes; fills `bias` (`[G][L]`)
+/// and returns the pairs kept.
+#[inline]
+fn masked(bias: &mut [f32], ln: usize, mut valid: impl FnMut(usize) -> u32) -> u64 {
+    let mut n = 0;
+    for gi in 0..G {
+        let v = valid(gi);
+        n += v.count_ones() as u64;
+        fill_bias(&mut bias[gi * ln..(gi + 1) * ln], v);
+    }
+    n
 }
 
 /// `bias[t] = 0` for valid lanes, `−∞` otherwise.

@@ -27,43 +27,57 @@ pub fn forward_f64(
     );
     let mut o = vec![0.0f64; p.out_len()];
     let mut lse = vec![0.0f64; p.lse_len()];
-    let mut z = Vec::new();
     for b in 0..p.b {
         for h in 0..p.h {
-            let hk = h / p.group(); // the key/value head this query head reads
             let bh = b * p.h + h;
             for i in 0..p.s_q {
                 let r = bh * p.s_q + i; // row index in [B, H, S_q]
                 let out = &mut o[r * p.d_v..(r + 1) * p.d_v];
-                // 1. the support, 2. its scores
+                // 1. the support, 2.–3. softmax over it
                 let keys = pattern.support(params, bh, i);
-                z.clear();
-                for &j in &keys {
-                    let dot: f64 = (0..p.d)
-                        .map(|d| inputs.q.get(b, h, i, d) as f64 * inputs.k.get(b, hk, j, d) as f64)
-                        .sum();
-                    z.push(params.scale as f64 * dot);
-                }
-                let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                if m == f64::NEG_INFINITY {
-                    lse[r] = f64::NEG_INFINITY;
-                    continue;
-                }
-                // 3. weights and the weighted sum of values
-                let mut l = 0.0;
-                for (&j, &zj) in keys.iter().zip(&z) {
-                    let w = (zj - m).exp();
-                    l += w;
-                    for (dv, x) in out.iter_mut().enumerate() {
-                        *x += w * inputs.v.get(b, hk, j, dv) as f64;
-                    }
-                }
-                out.iter_mut().for_each(|x| *x /= l);
-                lse[r] = m + l.ln();
+                lse[r] = softmax_row_f64(p, inputs, params, (b, h, i), &keys, out);
             }
         }
     }
     (o, lse)
+}
+
+/// Steps 2–3 for query row `i` of head `(b, h)` over the keys `keys`: writes `o` (`D_v` values,
+/// zero for an empty support) and returns the row's LSE (`−∞` for an empty support).
+pub fn softmax_row_f64(
+    p: &Problem,
+    inputs: &Inputs,
+    params: &Resolved,
+    (b, h, i): (usize, usize, usize),
+    keys: &[usize],
+    o: &mut [f64],
+) -> f64 {
+    let hk = h / p.group(); // the key/value head this query head reads
+    let z: Vec<f64> = keys
+        .iter()
+        .map(|&j| {
+            let dot: f64 = (0..p.d)
+                .map(|d| inputs.q.get(b, h, i, d) as f64 * inputs.k.get(b, hk, j, d) as f64)
+                .sum();
+            params.scale as f64 * dot
+        })
+        .collect();
+    o.fill(0.0);
+    let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    if m == f64::NEG_INFINITY {
+        return f64::NEG_INFINITY;
+    }
+    // weights exp(z_j − m) and the weighted sum of values
+    let mut l = 0.0;
+    for (&j, &zj) in keys.iter().zip(&z) {
+        let w = (zj - m).exp();
+        l += w;
+        for (dv, x) in o.iter_mut().enumerate() {
+            *x += w * inputs.v.get(b, hk, j, dv) as f64;
+        }
+    }
+    o.iter_mut().for_each(|x| *x /= l);
+    m + l.ln()
 }
 
 /// [`forward_f64`] rounded into the caller's f32 buffers; returns the pairs scored
