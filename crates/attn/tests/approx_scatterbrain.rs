@@ -86,13 +86,22 @@ fn an_empty_window_is_performer() {
 fn the_estimate_is_unbiased_over_seeds() {
     let (n, d, seeds) = (10usize, 8usize, 20_000u64);
     let x = qkv(3, [1, 1, 1], [n, n], d, 0.5);
+    assert_unbiased(&x, n, d, seeds, |seed| {
+        format!("scatterbrain:window=3,features=16,seed={seed}")
+    });
+}
+
+/// The unbiasedness oracle for the spec `spec(seed)`: per row, the means over `seeds` of
+/// `X = e^{lse}` and `Y = e^{lse}·o[0]` lie within 5 standard errors of their exact values
+/// (rows whose support holds every key are exact: f32 rounding only), with and without the
+/// causal mask.
+fn assert_unbiased(x: &Qkv, n: usize, d: usize, seeds: u64, spec: impl Fn(u64) -> String) {
     for params in [Params::default(), Params::causal()] {
         let (eo, el) = x.exact(&params);
-        // Per row: Σ X, Σ X², Σ Y, Σ Y² with X = e^{lse}, Y = e^{lse}·o[0].
+        // Per row: Σ X, Σ X², Σ Y, Σ Y².
         let mut acc = vec![[0.0f64; 4]; n];
         for seed in 0..seeds {
-            let out =
-                x.run(&format!("scatterbrain:window=3,features=16,seed={seed}"), &params).unwrap();
+            let out = x.run(&spec(seed), &params).unwrap();
             for (i, a) in acc.iter_mut().enumerate() {
                 let den = (out.lse[i] as f64).exp();
                 let num = den * out.o[i * d] as f64;
@@ -112,7 +121,6 @@ fn the_estimate_is_unbiased_over_seeds() {
                 let mean = s1 / nf;
                 let se = ((s2 / nf - mean * mean).max(0.0) / nf).sqrt();
                 assert!(
-                    // Rows whose window holds every key are exact (se = 0): f32 rounding only.
                     (mean - truth).abs() < 5.0 * se + 1e-6 * truth.abs(),
                     "{:?} row {i} {what}: mean {mean} vs exact {truth} (se {se})",
                     params.mask
@@ -346,39 +354,9 @@ fn lsh_without_low_rank_is_softmax_over_the_clusters() {
 fn lsh_estimate_is_unbiased_over_seeds() {
     let (n, d, seeds) = (12usize, 8usize, 20_000u64);
     let x = qkv(13, [1, 1, 1], [n, n], d, 0.5);
-    for params in [Params::default(), Params::causal()] {
-        let (eo, el) = x.exact(&params);
-        let mut acc = vec![[0.0f64; 4]; n];
-        for seed in 0..seeds {
-            let spec =
-                format!("scatterbrain:sparse=lsh,cluster=4,n_hashes=2,features=16,seed={seed}");
-            let out = x.run(&spec, &params).unwrap();
-            for (i, a) in acc.iter_mut().enumerate() {
-                let den = (out.lse[i] as f64).exp();
-                let num = den * out.o[i * d] as f64;
-                a[0] += den;
-                a[1] += den * den;
-                a[2] += num;
-                a[3] += num * num;
-            }
-        }
-        let nf = seeds as f64;
-        for (i, a) in acc.iter().enumerate() {
-            let den_true = el[i].exp();
-            let num_true = den_true * eo[i * d];
-            for (s1, s2, truth, what) in
-                [(a[0], a[1], den_true, "den"), (a[2], a[3], num_true, "num")]
-            {
-                let mean = s1 / nf;
-                let se = ((s2 / nf - mean * mean).max(0.0) / nf).sqrt();
-                assert!(
-                    (mean - truth).abs() < 5.0 * se + 1e-6 * truth.abs(),
-                    "{:?} row {i} {what}: mean {mean} vs exact {truth} (se {se})",
-                    params.mask
-                );
-            }
-        }
-    }
+    assert_unbiased(&x, n, d, seeds, |seed| {
+        format!("scatterbrain:sparse=lsh,cluster=4,n_hashes=2,features=16,seed={seed}")
+    });
 }
 
 /// Fast = f64 reference with the LSH support through the conformance suite: GQA, S_q ≠ S_kv,
