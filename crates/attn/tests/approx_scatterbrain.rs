@@ -473,3 +473,81 @@ fn lsh_parameters_and_rejections_are_typed() {
         .run("scatterbrain:sparse=lsh,n_hashes=64,cluster=1,seed=9", &Params::causal())
         .is_ok());
 }
+
+/// `eps` (performer's additive feature, `sparse=lsh`): `eps=0` is the default bitwise, fast and
+/// reference; `eps > 0` moves the output, and the fast path equals the f64 reference with the
+/// same `eps` (GQA, S_q ≠ S_kv, causal offsets, 1–3 rounds; fly's 1e-4 and a large 0.5).
+#[test]
+fn lsh_eps_equals_the_reference() {
+    let x = qkv(18, [1, 2, 1], [60, 60], 16, 1.0);
+    let base = "sparse=lsh,n_hashes=2,cluster=10,features=16,seed=5";
+    for params in [Params::default(), Params::causal()] {
+        for name in ["scatterbrain", "scatterbrain-reference"] {
+            let a = x.run(&format!("{name}:{base}"), &params).unwrap();
+            let b = x.run(&format!("{name}:{base},eps=0"), &params).unwrap();
+            assert_eq!(a.o, b.o, "{name}");
+            assert_eq!(a.lse, b.lse, "{name}");
+            let c = x.run(&format!("{name}:{base},eps=1e-4"), &params).unwrap();
+            assert_ne!(a.o, c.o, "{name}: eps changes the estimate");
+        }
+    }
+    const D: Scatterbrain = Scatterbrain::DEFAULT;
+    const E1: Scatterbrain = Scatterbrain {
+        sparse: Sparse::Lsh,
+        n_hashes: 2,
+        cluster: 8,
+        features: 16,
+        seed: 4,
+        eps: 1e-4,
+        ..D
+    };
+    const E2: Scatterbrain = Scatterbrain {
+        sparse: Sparse::Lsh,
+        n_hashes: 3,
+        cluster: 5,
+        features: 24,
+        orthogonal: false,
+        seed: 6,
+        eps: 0.5,
+        ..D
+    };
+    static A: &[&dyn Method] = &[&Fast(E1), &Reference(E1)];
+    static B: &[&dyn Method] = &[&Fast(E2), &Reference(E2)];
+    let cases = vec![
+        case(1, [2, 1], [23, 31], 16),
+        case(2, [4, 2], [41, 41], 32).mask(MaskSpec::Causal),
+        case(1, [1, 1], [40, 30], 8).mask(MaskSpec::Causal).offset(3),
+        case(1, [1, 1], [30, 30], 8).mask(MaskSpec::Causal).offset(-4),
+    ];
+    for reg in [A, B] {
+        let reg = Registry::new(reg);
+        let m = reg.get("scatterbrain").unwrap();
+        let cfg = SuiteConfig { registry: reg, cases: cases.clone(), ..SuiteConfig::for_method(m) };
+        assert_eq!(run_suite_with(m, &cfg).cases, cases.len());
+    }
+    // Large logits (std ≈ 45 at D = 128): fast against the f64 reference directly.
+    let x = qkv(19, [1, 2, 1], [64, 64], 128, 2.0);
+    for params in [Params::default(), Params::causal()] {
+        let spec = "sparse=lsh,n_hashes=2,cluster=16,features=0,seed=3,eps=1e-4";
+        let f = x.run(&format!("scatterbrain:{spec}"), &params).unwrap();
+        let r = x.run(&format!("scatterbrain-reference:{spec}"), &params).unwrap();
+        let worst = f.o.iter().zip(&r.o).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(worst < 2e-5, "{:?}: max |Δo| {worst}", params.mask);
+        for (a, b) in f.lse.iter().zip(&r.lse) {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "lse {a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn eps_rejections_are_typed() {
+    let x = qkv(20, [1, 1, 1], [8, 8], 8, 1.0);
+    let p = Params::default();
+    for bad in
+        ["scatterbrain:sparse=lsh,eps=-1", "scatterbrain:sparse=lsh,eps=1e13", "scatterbrain:eps=x"]
+    {
+        assert!(matches!(x.run(bad, &p), Err(Error::BadParam { .. })), "{bad}");
+    }
+    assert!(matches!(x.run("scatterbrain:eps=1e-4", &p), Err(Error::Unsupported { .. })));
+    assert!(x.run("scatterbrain:sparse=lsh,cluster=2,eps=1e-4", &p).is_ok());
+}

@@ -8,15 +8,17 @@
 //!   over every allowed key minus their terms on the support, accumulated in f64 so the
 //!   subtraction does not cancel digits.
 
-use super::{featurize, omega_t, Scatterbrain};
+use super::{omega_t, Scatterbrain};
 use crate::dispatch::Inputs;
 use crate::mask::Mask;
+use crate::methods::pattern::dot_fixed;
 use crate::methods::performer::FeatureMap;
 use crate::params::Resolved;
 use crate::primitives::merge::merge_weights;
 use crate::primitives::rng::{purpose, Key, Stream};
-use crate::primitives::simd::{Kernel, Simd};
+use crate::primitives::simd::{exp2_scalar, Kernel, Simd};
 use crate::problem::Problem;
+use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
 
 /// The clusters of one `(batch, query head)`: per round, the cluster of every query and the keys
 /// in hash order; key cluster `u` is the ranks `k_start[u]..k_start[u + 1]` in every round.
@@ -174,16 +176,88 @@ impl Scatterbrain {
     }
 }
 
+/// `dst (n×k) = a (n×d) · bᵀ`, `b` row-major `k × d`, all row-major, on this thread (faer).
+fn mm_bt<T: faer::traits::ComplexField>(dst: &mut [T], a: &[T], b: &[T], [n, d, k]: [usize; 3]) {
+    let dst = MatMut::from_row_major_slice_mut(&mut dst[..n * k], n, k);
+    let lhs = MatRef::from_row_major_slice(&a[..n * d], n, d);
+    let rhs = MatRef::from_row_major_slice(&b[..k * d], k, d).transpose();
+    matmul(dst, Accum::Replace, lhs, rhs, T::one_impl(), Par::Seq);
+}
+
+/// `dst (n×k) = a (n×d) · b (d×k)`, all row-major, on this thread (faer).
+fn mm<T: faer::traits::ComplexField>(dst: &mut [T], a: &[T], b: &[T], [n, d, k]: [usize; 3]) {
+    let dst = MatMut::from_row_major_slice_mut(&mut dst[..n * k], n, k);
+    let lhs = MatRef::from_row_major_slice(&a[..n * d], n, d);
+    let rhs = MatRef::from_row_major_slice(&b[..d * k], d, k);
+    matmul(dst, Accum::Replace, lhs, rhs, T::one_impl(), Par::Seq);
+}
+
+/// `dst (d×k) += aᵀ · b`, `a` row-major `n × d`, `b` row-major `n × k`, on this thread (faer).
+fn mm_at_add(dst: &mut [f64], a: &[f64], b: &[f64], [n, d, k]: [usize; 3]) {
+    let dst = MatMut::from_row_major_slice_mut(&mut dst[..d * k], d, k);
+    let lhs = MatRef::from_row_major_slice(&a[..n * d], n, d).transpose();
+    let rhs = MatRef::from_row_major_slice(&b[..n * k], n, k);
+    matmul(dst, Accum::Add, lhs, rhs, 1.0f64, Par::Seq);
+}
+
+/// `x ← e^{x − mx}` in place, `2^{(x − mx)·log₂e}` through [`Simd::exp2`] (`−∞` gives 0);
+/// returns `Σ x`. Runs at level `S` (call from a [`Kernel`]).
+#[inline(always)]
+fn exp_shift<S: Simd>(x: &mut [f32], mx: f32) -> f32 {
+    let (l, n, c) = (S::LANES, x.len(), std::f32::consts::LOG2_E);
+    let mut i = 0;
+    // SAFETY: the caller runs this at level S (`dispatch`); every pointer stays in `x`.
+    let mut sum = unsafe {
+        let (vc, vm, p) = (S::splat(c), S::splat(mx), x.as_mut_ptr());
+        let mut vs = S::splat(0.0);
+        while i + l <= n {
+            let e = S::exp2(S::mul(S::sub(S::load(p.add(i)), vm), vc));
+            S::store(p.add(i), e);
+            vs = S::add(vs, e);
+            i += l;
+        }
+        S::reduce_sum(vs)
+    };
+    for y in &mut x[i..] {
+        *y = exp2_scalar((*y - mx) * c);
+        sum += *y;
+    }
+    sum
+}
+
+/// The stabilised features of the `n` rows of `x` (`n × D`, already scaled by `√s`) through
+/// ωᵀ (`D × m`): `out_i = exp(ω·x_i − max_r ω_r·x_i)` (`n × m`) and
+/// `c_i = max_r ω_r·x_i − ½|x_i|²`, as [`featurize`] but one product for all rows.
+fn features<S: Simd>(omt: &[f32], m: usize, d: usize, x: &[f32], out: &mut [f32], c: &mut [f32]) {
+    let n = c.len();
+    if n == 0 || m == 0 {
+        return;
+    }
+    mm(out, x, omt, [n, d, m]);
+    for (i, ci) in c.iter_mut().enumerate() {
+        let row = &mut out[i * m..(i + 1) * m];
+        let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        exp_shift::<S>(row, mx);
+        let xi = &x[i * d..(i + 1) * d];
+        *ci = mx - 0.5 * dot_fixed(xi, xi);
+    }
+}
+
+/// Rows per block of the final low-rank read (and keys per block of the state).
+const ROW_BLOCK: usize = 256;
+
 /// The fast path of one `(b, h)` with the LSH support, as a SIMD kernel. Returns the exact
 /// scores computed, `Σ_i |S_i|`.
 ///
-/// Queries of one cluster share its keys, so the work runs by round and cluster: the cluster's
-/// keys, features and values are gathered once into tiles, and each of its queries scores them.
-/// A pair met in `c_ij` rounds enters each of them with weight `1/c_ij` (`z − ln c_ij` for the
-/// exact part, `ℓ/c_ij` for the low-rank one): the same sums as the set `S_i` (spec §4.2 step
-/// 4). Per row, the exact part is a softmax merged over rounds by LSE into `o`/`lse`; the
-/// support's low-rank terms are summed in f64 and subtracted at the end from the f64 sums over
-/// every allowed key (README, "The subtraction"), all under one global key log-scale.
+/// Clusters are balanced: the `≈ c` queries of a cluster share its `c` keys in a round, so the
+/// work runs by round and cluster as small dense products (faer, on this thread): the scores
+/// `Q_u K_uᵀ` (f32), the support's low-rank weights `Φ_u Ψ_uᵀ` (f64), then `P_u V_u` (f32) and
+/// `L_u [V_u | 1]` (f64). A pair met in `c_ij` rounds enters each of them with weight `1/c_ij`
+/// (`z − ln c_ij` for the exact part, `ℓ/c_ij` for the low-rank one): the same sums as the set
+/// `S_i` (spec §4.2 step 4). Per row, the exact part is a softmax merged over rounds by LSE into
+/// `o`/`lse`; the support's low-rank terms are summed in f64 and subtracted at the end from the
+/// f64 sums over every allowed key (README, "The subtraction"), all under one global key
+/// log-scale. With `eps > 0` the features are performer's `Favor` ones (README, "eps").
 pub(super) struct LshKernel<'a> {
     pub cfg: &'a Scatterbrain,
     pub fm: &'a FeatureMap,
@@ -208,6 +282,7 @@ impl Kernel for LshKernel<'_> {
         let hk = h / p.group();
         let rs = params.scale.sqrt();
         let ln_m = (m.max(1) as f32).ln();
+        let eps = cfg.eps;
         let cl = cfg.clusters(p, inputs, b, h);
         let nr = cl.rounds;
         // Keys scaled by √s (q'·k' = s·q·k), values, key features f_j with log-scale c_j.
@@ -219,22 +294,63 @@ impl Kernel for LshKernel<'_> {
         for j in 0..nk {
             inputs.k.read_row(b, hk, j, rs, &mut k[j * d..(j + 1) * d]);
             inputs.v.read_row(b, hk, j, 1.0, &mut v[j * dv..(j + 1) * dv]);
-            if low_rank {
-                c[j] = featurize(&omt, m, &k[j * d..(j + 1) * d], &mut f[j * m..(j + 1) * m]);
-            }
         }
-        // One key log-scale for every sum: ψ_j = f_j·e^{c_j − ck} in f64.
-        let ck = c.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let g: Vec<f64> = c.iter().map(|&cj| ((cj - ck) as f64).exp()).collect();
-        // Queries scaled by √s, their features φ̂ and log-scales base_i = c_q,i − ln m + ck.
+        if low_rank {
+            features::<S>(&omt, m, d, &k, &mut f, &mut c);
+        }
+        // One key log-scale for every sum, ψ_j in f64: eps = 0: ck = max c_j and
+        // ψ_j = f_j·e^{c_j − ck}; eps > 0 (performer-pytorch): ck = max_j max_r ω_r·k'_j and
+        // ψ_j = f_j·e^{c_j − ck} + eps.
+        let half_k: Vec<f32> = if eps > 0.0 {
+            k.chunks_exact(d.max(1)).map(|x| 0.5 * dot_fixed(x, x)).collect()
+        } else {
+            Vec::new()
+        };
+        let ck = if eps > 0.0 {
+            c.iter().zip(&half_k).map(|(a, b)| a + b).fold(f32::NEG_INFINITY, f32::max)
+        } else {
+            c.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+        };
+        let mut psi = vec![0.0f64; nk * m];
+        for j in 0..nk.min(if low_rank { nk } else { 0 }) {
+            let g = ((c[j] - ck) as f64).exp();
+            psi[j * m..(j + 1) * m]
+                .iter_mut()
+                .zip(&f[j * m..(j + 1) * m])
+                .for_each(|(y, &x)| *y = x as f64 * g + eps);
+        }
+        drop(f);
+        // Queries scaled by √s, their features in f64 and log-scales base_i: eps = 0: φ̂_i with
+        // base_i = c_q,i − ln m + ck; eps > 0: φ̂_i·e^{−|q'|²/2} + eps with
+        // base_i = max_r ω_r·q'_i − ln m + ck.
         let mut q = vec![0.0f32; nq * d];
-        let mut phi = vec![0.0f32; nq * m];
+        let mut phi = vec![0.0f64; nq * m];
         let mut base = vec![f32::NEG_INFINITY; nq];
         for i in 0..nq {
-            let qi = &mut q[i * d..(i + 1) * d];
-            inputs.q.read_row(b, h, i, rs, qi);
+            inputs.q.read_row(b, h, i, rs, &mut q[i * d..(i + 1) * d]);
+        }
+        let mut qf = vec![0.0f32; ROW_BLOCK.min(nq) * m];
+        let mut cqs = vec![0.0f32; ROW_BLOCK.min(nq)];
+        for i in 0..nq {
+            let qi = &q[i * d..(i + 1) * d];
             if low_rank {
-                base[i] = featurize(&omt, m, qi, &mut phi[i * m..(i + 1) * m]) - ln_m + ck;
+                let i0 = i % ROW_BLOCK;
+                if i0 == 0 {
+                    let i1 = (i + ROW_BLOCK).min(nq);
+                    let (xf, xc) = (&mut qf[..(i1 - i) * m], &mut cqs[..i1 - i]);
+                    features::<S>(&omt, m, d, &q[i * d..i1 * d], xf, xc);
+                }
+                let (row, cq) = (&qf[i0 * m..(i0 + 1) * m], cqs[i0]);
+                let ph = &mut phi[i * m..(i + 1) * m];
+                if eps > 0.0 {
+                    let half = 0.5 * dot_fixed(qi, qi);
+                    let g = (-(half as f64)).exp();
+                    ph.iter_mut().zip(row).for_each(|(y, &x)| *y = x as f64 * g + eps);
+                    base[i] = cq + half - ln_m + ck;
+                } else {
+                    ph.iter_mut().zip(row).for_each(|(y, &x)| *y = x as f64);
+                    base[i] = cq - ln_m + ck;
+                }
             }
         }
         // Token-major cluster tables for c_ij: key j's cluster and query i's in every round.
@@ -249,67 +365,79 @@ impl Kernel for LshKernel<'_> {
             }
         }
         let ln_count: Vec<f32> = (0..=nr).map(|x| (x.max(1) as f32).ln()).collect();
-        // Per row: the support's low-rank sums Σ ψ·φ̂/c_ij (v_j, 1) in f64, and |S_i|.
-        let mut sub = vec![0.0f64; if low_rank { nq * (dv + 1) } else { 0 }];
+        // Per row: the support's low-rank sums Σ ψ·φ/c_ij (v_j, 1) in f64, and |S_i|.
+        let dv1 = dv + 1;
+        let mut sub = vec![0.0f64; if low_rank { nq * dv1 } else { 0 }];
         let mut count = vec![0u32; nq];
         o.fill(0.0);
         lse.fill(f32::NEG_INFINITY);
         let cmax = cl.k_start.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-        // The cluster's tiles, column t = its t-th key: keys (D × c) and ψ (m × c) transposed,
-        // so one row's scores and low-rank weights are column-wise multiply-adds over D (m)
-        // rows (no reduction per pair; each column sums in the order of e, the same bits at
-        // every SIMD width).
-        let mut kt = vec![0.0f32; d * cmax];
-        let mut vt = vec![0.0f32; cmax * dv]; // their values, c × D_v
-        let mut ft = vec![0.0f64; m * cmax];
-        let mut ct = vec![0u32; cmax * nr]; // their cluster in every round
-        let mut sc = vec![0.0f32; cmax]; // one row's scores, then weights
-        let mut lw = vec![0.0f64; cmax]; // one row's low-rank weights
-        let mut acc = vec![0.0f32; dv];
+        let qmax = cl.q_start.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        // The cluster's tiles, gathered once per round and cluster.
+        let mut kb = vec![0.0f32; cmax * d]; // keys, c × D
+        let mut vb = vec![0.0f32; cmax * dv]; // values, c × D_v
+        let mut ct = vec![0u32; cmax * nr]; // the keys' cluster in every round
+        let mut qb = vec![0.0f32; qmax * d]; // queries, n_u × D
+        let mut sb = vec![0.0f32; qmax * cmax]; // scores, then weights, n_u × c
+        let mut pv = vec![0.0f32; qmax * dv]; // exact numerators, n_u × D_v
+        let mut zrow = vec![(f32::NEG_INFINITY, 0.0f32); qmax]; // (max, den) per row
+        let lr = |n: usize| if low_rank { n } else { 0 };
+        let mut vb1 = vec![0.0f64; lr(cmax * dv1)]; // [v | 1] in f64, c × (D_v + 1)
+        let mut psib = vec![0.0f64; lr(cmax * m)]; // ψ, c × m
+        let mut phib = vec![0.0f64; lr(qmax * m)]; // φ, n_u × m
+        let mut lb = vec![0.0f64; lr(qmax * cmax)]; // low-rank weights, n_u × c
+        let mut subb = vec![0.0f64; lr(qmax * dv1)]; // their sums, n_u × (D_v + 1)
         let mut pairs = 0u64;
         for r in 0..nr {
             for u in 0..cl.clusters {
                 let keys = cl.keys(r, u);
-                let w = keys.len();
+                let rows = cl.queries(r, u);
+                let (w, n) = (keys.len(), rows.len());
+                if w == 0 || n == 0 {
+                    continue;
+                }
                 for (t, &j) in keys.iter().enumerate() {
                     let j = j as usize;
-                    for (e, &x) in k[j * d..(j + 1) * d].iter().enumerate() {
-                        kt[e * cmax + t] = x;
-                    }
-                    vt[t * dv..(t + 1) * dv].copy_from_slice(&v[j * dv..(j + 1) * dv]);
+                    kb[t * d..(t + 1) * d].copy_from_slice(&k[j * d..(j + 1) * d]);
+                    vb[t * dv..(t + 1) * dv].copy_from_slice(&v[j * dv..(j + 1) * dv]);
                     ct[t * nr..(t + 1) * nr].copy_from_slice(&kc[j * nr..(j + 1) * nr]);
-                    for (rr, &x) in f[j * m..(j + 1) * m].iter().enumerate() {
-                        ft[rr * cmax + t] = x as f64 * g[j];
+                    if low_rank {
+                        let vr = &mut vb1[t * dv1..(t + 1) * dv1];
+                        vr[..dv].iter_mut().zip(&v[j * dv..(j + 1) * dv]).for_each(|(y, &x)| {
+                            *y = x as f64;
+                        });
+                        vr[dv] = 1.0;
+                        psib[t * m..(t + 1) * m].copy_from_slice(&psi[j * m..(j + 1) * m]);
                     }
                 }
-                for &i in cl.queries(r, u) {
+                for (a, &i) in rows.iter().enumerate() {
+                    let i = i as usize;
+                    qb[a * d..(a + 1) * d].copy_from_slice(&q[i * d..(i + 1) * d]);
+                    if low_rank {
+                        phib[a * m..(a + 1) * m].copy_from_slice(&phi[i * m..(i + 1) * m]);
+                    }
+                }
+                mm_bt(&mut sb, &qb, &kb, [n, d, w]);
+                if low_rank {
+                    mm_bt(&mut lb, &phib, &psib, [n, m, w]);
+                }
+                // Per row: the mask, the round weights 1/c_ij, then the softmax weights.
+                for (a, &i) in rows.iter().enumerate() {
                     let i = i as usize;
                     let allowed = cfg.allowed(params, nk, i);
                     let qci = &qc[i * nr..(i + 1) * nr];
-                    let sc = &mut sc[..w];
-                    sc.fill(0.0);
-                    for (e, &x) in q[i * d..(i + 1) * d].iter().enumerate() {
-                        let row = &kt[e * cmax..e * cmax + w];
-                        sc.iter_mut().zip(row).for_each(|(s, &y)| *s += x * y);
-                    }
-                    let lw = &mut lw[..w];
-                    if low_rank {
-                        lw.fill(0.0);
-                        for (rr, &x) in phi[i * m..(i + 1) * m].iter().enumerate() {
-                            let x = x as f64;
-                            let row = &ft[rr * cmax..rr * cmax + w];
-                            lw.iter_mut().zip(row).for_each(|(s, &y)| *s += x * y);
-                        }
-                    }
+                    let sr = &mut sb[a * w..(a + 1) * w];
+                    let lrow: &mut [f64] =
+                        if low_rank { &mut lb[a * w..(a + 1) * w] } else { &mut [] };
                     let mut zmax = f32::NEG_INFINITY;
-                    let mut any = false;
                     for (t, &j) in keys.iter().enumerate() {
                         if j as usize >= allowed {
-                            sc[t] = f32::NEG_INFINITY;
-                            lw[t] = 0.0;
+                            sr[t] = f32::NEG_INFINITY;
+                            if low_rank {
+                                lrow[t] = 0.0;
+                            }
                             continue;
                         }
-                        any = true;
                         if nr > 1 {
                             // c_ij: the rounds in which i and j share a cluster (this one
                             // among them); the pair is new here when no earlier round had it.
@@ -318,98 +446,131 @@ impl Kernel for LshKernel<'_> {
                             if qci[..r].iter().zip(&ctj[..r]).all(|(a, b)| a != b) {
                                 count[i] += 1;
                             }
-                            sc[t] -= ln_count[cij];
-                            lw[t] /= cij as f64;
+                            if cij > 1 {
+                                sr[t] -= ln_count[cij];
+                                if low_rank {
+                                    lrow[t] /= cij as f64;
+                                }
+                            }
                         } else {
                             count[i] += 1;
                         }
-                        zmax = zmax.max(sc[t]);
+                        zmax = zmax.max(sr[t]);
                     }
-                    if !any {
+                    let den = if zmax > f32::NEG_INFINITY {
+                        exp_shift::<S>(sr, zmax)
+                    } else {
+                        sr.fill(0.0);
+                        0.0
+                    };
+                    zrow[a] = (zmax, den);
+                }
+                mm(&mut pv, &sb, &vb, [n, w, dv]);
+                if low_rank {
+                    mm(&mut subb, &lb, &vb1, [n, w, dv1]);
+                }
+                for (a, &i) in rows.iter().enumerate() {
+                    let i = i as usize;
+                    let (zmax, den) = zrow[a];
+                    if zmax == f32::NEG_INFINITY {
                         continue;
                     }
                     // Exact part of this round: a softmax over the cluster, merged by LSE.
-                    let mut den = 0.0f32;
-                    acc.fill(0.0);
-                    for (t, s) in sc.iter_mut().enumerate() {
-                        if *s == f32::NEG_INFINITY {
-                            continue;
-                        }
-                        let e = (*s - zmax).exp();
-                        den += e;
-                        let vr = &vt[t * dv..(t + 1) * dv];
-                        acc.iter_mut().zip(vr).for_each(|(a, &x)| *a += e * x);
-                    }
                     let (wa, wb, merged) = merge_weights(lse[i], zmax + den.ln());
                     let wb = wb / den;
                     o[i * dv..(i + 1) * dv]
                         .iter_mut()
-                        .zip(&acc)
+                        .zip(&pv[a * dv..(a + 1) * dv])
                         .for_each(|(x, a)| *x = wa * *x + wb * a);
                     lse[i] = merged;
                     if low_rank {
-                        let si = &mut sub[i * (dv + 1)..(i + 1) * (dv + 1)];
-                        for (t, &l) in lw.iter().enumerate() {
-                            if l != 0.0 {
-                                let vr = &vt[t * dv..(t + 1) * dv];
-                                si[..dv].iter_mut().zip(vr).for_each(|(a, &x)| *a += l * x as f64);
-                                si[dv] += l;
-                            }
-                        }
+                        sub[i * dv1..(i + 1) * dv1]
+                            .iter_mut()
+                            .zip(&subb[a * dv1..(a + 1) * dv1])
+                            .for_each(|(x, y)| *x += y);
                     }
                 }
             }
         }
+        pairs += count.iter().map(|&x| x as u64).sum::<u64>();
+        if !low_rank {
+            return pairs;
+        }
         // The low-rank part over the allowed keys off the support: the f64 sums over all of
         // them (the total, or the running prefix under the causal mask) minus the support's.
-        let mut state = vec![0.0f64; m * dv];
-        let mut zs = vec![0.0f64; m];
+        let causal = matches!(params.mask, Mask::Causal);
+        let mut state = vec![0.0f64; m * dv1]; // Σ ψ_jᵀ [v_j | 1], m × (D_v + 1)
+        let mut nums = vec![0.0f64; ROW_BLOCK * dv1];
+        let mut vblk = vec![0.0f64; ROW_BLOCK * dv1];
         let mut added = 0usize;
-        let mut num = vec![0.0f64; dv];
-        for i in 0..nq {
-            pairs += count[i] as u64;
-            let allowed = cfg.allowed(params, nk, i);
-            if !low_rank || count[i] as usize >= allowed {
-                continue;
+        let fill_v = |vblk: &mut [f64], j0: usize, j1: usize| {
+            for j in j0..j1 {
+                let vr = &mut vblk[(j - j0) * dv1..(j - j0 + 1) * dv1];
+                vr[..dv].iter_mut().zip(&v[j * dv..(j + 1) * dv]).for_each(|(y, &x)| {
+                    *y = x as f64;
+                });
+                vr[dv] = 1.0;
             }
-            while added < allowed {
-                let j = added;
-                let vj = &v[j * dv..(j + 1) * dv];
-                for (rr, &fr) in f[j * m..(j + 1) * m].iter().enumerate() {
-                    let a = fr as f64 * g[j];
-                    zs[rr] += a;
-                    let row = &mut state[rr * dv..(rr + 1) * dv];
-                    row.iter_mut().zip(vj).for_each(|(s, &x)| *s += a * x as f64);
+        };
+        if !causal {
+            // Every row sees every key: the state over all keys, in blocks.
+            let mut j0 = 0;
+            while j0 < nk {
+                let j1 = (j0 + ROW_BLOCK).min(nk);
+                fill_v(&mut vblk, j0, j1);
+                mm_at_add(&mut state, &psi[j0 * m..j1 * m], &vblk, [j1 - j0, m, dv1]);
+                j0 = j1;
+            }
+            added = nk;
+        }
+        let mut i0 = 0;
+        while i0 < nq {
+            let i1 = (i0 + ROW_BLOCK).min(nq);
+            if !causal {
+                mm(&mut nums, &phi[i0 * m..i1 * m], &state, [i1 - i0, m, dv1]);
+            }
+            for i in i0..i1 {
+                let allowed = cfg.allowed(params, nk, i);
+                if count[i] as usize >= allowed {
+                    continue;
                 }
-                added += 1;
+                let num = &mut nums[(i - i0) * dv1..(i - i0 + 1) * dv1];
+                if causal {
+                    // The running prefix over the keys j < allowed.
+                    while added < allowed {
+                        let j1 = (added + ROW_BLOCK).min(allowed);
+                        fill_v(&mut vblk, added, j1);
+                        mm_at_add(&mut state, &psi[added * m..j1 * m], &vblk, [j1 - added, m, dv1]);
+                        added = j1;
+                    }
+                    num.fill(0.0);
+                    for (rr, &ph) in phi[i * m..(i + 1) * m].iter().enumerate() {
+                        let srow = &state[rr * dv1..(rr + 1) * dv1];
+                        num.iter_mut().zip(srow).for_each(|(a, s)| *a += ph * s);
+                    }
+                }
+                let si = &sub[i * dv1..(i + 1) * dv1];
+                let den_lr = num[dv] - si[dv];
+                // A sum of positive terms: a non-positive residue is rounding (~1e-16 of the
+                // total).
+                if den_lr <= 0.0 {
+                    continue;
+                }
+                num[..dv].iter_mut().zip(&si[..dv]).for_each(|(a, s)| *a -= s);
+                let orow = &mut o[i * dv..(i + 1) * dv];
+                let lambda = lse[i].max(base[i]);
+                let ge = ((lse[i] - lambda) as f64).exp();
+                let gl = ((base[i] - lambda) as f64).exp();
+                let den = ge + gl * den_lr;
+                if den > 0.0 && den.is_finite() {
+                    let inv = 1.0 / den;
+                    orow.iter_mut()
+                        .zip(&num[..dv])
+                        .for_each(|(x, a)| *x = ((ge * *x as f64 + gl * a) * inv) as f32);
+                    lse[i] = lambda + den.ln() as f32;
+                }
             }
-            num.fill(0.0);
-            let mut den_lr = 0.0f64;
-            for (rr, &ph) in phi[i * m..(i + 1) * m].iter().enumerate() {
-                let ph = ph as f64;
-                den_lr += ph * zs[rr];
-                let row = &state[rr * dv..(rr + 1) * dv];
-                num.iter_mut().zip(row).for_each(|(a, s)| *a += ph * s);
-            }
-            let si = &sub[i * (dv + 1)..(i + 1) * (dv + 1)];
-            den_lr -= si[dv];
-            // A sum of positive terms: a non-positive residue is rounding (~1e-16 of the total).
-            if den_lr <= 0.0 {
-                continue;
-            }
-            num.iter_mut().zip(&si[..dv]).for_each(|(a, s)| *a -= s);
-            let orow = &mut o[i * dv..(i + 1) * dv];
-            let lambda = lse[i].max(base[i]);
-            let ge = ((lse[i] - lambda) as f64).exp();
-            let gl = ((base[i] - lambda) as f64).exp();
-            let den = ge + gl * den_lr;
-            if den > 0.0 && den.is_finite() {
-                let inv = 1.0 / den;
-                orow.iter_mut()
-                    .zip(&num)
-                    .for_each(|(x, a)| *x = ((ge * *x as f64 + gl * a) * inv) as f32);
-                lse[i] = lambda + den.ln() as f32;
-            }
+            i0 = i1;
         }
         pairs
     }

@@ -18,7 +18,7 @@ use crate::dispatch::{parse_param, Inputs, OutputMut, ParamInfo, Reason, Stats};
 use crate::error::{Error, Result};
 use crate::mask::{Mask, MaskKind};
 use crate::methods::pattern::{dot_fixed, for_each_head, positive, unknown, Exec, SparseConfig};
-use crate::methods::performer::{FeatureMap, Performer};
+use crate::methods::performer::{FeatureMap, Performer, MAX_EPS};
 use crate::par::Par;
 use crate::params::{Params, Resolved};
 use crate::primitives::simd::{dispatch, Kernel, Level, Simd};
@@ -38,7 +38,7 @@ pub enum Sparse {
 /// `scatterbrain`: exact attention on a sparse support (a local window of `window` keys, or
 /// `n_hashes` rounds of LSH clusters of `cluster` keys), Performer with `features` random
 /// features elsewhere.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scatterbrain {
     /// The sparse support: local window or LSH clusters.
     pub sparse: Sparse,
@@ -56,6 +56,9 @@ pub struct Scatterbrain {
     pub orthogonal: bool,
     /// Seed of the projection (the same feature map as `performer` with this seed).
     pub seed: u64,
+    /// The additive feature `0 ≤ ε ≤` [`MAX_EPS`] of `performer:eps` (performer-pytorch's
+    /// `softmax_kernel`, fly's `softmax_eps`), `sparse=lsh` only; 0 = FAVOR+ (unbiased).
+    pub eps: f64,
 }
 
 /// The key ranges of one row: the exact support and the allowed set.
@@ -95,6 +98,7 @@ impl Scatterbrain {
         features: 32,
         orthogonal: true,
         seed: 0,
+        eps: 0.0,
     };
 
     /// The Performer whose feature map the low-rank part uses.
@@ -487,6 +491,11 @@ impl SparseConfig for Scatterbrain {
                 value: self.seed.to_string(),
                 doc: "projection seed, keyed with the query head; same map as performer:seed= (default 0)",
             },
+            ParamInfo {
+                name: "eps",
+                value: self.eps.to_string(),
+                doc: "sparse=lsh: performer:eps, added to every stabilised feature (fly softmax_eps 1e-4; default 0 = unbiased)",
+            },
         ]
     }
 
@@ -532,19 +541,29 @@ impl SparseConfig for Scatterbrain {
             }
             "orthogonal" => self.orthogonal = parse_param(Self::NAME, key, value)?,
             "seed" => self.seed = parse_param(Self::NAME, key, value)?,
+            "eps" => {
+                let eps: f64 = parse_param(Self::NAME, key, value)?;
+                if !(0.0..=MAX_EPS).contains(&eps) {
+                    return Err(bad("0 ≤ eps ≤ 1e12"));
+                }
+                self.eps = eps;
+            }
             _ => return Err(unknown(self, key)),
         }
         Ok(())
     }
 
     fn unsupported(&self, _p: &Problem, _params: &Params) -> Vec<Reason> {
+        let mut why = Vec::new();
         if self.sparse == Sparse::Local && self.window == 0 && !self.low_rank {
-            vec![Reason::Other(
+            why.push(Reason::Other(
                 "scatterbrain: window=0 with low_rank=false leaves nothing to attend to".into(),
-            )]
-        } else {
-            Vec::new()
+            ));
         }
+        if self.sparse == Sparse::Local && self.eps > 0.0 {
+            why.push(Reason::Other("scatterbrain: eps > 0 needs sparse=lsh".into()));
+        }
+        why
     }
 
     fn forward(

@@ -8,6 +8,10 @@
 //!    (a set: a pair in several hash rounds is in it once);
 //! 2. `Ã_ij = exp(s·q_i·k_j)` for `j ∈ S_i`, `Ã_ij = φ(q_i)·φ(k_j)` for `j ∈ A_i \ S_i`
 //!    (`low_rank=false`: `Ã_ij = 0` there);
+//!    With `eps > 0` (`sparse=lsh`), `φ(q_i)·φ(k_j)` is performer's `Favor` estimate:
+//!    `(1/m)·e^{a_i + M}·Σ_r (e^{e_r(q_i) − a_i} + ε)(e^{e_r(k_j) − M} + ε)`, with
+//!    `e_r(x) = ω_r·x' − |x'|²/2`, `a_i = max_r ω_r·q'_i` and one `M = max_{j,r} ω_r·k'_j` over
+//!    every key of the head (fly's global key stabiliser, also under the causal mask);
 //! 3. `o_i = Σ_{A_i} Ã_ij v_j / Σ_{A_i} Ã_ij`, `lse_i = ln Σ_{A_i} Ã_ij` (`A_i` empty: `o_i = 0`,
 //!    `lse_i = −∞`).
 //!
@@ -57,10 +61,13 @@ pub fn forward(
             let mut ck = f64::NEG_INFINITY;
             if let Some(fm) = &fm {
                 for (j, kj) in keys.iter().enumerate() {
-                    exponents(fm, kj, scale, &mut psi[j * m..(j + 1) * m]);
+                    let pj = &mut psi[j * m..(j + 1) * m];
+                    exponents(fm, kj, scale, pj);
+                    // eps > 0: the stabiliser is the largest projection ω_r·k'_j (performer).
+                    let half = if c.eps > 0.0 { 0.5 * scale * dot4(kj, kj) } else { 0.0 };
+                    ck = pj.iter().fold(ck, |a, &x| a.max(x + half));
                 }
-                ck = psi.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                psi.iter_mut().for_each(|x| *x = (*x - ck).exp());
+                psi.iter_mut().for_each(|x| *x = (*x - ck).exp() + c.eps);
             }
             let clusters: Option<Clusters> =
                 (c.sparse == Sparse::Lsh).then(|| c.clusters(p, inputs, b, h));
@@ -82,8 +89,9 @@ pub fn forward(
                 let mut cq = 0.0;
                 if let (Some(fm), false) = (&fm, full) {
                     exponents(fm, &qi, scale, &mut phi);
-                    cq = phi.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                    phi.iter_mut().for_each(|x| *x = (*x - cq).exp());
+                    let half = if c.eps > 0.0 { 0.5 * scale * dot4(&qi, &qi) } else { 0.0 };
+                    cq = phi.iter().fold(f64::NEG_INFINITY, |a, &x| a.max(x + half));
+                    phi.iter_mut().for_each(|x| *x = (*x - cq).exp() + c.eps);
                 }
                 // t_ij = ln Ã_ij for every allowed key.
                 t.clear();
