@@ -14,12 +14,14 @@ method spec with the same budget:
 | reformer_lsh (bucket c, R hashes)| reformer:chunk=c,n_hashes=R  (K := Q: shared-QK, keys normalised by both) |
 | hyper_attn (r, block, samples, min_seq_len) | hyper:projections=r,block=..,samples=..,min_seq_len=.. |
 | routing_kmeans (window w)       | routing:clusters=n/w,window=w,local=1 (routed heads only)      |
-| scatterbrain (SBSmyrf: R, c, m) | scatterbrain:sparse=lsh,n_hashes=R,cluster=c,features=m         |
+| scatterbrain (SBSmyrf: R, c, m) | scatterbrain:sparse=lsh,n_hashes=R,cluster=c,features=m, and    |
+|                                 | the same with eps=1e-4 (the harness's softmax_eps)              |
 | scatterbrain_local (w, m)       | scatterbrain:window=w,features=m                               |
 | smyrf (R, c)                    | scatterbrain:sparse=lsh,n_hashes=R,cluster=c,low_rank=false     |
 
-(fly's Scatterbrain peers run with softmax_eps=1e-4 in the harness; attn's low-rank part has no
-eps, spec §4.2: 0 for approximation studies.)
+(fly's Scatterbrain peers run with softmax_eps=1e-4 in the harness; attn's low-rank part has
+eps=0 by default (spec §4.2: unbiased, for approximation studies), and with scatterbrain:eps=ε
+performer-pytorch's additive feature ε, so the LSH rows are given at both.)
 
 Inputs: `gauss` (q, k ~ N(0, 1.5²), v ~ N(0, 1), 1 × 8 × n × 64, seed 1234, prefixes of one
 16384-long draw) and `minilm` (real all-MiniLM-L6-v2 captures, head_dim 32) when the harness's
@@ -71,6 +73,10 @@ def performer_eps():
     return inspect.signature(softmax_kernel).parameters["eps"].default
 
 
+# The softmax_eps the harness gives fly's Scatterbrain peers (peers.py).
+SCATTERBRAIN_EPS = 1e-4
+
+
 def attn_specs(peer, setting, n, d):
     """The attn method specs with the peer setting's budget (empty when attn has none)."""
     spec = attn_spec(peer, setting, n, d)
@@ -79,6 +85,9 @@ def attn_specs(peer, setting, n, d):
     if peer == "performer":
         # FAVOR+ as the spec has it (ε = 0), and the peer's algorithm (its ε).
         return [spec, f"{spec},eps={performer_eps()}"]
+    if peer == "scatterbrain":
+        # Unbiased (ε = 0), and at the harness's softmax_eps for fly's SBSmyrf.
+        return [spec, f"{spec},eps={SCATTERBRAIN_EPS}"]
     return [spec]
 
 

@@ -227,7 +227,8 @@ fn exp_shift<S: Simd>(x: &mut [f32], mx: f32) -> f32 {
 
 /// The stabilised features of the `n` rows of `x` (`n × D`, already scaled by `√s`) through
 /// ωᵀ (`D × m`): `out_i = exp(ω·x_i − max_r ω_r·x_i)` (`n × m`) and
-/// `c_i = max_r ω_r·x_i − ½|x_i|²`, as [`featurize`] but one product for all rows.
+/// `c_i = max_r ω_r·x_i − ½|x_i|²`, as `featurize` but one product for all rows.
+#[inline(always)]
 fn features<S: Simd>(omt: &[f32], m: usize, d: usize, x: &[f32], out: &mut [f32], c: &mut [f32]) {
     let n = c.len();
     if n == 0 || m == 0 {
@@ -241,6 +242,22 @@ fn features<S: Simd>(omt: &[f32], m: usize, d: usize, x: &[f32], out: &mut [f32]
         let xi = &x[i * d..(i + 1) * d];
         *ci = mx - 0.5 * dot_fixed(xi, xi);
     }
+}
+
+/// Hints the cache to fetch `x` (no effect on results; a no-op off x86-64).
+#[inline(always)]
+fn prefetch<T>(x: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (0..std::mem::size_of_val(x)).step_by(64) {
+        // SAFETY: a prefetch never faults and the address lies in `x`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                x.as_ptr().cast::<i8>().add(line),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
 }
 
 /// Rows per block of the final low-rank read (and keys per block of the state).
@@ -311,48 +328,39 @@ impl Kernel for LshKernel<'_> {
         } else {
             c.iter().copied().fold(f32::NEG_INFINITY, f32::max)
         };
-        let mut psi = vec![0.0f64; nk * m];
-        for j in 0..nk.min(if low_rank { nk } else { 0 }) {
-            let g = ((c[j] - ck) as f64).exp();
-            psi[j * m..(j + 1) * m]
-                .iter_mut()
-                .zip(&f[j * m..(j + 1) * m])
-                .for_each(|(y, &x)| *y = x as f64 * g + eps);
-        }
-        drop(f);
-        // Queries scaled by √s, their features in f64 and log-scales base_i: eps = 0: φ̂_i with
-        // base_i = c_q,i − ln m + ck; eps > 0: φ̂_i·e^{−|q'|²/2} + eps with
-        // base_i = max_r ω_r·q'_i − ln m + ck.
+        let kg: Vec<f64> = c.iter().map(|&cj| ((cj - ck) as f64).exp()).collect();
+        // Queries scaled by √s, their features φ̂_i (f32) and log-scales base_i; in f64 a
+        // query's features are φ̂_i·qg_i + eps: eps = 0: qg_i = 1, base_i = c_q,i − ln m + ck;
+        // eps > 0: qg_i = e^{−|q'_i|²/2}, base_i = max_r ω_r·q'_i − ln m + ck.
         let mut q = vec![0.0f32; nq * d];
-        let mut phi = vec![0.0f64; nq * m];
         let mut base = vec![f32::NEG_INFINITY; nq];
         for i in 0..nq {
             inputs.q.read_row(b, h, i, rs, &mut q[i * d..(i + 1) * d]);
         }
-        let mut qf = vec![0.0f32; ROW_BLOCK.min(nq) * m];
-        let mut cqs = vec![0.0f32; ROW_BLOCK.min(nq)];
-        for i in 0..nq {
-            let qi = &q[i * d..(i + 1) * d];
-            if low_rank {
-                let i0 = i % ROW_BLOCK;
-                if i0 == 0 {
-                    let i1 = (i + ROW_BLOCK).min(nq);
-                    let (xf, xc) = (&mut qf[..(i1 - i) * m], &mut cqs[..i1 - i]);
-                    features::<S>(&omt, m, d, &q[i * d..i1 * d], xf, xc);
-                }
-                let (row, cq) = (&qf[i0 * m..(i0 + 1) * m], cqs[i0]);
-                let ph = &mut phi[i * m..(i + 1) * m];
+        let mut qf = vec![0.0f32; nq * m];
+        let mut qg = vec![1.0f64; if low_rank { nq } else { 0 }];
+        if low_rank {
+            let mut cq = vec![0.0f32; nq];
+            features::<S>(&omt, m, d, &q, &mut qf, &mut cq);
+            for i in 0..nq {
                 if eps > 0.0 {
-                    let half = 0.5 * dot_fixed(qi, qi);
-                    let g = (-(half as f64)).exp();
-                    ph.iter_mut().zip(row).for_each(|(y, &x)| *y = x as f64 * g + eps);
-                    base[i] = cq + half - ln_m + ck;
+                    let half = 0.5 * dot_fixed(&q[i * d..(i + 1) * d], &q[i * d..(i + 1) * d]);
+                    qg[i] = (-(half as f64)).exp();
+                    base[i] = cq[i] + half - ln_m + ck;
                 } else {
-                    ph.iter_mut().zip(row).for_each(|(y, &x)| *y = x as f64);
-                    base[i] = cq - ln_m + ck;
+                    base[i] = cq[i] - ln_m + ck;
                 }
             }
         }
+        // Rows `r0..r1` of f32 features `x` (`· × m`) in f64: `x·g_r + eps`.
+        let widen = |dst: &mut [f64], x: &[f32], g: &[f64], r0: usize, r1: usize| {
+            for (r, y) in (r0..r1).zip(dst.chunks_exact_mut(m.max(1))) {
+                let gr = g[r];
+                y.iter_mut()
+                    .zip(&x[r * m..(r + 1) * m])
+                    .for_each(|(y, &x)| *y = x as f64 * gr + eps);
+            }
+        };
         // Token-major cluster tables for c_ij: key j's cluster and query i's in every round.
         let mut kc = vec![0u32; nk * nr];
         let mut qc = vec![0u32; nq * nr];
@@ -396,6 +404,24 @@ impl Kernel for LshKernel<'_> {
                 if w == 0 || n == 0 {
                     continue;
                 }
+                // The next cluster's rows are scattered over the head: ask for them now.
+                if u + 1 < cl.clusters {
+                    for &j in cl.keys(r, u + 1) {
+                        let j = j as usize;
+                        prefetch(&k[j * d..(j + 1) * d]);
+                        prefetch(&v[j * dv..(j + 1) * dv]);
+                        prefetch(&f[j * m..(j + 1) * m]);
+                    }
+                    for &i in cl.queries(r, u + 1) {
+                        let i = i as usize;
+                        prefetch(&q[i * d..(i + 1) * d]);
+                        prefetch(&qf[i * m..(i + 1) * m]);
+                        prefetch(&o[i * dv..(i + 1) * dv]);
+                        if low_rank {
+                            prefetch(&sub[i * dv1..(i + 1) * dv1]);
+                        }
+                    }
+                }
                 for (t, &j) in keys.iter().enumerate() {
                     let j = j as usize;
                     kb[t * d..(t + 1) * d].copy_from_slice(&k[j * d..(j + 1) * d]);
@@ -407,14 +433,14 @@ impl Kernel for LshKernel<'_> {
                             *y = x as f64;
                         });
                         vr[dv] = 1.0;
-                        psib[t * m..(t + 1) * m].copy_from_slice(&psi[j * m..(j + 1) * m]);
+                        widen(&mut psib[t * m..(t + 1) * m], &f, &kg, j, j + 1);
                     }
                 }
                 for (a, &i) in rows.iter().enumerate() {
                     let i = i as usize;
                     qb[a * d..(a + 1) * d].copy_from_slice(&q[i * d..(i + 1) * d]);
                     if low_rank {
-                        phib[a * m..(a + 1) * m].copy_from_slice(&phi[i * m..(i + 1) * m]);
+                        widen(&mut phib[a * m..(a + 1) * m], &qf, &qg, i, i + 1);
                     }
                 }
                 mm_bt(&mut sb, &qb, &kb, [n, d, w]);
@@ -502,6 +528,7 @@ impl Kernel for LshKernel<'_> {
         let mut state = vec![0.0f64; m * dv1]; // Σ ψ_jᵀ [v_j | 1], m × (D_v + 1)
         let mut nums = vec![0.0f64; ROW_BLOCK * dv1];
         let mut vblk = vec![0.0f64; ROW_BLOCK * dv1];
+        let mut fblk = vec![0.0f64; ROW_BLOCK * m];
         let mut added = 0usize;
         let fill_v = |vblk: &mut [f64], j0: usize, j1: usize| {
             for j in j0..j1 {
@@ -518,7 +545,8 @@ impl Kernel for LshKernel<'_> {
             while j0 < nk {
                 let j1 = (j0 + ROW_BLOCK).min(nk);
                 fill_v(&mut vblk, j0, j1);
-                mm_at_add(&mut state, &psi[j0 * m..j1 * m], &vblk, [j1 - j0, m, dv1]);
+                widen(&mut fblk, &f, &kg, j0, j1);
+                mm_at_add(&mut state, &fblk, &vblk, [j1 - j0, m, dv1]);
                 j0 = j1;
             }
             added = nk;
@@ -527,7 +555,8 @@ impl Kernel for LshKernel<'_> {
         while i0 < nq {
             let i1 = (i0 + ROW_BLOCK).min(nq);
             if !causal {
-                mm(&mut nums, &phi[i0 * m..i1 * m], &state, [i1 - i0, m, dv1]);
+                widen(&mut fblk, &qf, &qg, i0, i1);
+                mm(&mut nums, &fblk, &state, [i1 - i0, m, dv1]);
             }
             for i in i0..i1 {
                 let allowed = cfg.allowed(params, nk, i);
@@ -540,11 +569,13 @@ impl Kernel for LshKernel<'_> {
                     while added < allowed {
                         let j1 = (added + ROW_BLOCK).min(allowed);
                         fill_v(&mut vblk, added, j1);
-                        mm_at_add(&mut state, &psi[added * m..j1 * m], &vblk, [j1 - added, m, dv1]);
+                        widen(&mut fblk, &f, &kg, added, j1);
+                        mm_at_add(&mut state, &fblk, &vblk, [j1 - added, m, dv1]);
                         added = j1;
                     }
                     num.fill(0.0);
-                    for (rr, &ph) in phi[i * m..(i + 1) * m].iter().enumerate() {
+                    widen(&mut fblk[..m], &qf, &qg, i, i + 1);
+                    for (rr, &ph) in fblk[..m].iter().enumerate() {
                         let srow = &state[rr * dv1..(rr + 1) * dv1];
                         num.iter_mut().zip(srow).for_each(|(a, s)| *a += ph * s);
                     }
