@@ -274,7 +274,7 @@ const ROW_BLOCK: usize = 256;
 /// `S_i` (spec §4.2 step 4). Per row, the exact part is a softmax merged over rounds by LSE into
 /// `o`/`lse`; the support's low-rank terms are summed in f64 and subtracted at the end from the
 /// f64 sums over every allowed key (README, "The subtraction"), all under one global key
-/// log-scale. With `eps > 0` the features are performer's `Favor` ones (README, "eps").
+/// log-scale. With `eps > 0` every stabilised feature gets `+eps/√m` (fly's `softmax_eps`).
 pub(super) struct LshKernel<'a> {
     pub cfg: &'a Scatterbrain,
     pub fm: &'a FeatureMap,
@@ -315,42 +315,24 @@ impl Kernel for LshKernel<'_> {
         if low_rank {
             features::<S>(&omt, m, d, &k, &mut f, &mut c);
         }
-        // One key log-scale for every sum, ψ_j in f64: eps = 0: ck = max c_j and
-        // ψ_j = f_j·e^{c_j − ck}; eps > 0 (performer-pytorch): ck = max_j max_r ω_r·k'_j and
-        // ψ_j = f_j·e^{c_j − ck} + eps.
-        let half_k: Vec<f32> = if eps > 0.0 {
-            k.chunks_exact(d.max(1)).map(|x| 0.5 * dot_fixed(x, x)).collect()
-        } else {
-            Vec::new()
-        };
-        let ck = if eps > 0.0 {
-            c.iter().zip(&half_k).map(|(a, b)| a + b).fold(f32::NEG_INFINITY, f32::max)
-        } else {
-            c.iter().copied().fold(f32::NEG_INFINITY, f32::max)
-        };
+        // One key log-scale for every sum, ck = max c_j, and the key features in f64
+        // ψ_j = f_j·e^{c_j − ck} (+ eps/√m: fly's `softmax_eps`, README "eps").
+        let ck = c.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let kg: Vec<f64> = c.iter().map(|&cj| ((cj - ck) as f64).exp()).collect();
-        // Queries scaled by √s, their features φ̂_i (f32) and log-scales base_i; in f64 a
-        // query's features are φ̂_i·qg_i + eps: eps = 0: qg_i = 1, base_i = c_q,i − ln m + ck;
-        // eps > 0: qg_i = e^{−|q'_i|²/2}, base_i = max_r ω_r·q'_i − ln m + ck.
+        let eps = if eps > 0.0 { eps / (m.max(1) as f64).sqrt() } else { 0.0 };
+        // Queries scaled by √s, their features φ̂_i (f32; in f64 φ̂_i + eps/√m) and log-scales
+        // base_i = c_q,i − ln m + ck.
         let mut q = vec![0.0f32; nq * d];
         let mut base = vec![f32::NEG_INFINITY; nq];
         for i in 0..nq {
             inputs.q.read_row(b, h, i, rs, &mut q[i * d..(i + 1) * d]);
         }
         let mut qf = vec![0.0f32; nq * m];
-        let mut qg = vec![1.0f64; if low_rank { nq } else { 0 }];
+        let qg = vec![1.0f64; if low_rank { nq } else { 0 }];
         if low_rank {
             let mut cq = vec![0.0f32; nq];
             features::<S>(&omt, m, d, &q, &mut qf, &mut cq);
-            for i in 0..nq {
-                if eps > 0.0 {
-                    let half = 0.5 * dot_fixed(&q[i * d..(i + 1) * d], &q[i * d..(i + 1) * d]);
-                    qg[i] = (-(half as f64)).exp();
-                    base[i] = cq[i] + half - ln_m + ck;
-                } else {
-                    base[i] = cq[i] - ln_m + ck;
-                }
-            }
+            base.iter_mut().zip(&cq).for_each(|(b, &c)| *b = c - ln_m + ck);
         }
         // Rows `r0..r1` of f32 features `x` (`· × m`) in f64: `x·g_r + eps`.
         let widen = |dst: &mut [f64], x: &[f32], g: &[f64], r0: usize, r1: usize| {

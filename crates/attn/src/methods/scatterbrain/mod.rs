@@ -56,8 +56,8 @@ pub struct Scatterbrain {
     pub orthogonal: bool,
     /// Seed of the projection (the same feature map as `performer` with this seed).
     pub seed: u64,
-    /// The additive feature `0 ≤ ε ≤` [`MAX_EPS`] of `performer:eps` (performer-pytorch's
-    /// `softmax_kernel`, fly's `softmax_eps`), `sparse=lsh` only; 0 = FAVOR+ (unbiased).
+    /// fly's `softmax_eps`, `0 ≤ ε ≤` [`MAX_EPS`] (`sparse=lsh` only): `ε/√m` is added to every
+    /// stabilised feature, as fly's `SBPerformerFeatures` does; 0 = FAVOR+ (unbiased).
     pub eps: f64,
 }
 
@@ -494,7 +494,7 @@ impl SparseConfig for Scatterbrain {
             ParamInfo {
                 name: "eps",
                 value: self.eps.to_string(),
-                doc: "sparse=lsh: performer:eps, added to every stabilised feature (fly softmax_eps 1e-4; default 0 = unbiased)",
+                doc: "sparse=lsh: fly's softmax_eps, eps/√m added to every stabilised feature (harness 1e-4; default 0 = unbiased)",
             },
         ]
     }

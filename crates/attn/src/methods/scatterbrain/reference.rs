@@ -8,10 +8,10 @@
 //!    (a set: a pair in several hash rounds is in it once);
 //! 2. `Ã_ij = exp(s·q_i·k_j)` for `j ∈ S_i`, `Ã_ij = φ(q_i)·φ(k_j)` for `j ∈ A_i \ S_i`
 //!    (`low_rank=false`: `Ã_ij = 0` there);
-//!    With `eps > 0` (`sparse=lsh`), `φ(q_i)·φ(k_j)` is performer's `Favor` estimate:
-//!    `(1/m)·e^{a_i + M}·Σ_r (e^{e_r(q_i) − a_i} + ε)(e^{e_r(k_j) − M} + ε)`, with
-//!    `e_r(x) = ω_r·x' − |x'|²/2`, `a_i = max_r ω_r·q'_i` and one `M = max_{j,r} ω_r·k'_j` over
-//!    every key of the head (fly's global key stabiliser, also under the causal mask);
+//!    With `eps > 0` (`sparse=lsh`), fly's `softmax_eps` (`SBPerformerFeatures`): every
+//!    stabilised feature gets `+ε/√m`, `φ(q_i)·φ(k_j) = (1/m)·e^{c_i + C}·Σ_r (e^{e_r(q_i) − c_i}
+//!    + ε/√m)(e^{e_r(k_j) − C} + ε/√m)` with `e_r(x) = ω_r·x' − |x'|²/2`, `c_i = max_r e_r(q_i)`
+//!    and one `C = max_{j,r} e_r(k_j)` over every key of the head (also under the causal mask);
 //! 3. `o_i = Σ_{A_i} Ã_ij v_j / Σ_{A_i} Ã_ij`, `lse_i = ln Σ_{A_i} Ã_ij` (`A_i` empty: `o_i = 0`,
 //!    `lse_i = −∞`).
 //!
@@ -51,6 +51,8 @@ pub fn forward(
         let fm = low_rank.then(|| perf.feature_map(p.d, h));
         let m = fm.as_ref().map_or(0, |f| f.m());
         let ln_m = (m.max(1) as f64).ln();
+        // fly's softmax_eps: eps/√m on every stabilised feature (0: none).
+        let eps = if c.eps > 0.0 { c.eps / (m.max(1) as f64).sqrt() } else { 0.0 };
         let hk = h / p.group();
         for b in 0..p.b {
             let row = |t: &crate::tensor::TensorRef, hh: usize, s: usize| -> Vec<f64> {
@@ -61,13 +63,10 @@ pub fn forward(
             let mut ck = f64::NEG_INFINITY;
             if let Some(fm) = &fm {
                 for (j, kj) in keys.iter().enumerate() {
-                    let pj = &mut psi[j * m..(j + 1) * m];
-                    exponents(fm, kj, scale, pj);
-                    // eps > 0: the stabiliser is the largest projection ω_r·k'_j (performer).
-                    let half = if c.eps > 0.0 { 0.5 * scale * dot4(kj, kj) } else { 0.0 };
-                    ck = pj.iter().fold(ck, |a, &x| a.max(x + half));
+                    exponents(fm, kj, scale, &mut psi[j * m..(j + 1) * m]);
                 }
-                psi.iter_mut().for_each(|x| *x = (*x - ck).exp() + c.eps);
+                ck = psi.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                psi.iter_mut().for_each(|x| *x = (*x - ck).exp() + eps);
             }
             let clusters: Option<Clusters> =
                 (c.sparse == Sparse::Lsh).then(|| c.clusters(p, inputs, b, h));
@@ -89,9 +88,8 @@ pub fn forward(
                 let mut cq = 0.0;
                 if let (Some(fm), false) = (&fm, full) {
                     exponents(fm, &qi, scale, &mut phi);
-                    let half = if c.eps > 0.0 { 0.5 * scale * dot4(&qi, &qi) } else { 0.0 };
-                    cq = phi.iter().fold(f64::NEG_INFINITY, |a, &x| a.max(x + half));
-                    phi.iter_mut().for_each(|x| *x = (*x - cq).exp() + c.eps);
+                    cq = phi.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    phi.iter_mut().for_each(|x| *x = (*x - cq).exp() + eps);
                 }
                 // t_ij = ln Ã_ij for every allowed key.
                 t.clear();
