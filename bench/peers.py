@@ -36,11 +36,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATTN = os.path.join(ROOT, "target", "release", "attn")
 
 
-def timed(fn, min_time):
-    fn()
+def timed(fn, min_time, warm=True, min_reps=3):
+    if warm:
+        fn()
     times = []
     start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < 100):
+    while len(times) < min_reps or (time.perf_counter() - start < min_time and len(times) < 100):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
@@ -48,7 +49,7 @@ def timed(fn, min_time):
     return times[len(times) // 2], times[0]
 
 
-def torch_case(shape, causal, threads, min_time):
+def torch_case(shape, causal, threads, min_time, warm=True, min_reps=3):
     import torch
     import torch.nn.functional as F
 
@@ -61,7 +62,7 @@ def torch_case(shape, causal, threads, min_time):
     kw = {"is_causal": causal}
     if hkv != h:
         kw["enable_gqa"] = True
-    med, best = timed(lambda: F.scaled_dot_product_attention(q, k, v, **kw), min_time)
+    med, best = timed(lambda: F.scaled_dot_product_attention(q, k, v, **kw), min_time, warm, min_reps)
     return {"median_s": med, "best_s": best}
 
 
@@ -87,16 +88,26 @@ def attn_case(shape, causal, threads, min_time, method=None, extra=()):
 
 
 def interleaved(shape, causal, threads, min_time, rounds):
-    """PyTorch and attn on one shape in `rounds` alternating rounds (ABBA order)."""
+    """PyTorch and attn on one shape in `rounds` alternating rounds (ABBA order). The first round
+    warms up and makes at least 3 calls per side; later rounds make as many calls as fill
+    min_time / rounds (at least one), without a warm-up, so the rounds cost about what one
+    min_time measurement did."""
     per = min_time / rounds
     ts, as_ = [], []
     for i in range(rounds):
-        if i % 2 == 0:
-            ts.append(torch_case(shape, causal, threads, per))
-            as_.append(attn_case(shape, causal, threads, per))
+        if i == 0:
+            t = lambda: torch_case(shape, causal, threads, per)
+            a = lambda: attn_case(shape, causal, threads, per)
         else:
-            as_.append(attn_case(shape, causal, threads, per))
-            ts.append(torch_case(shape, causal, threads, per))
+            reps = max(1, round(per / max(as_[0]["median_s"], 1e-9)))
+            t = lambda: torch_case(shape, causal, threads, per, warm=False, min_reps=1)
+            a = lambda: attn_case(shape, causal, threads, per, extra=("--warmup", "0", "--reps", str(reps)))
+        if i % 2 == 0:
+            ts.append(t())
+            as_.append(a())
+        else:
+            as_.append(a())
+            ts.append(t())
 
     def combine(rs):
         meds = sorted(r["median_s"] for r in rs)
