@@ -590,28 +590,37 @@ impl SparseConfig for Scatterbrain {
         match exec {
             Exec::Reference => 8 * (p.s_kv * (p.d + m + 1) + m + p.d_v + p.d),
             Exec::Fast => {
-                // Per worker: keys, values, key features and scales, ωᵀ; queries, their
-                // features, scales, supports and suffix partials; two low-rank states; rows.
-                // LSH: the clusters (query clusters, key orders, hashes, unscaled rows), the
-                // f64 state and the row's support.
                 let (nq, nk, d, dv) = (p.s_q, p.s_kv, p.d, p.d_v);
-                let lsh = match self.sparse {
-                    Sparse::Local => 0,
+                let per_worker = match self.sparse {
+                    // Keys, values, key features and scales, ωᵀ; queries, their features,
+                    // scales, supports and suffix partials; two low-rank states; rows.
+                    Sparse::Local => {
+                        4 * (nk * (d + dv + m + 1) + d * m)
+                            + 4 * nq * (d + m + dv + 3)
+                            + 24 * nq
+                            + 4 * (2 * m * (dv + 1) + self.window.min(nk) + 2 * dv)
+                    }
+                    // The clusters (orders, query clusters, hashes, unscaled rows); keys,
+                    // values, f32 key features, scales; queries, f32 features, scales, cluster
+                    // tables, f64 support sums and counts; one cluster's tiles (f32 keys,
+                    // values, queries, scores, numerators; f64 features, [v | 1], weights,
+                    // sums); the f64 state and its row blocks.
                     Sparse::Lsh => {
-                        let r = self.n_hashes;
-                        4 * (r * (nq + nk) + (nq + nk) * (d + 3) + r * (d + 2))
-                            + 8 * (m * (dv + 1) + 2 * dv)
-                            + nk
-                            + 8 * r * self.cluster.min(nk)
+                        let (r, c) = (self.n_hashes, self.cluster.min(nk).max(1));
+                        let qc = nq.div_ceil(nk.div_ceil(c).max(1)) + 1;
+                        let (dv1, rb) = (dv + 1, 256usize.min(nq.max(nk)));
+                        4 * (r * (2 * nq + nk) + (nq + nk) * (d + 3) + r * (d + 2))
+                            + 4 * (nk * (d + dv + m + 1) + d * m)
+                            + 8 * nk
+                            + 4 * nq * (d + m + 3 + r)
+                            + 8 * nq * (2 + dv1)
+                            + 4 * nk * r
+                            + 4 * (c * (d + dv + r) + qc * (d + c + dv + 2))
+                            + 8 * (c * (dv1 + m) + qc * (m + c + dv1))
+                            + 8 * (m * dv1 + rb * (2 * dv1 + m))
                     }
                 };
-                par.threads().min(p.b * p.h).max(1)
-                    * (4 * (nk * (d + dv + m + 1) + d * m)
-                        + 4 * nq * (d + m + dv + 3)
-                        + 24 * nq
-                        + 4 * (2 * m * (dv + 1) + self.window.min(nk) + 2 * dv)
-                        + lsh)
-                    + p.h * 12 * m * p.d
+                par.threads().min(p.b * p.h).max(1) * per_worker + p.h * 12 * m * p.d
             }
         }
     }
