@@ -474,9 +474,10 @@ fn lsh_parameters_and_rejections_are_typed() {
         .is_ok());
 }
 
-/// `eps` (fly's `softmax_eps`: eps/√m on every stabilised feature, `sparse=lsh`): `eps=0` is the default bitwise, fast and
-/// reference; `eps > 0` moves the output, and the fast path equals the f64 reference with the
-/// same `eps` (GQA, S_q ≠ S_kv, causal offsets, 1–3 rounds; fly's 1e-4 and a large 0.5).
+/// `eps` (fly's `softmax_eps`: eps/√m on every stabilised feature, `sparse=lsh`): `eps=0` is
+/// the default bitwise, fast and reference; `eps > 0` moves the output, and the fast path equals
+/// the f64 reference with the same `eps` (GQA, S_q ≠ S_kv, causal offsets, 1–3 rounds; fly's
+/// 1e-4 and a large 0.5).
 #[test]
 fn lsh_eps_equals_the_reference() {
     let x = qkv(18, [1, 2, 1], [60, 60], 16, 1.0);
