@@ -199,42 +199,39 @@ const SEED_ROWS: usize = 4096;
 /// See [`SEED_ROWS`].
 const SEED_PER_CLUSTER: usize = 8;
 
-/// Lanes of [`argmax`]'s running maxima (the widest register; a fixed count, so the result
-/// does not depend on the SIMD level).
+/// Lanes of [`argmax`]'s running maxima (the widest register).
 const LANES: usize = 16;
 
-/// The index of the largest value (first on ties; 0 when every value is −∞ or NaN): per lane
-/// `k mod 16` the first index of its largest value (a strict `>` keeps the earlier one), then the
-/// smallest index among the lanes holding the largest value: the same as a left-to-right scan.
+/// The index of the largest value (first on ties; NaN is never the largest; 0 when every value
+/// is −∞ or NaN): two passes that vectorise — the largest value `m` by per-lane maxima (`max`
+/// is exact, so the lane count and order do not matter), then the first index holding `m` (a
+/// chunk is scanned only when one of its lanes equals `m`). The same index as a left-to-right
+/// scan with a strict `>` at every SIMD level.
 #[inline(always)]
 fn argmax(s: &[f32]) -> usize {
-    // Indices as f32 (exact below 2²⁴; C ≤ 65536), so the selects are one lane type and
-    // vectorise.
-    let mut best = [f32::NEG_INFINITY; LANES];
-    let mut arg = [0.0f32; LANES];
     let chunks = s.chunks_exact(LANES);
     let rest = chunks.remainder();
-    let mut base = [0.0f32; LANES];
-    base.iter_mut().enumerate().for_each(|(l, b)| *b = l as f32);
-    for ch in chunks {
+    // `if v > b { v } else { b }` is the x86 `max` (NaN in `v` keeps `b`).
+    let gt = |b: f32, v: f32| if v > b { v } else { b };
+    let mut best = [f32::NEG_INFINITY; LANES];
+    for ch in chunks.clone() {
         let ch: &[f32; LANES] = ch.try_into().expect("a chunk of LANES");
         for l in 0..LANES {
-            let gt = ch[l] > best[l];
-            best[l] = if gt { ch[l] } else { best[l] };
-            arg[l] = if gt { base[l] } else { arg[l] };
-            base[l] += LANES as f32;
+            best[l] = gt(best[l], ch[l]);
         }
     }
-    for (l, &v) in rest.iter().enumerate() {
-        if v > best[l] {
-            (best[l], arg[l]) = (v, base[l]);
+    let m =
+        rest.iter().fold(best.iter().fold(f32::NEG_INFINITY, |b, &v| gt(b, v)), |b, &v| gt(b, v));
+    if m == f32::NEG_INFINITY {
+        return 0;
+    }
+    for (u, ch) in chunks.enumerate() {
+        let ch: &[f32; LANES] = ch.try_into().expect("a chunk of LANES");
+        if ch.iter().fold(false, |a, &v| a | (v == m)) {
+            return u * LANES + ch.iter().position(|&v| v == m).unwrap_or(0);
         }
     }
-    // The largest lane value, then the smallest index holding it (a lane never raised holds
-    // −∞ at index 0, so an all-−∞/NaN row gives 0).
-    let b = best.iter().fold(f32::NEG_INFINITY, |b, &v| if v > b { v } else { b });
-    let at = |l: usize| if best[l] == b { arg[l] as u32 } else { u32::MAX };
-    (0..LANES).map(at).min().unwrap_or(0) as usize
+    s.len() - rest.len() + rest.iter().position(|&v| v == m).unwrap_or(0)
 }
 
 /// [`argmax`] of every row of a `rows × C` block into `out` (compiled for the SIMD level it
@@ -603,4 +600,48 @@ fn top_w(
     }
     // Grouped by row: a row's clusters come in cluster order (a stranded row has one).
     group(pairs.iter().copied(), n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The left-to-right scan [`argmax`] must equal: a strict `>` from −∞ at index 0.
+    fn scan(s: &[f32]) -> usize {
+        let (mut best, mut arg) = (f32::NEG_INFINITY, 0);
+        for (i, &v) in s.iter().enumerate() {
+            if v > best {
+                (best, arg) = (v, i);
+            }
+        }
+        arg
+    }
+
+    #[test]
+    fn argmax_is_the_first_largest_at_every_level() {
+        let s = Stream::new(Key { seed: 7, layer: 0, head: 0, purpose: purpose::CLUSTERS });
+        let mut rows: Vec<Vec<f32>> = Vec::new();
+        for (n, t) in [1usize, 15, 16, 17, 64, 100, 256].into_iter().zip(0u64..) {
+            // Few distinct values, so ties (also across lanes and the remainder) are common.
+            let row: Vec<f32> =
+                (0..n).map(|i| (s.uniform_at(t << 20 | i as u64) * 5.0).floor() as f32).collect();
+            rows.push(row.clone());
+            let mut special = row;
+            special[n / 2] = f32::NAN;
+            special[0] = -0.0;
+            special[n - 1] = 0.0;
+            rows.push(special);
+        }
+        rows.push(vec![f32::NEG_INFINITY; 40]);
+        rows.push(vec![f32::NAN; 20]);
+        rows.push((0..33).map(|i| if i == 32 { 1.0 } else { f32::NAN }).collect());
+        rows.push((0..48).map(|i| if i % 16 == 3 { 2.0 } else { -(i as f32) }).collect());
+        for level in Level::available() {
+            for row in &rows {
+                let mut out = [0u32; 1];
+                dispatch(level, ArgmaxRows { sims: row, c: row.len(), out: &mut out });
+                assert_eq!(out[0] as usize, scan(row), "{level:?} {row:?}");
+            }
+        }
+    }
 }
