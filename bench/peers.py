@@ -14,6 +14,12 @@ Usage (see BENCHMARKS.md):
 
 FLOPs are 4*B*H*S_q*S_kv*D, halved for causal, for both implementations. Times are the median and
 best of repetitions after one warm-up call (at least 3 repetitions, up to ~--min-time seconds).
+
+The host drifts (the same binary moves by up to 2x from minute to minute), so with --rounds N
+(default 3) every grid shape is measured in N alternating rounds, PyTorch then attn in odd rounds
+and attn then PyTorch in even ones, each round spending --min-time / N seconds per side; a side's
+median is the median of its round medians and its best the best of all rounds. A slow minute then
+hits both sides instead of one.
 """
 import argparse
 import json
@@ -30,11 +36,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATTN = os.path.join(ROOT, "target", "release", "attn")
 
 
-def timed(fn, min_time):
-    fn()
+def timed(fn, min_time, warm=True, min_reps=3):
+    if warm:
+        fn()
     times = []
     start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < 100):
+    while len(times) < min_reps or (time.perf_counter() - start < min_time and len(times) < 100):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
@@ -42,7 +49,7 @@ def timed(fn, min_time):
     return times[len(times) // 2], times[0]
 
 
-def torch_case(shape, causal, threads, min_time):
+def torch_case(shape, causal, threads, min_time, warm=True, min_reps=3):
     import torch
     import torch.nn.functional as F
 
@@ -55,7 +62,7 @@ def torch_case(shape, causal, threads, min_time):
     kw = {"is_causal": causal}
     if hkv != h:
         kw["enable_gqa"] = True
-    med, best = timed(lambda: F.scaled_dot_product_attention(q, k, v, **kw), min_time)
+    med, best = timed(lambda: F.scaled_dot_product_attention(q, k, v, **kw), min_time, warm, min_reps)
     return {"median_s": med, "best_s": best}
 
 
@@ -78,6 +85,39 @@ def attn_case(shape, causal, threads, min_time, method=None, extra=()):
     r = rows[0]
     return {"median_s": r["median_s"], "best_s": r["best_s"], "method": r["method"],
             "peak_extra_bytes": r.get("peak_extra_bytes")}
+
+
+def interleaved(shape, causal, threads, min_time, rounds):
+    """PyTorch and attn on one shape in `rounds` alternating rounds (ABBA order). The first round
+    warms up and makes at least 3 calls per side; later rounds make as many calls as fill
+    min_time / rounds (at least one), without a warm-up, so the rounds cost about what one
+    min_time measurement did."""
+    per = min_time / rounds
+    ts, as_ = [], []
+    for i in range(rounds):
+        if i == 0:
+            t = lambda: torch_case(shape, causal, threads, per)
+            a = lambda: attn_case(shape, causal, threads, per)
+        else:
+            reps = max(1, round(per / max(as_[0]["median_s"], 1e-9)))
+            t = lambda: torch_case(shape, causal, threads, per, warm=False, min_reps=1)
+            a = lambda: attn_case(shape, causal, threads, per, extra=("--warmup", "0", "--reps", str(reps)))
+        if i % 2 == 0:
+            ts.append(t())
+            as_.append(a())
+        else:
+            as_.append(a())
+            ts.append(t())
+
+    def combine(rs):
+        meds = sorted(r["median_s"] for r in rs)
+        out = dict(rs[0])
+        out["median_s"] = meds[len(meds) // 2]
+        out["best_s"] = min(r["best_s"] for r in rs)
+        out["round_medians_s"] = [r["median_s"] for r in rs]
+        return out
+
+    return combine(ts), combine(as_)
 
 
 def sgemm(threads, n=4096, min_time=2.0):
@@ -147,6 +187,7 @@ def main():
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--quick", action="store_true", help="S in {1024} only")
     ap.add_argument("--min-time", type=float, default=2.0)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating peer/attn rounds per grid shape")
     ap.add_argument("--check", action="store_true", help="also compare attn run with torch on the same inputs")
     ap.add_argument("--no-grid", action="store_true", help="skip the main grid")
     ap.add_argument("--memory", action="store_true", help="also S=65536, D=128, H=8 causal, 2 threads, one rep")
@@ -174,8 +215,7 @@ def main():
         for shape, causal in grid:
             b, h, hkv, sq, skv, d = shape
             fl = 4.0 * b * h * sq * skv * d * (0.5 if causal else 1.0)
-            tr = torch_case(shape, causal, t, args.min_time)
-            ar = attn_case(shape, causal, t, args.min_time)
+            tr, ar = interleaved(shape, causal, t, args.min_time, max(1, args.rounds))
             row = {"shape": shape, "causal": causal, "threads": t, "torch": tr, "attn": ar,
                    "gflops_torch": fl / tr["median_s"] / 1e9, "gflops_attn": fl / ar["median_s"] / 1e9,
                    "gflops_torch_best": fl / tr["best_s"] / 1e9, "gflops_attn_best": fl / ar["best_s"] / 1e9}

@@ -296,8 +296,19 @@ pub fn parse_param<T: std::str::FromStr>(method: &str, key: &str, value: &str) -
         method: method.into(),
         key: key.into(),
         value: value.into(),
-        detail: format!("expected {}", std::any::type_name::<T>()),
+        detail: format!("expected {}", expected_word(std::any::type_name::<T>())),
     })
+}
+
+/// What a parameter of Rust type `name` looks like on the command line.
+fn expected_word(name: &str) -> &str {
+    match name {
+        "usize" | "u64" | "u32" | "u16" | "u8" => "a whole number ≥ 0",
+        "isize" | "i64" | "i32" | "i16" | "i8" => "a whole number",
+        "f32" | "f64" => "a number",
+        "bool" => "true or false",
+        other => other,
+    }
 }
 
 /// The error for a value of `key` that parses but is out of range (helper for

@@ -9,7 +9,7 @@ use attn::methods::sdpa::reference as sdpa_ref;
 use attn::methods::vertical_slash::{self, estimate, reference as vs_ref, VerticalSlash};
 use attn::primitives::simd::Level;
 use attn::primitives::sparse::diagonal::{self, DiagHead, DiagList};
-use attn::{attend, Error, Inputs, OutputMut, Par, Params, Prefs, Problem, Reason};
+use attn::{attend, Error, Inputs, MaskKind, OutputMut, Par, Params, Prefs, Problem, Reason};
 use attn_testing::cases::{case, MaskSpec};
 use attn_testing::close::Report;
 use attn_testing::rand::Rng;
@@ -337,15 +337,19 @@ fn parameters_and_rejections_are_typed() {
     }
     let m = reg.build("vertical-slash:slash=100,slash=200").unwrap();
     assert!(m.spec().contains("slash=200"), "later pairs override earlier ones");
-    // MInference's patterns and StreamingLLM are defined for causal prefill only.
+    // MInference's patterns and StreamingLLM are defined for causal prefill only: their
+    // capabilities list the causal mask alone, and a non-causal call also says why.
     let p = case(1, [1, 1], [8, 8], 8).data();
     let pr = Problem::from_tensors(&p.inputs().q, &p.inputs().k, &p.inputs().v).unwrap();
     for name in ["streaming", "a-shape", "vertical-slash"] {
-        let r = reg.get(name).unwrap().unsupported(&pr, &Params::default());
+        let m = reg.get(name).unwrap();
+        assert_eq!(m.capabilities().masks, &[MaskKind::Causal], "{name}");
+        let r = m.unsupported(&pr, &Params::default());
         assert!(
-            matches!(r.as_slice(), [Reason::Other(s)] if s.contains("causal")),
+            matches!(r.as_slice(), [Reason::Mask(MaskKind::None), Reason::Other(s)] if s.contains("causal")),
             "{name}: {r:?}"
         );
+        assert!(m.unsupported(&pr, &Params::causal()).is_empty(), "{name}");
     }
     assert!(reg.get("block-sparse").unwrap().unsupported(&pr, &Params::default()).is_empty());
     // Never chosen automatically.

@@ -55,7 +55,7 @@ impl RowState {
     #[inline(always)]
     pub unsafe fn update<S: Simd>(&mut self, s: &mut [f32], c: f32) -> f32 {
         debug_assert_eq!(s.len() % S::LANES, 0);
-        let ptr = s.as_mut_ptr();
+        let ptr = s.as_ptr();
         let n = s.len();
         unsafe {
             let vc = S::splat(c);
@@ -65,7 +65,24 @@ impl RowState {
                 vm = S::max(vm, S::mul(S::load(ptr.add(i)), vc));
                 i += S::LANES;
             }
-            let m_tile = S::reduce_max(vm);
+            self.update_with_max::<S>(s, c, S::reduce_max(vm))
+        }
+    }
+
+    /// [`RowState::update`] when the caller already knows `m_tile = max(c·s)` (e.g. a score
+    /// micro-kernel that kept the maximum while it wrote `s`): one pass over the tile instead of
+    /// two. `m_tile` must be exactly the maximum of `c·s` (for `c > 0`, `c·max(s)` is: rounding
+    /// is monotone), so the result is bitwise the same as `update`'s.
+    ///
+    /// # Safety
+    /// The CPU must support `S` (call from a [`super::simd::Kernel`]).
+    #[inline(always)]
+    pub unsafe fn update_with_max<S: Simd>(&mut self, s: &mut [f32], c: f32, m_tile: f32) -> f32 {
+        debug_assert_eq!(s.len() % S::LANES, 0);
+        let ptr = s.as_mut_ptr();
+        let n = s.len();
+        unsafe {
+            let vc = S::splat(c);
             // Keep the running maximum unless the tile exceeds it by more than the threshold
             // (always move it away from −∞).
             let m_new = if m_tile > self.m + RESCALE_THRESHOLD { m_tile } else { self.m };

@@ -83,8 +83,8 @@ impl SparseConfig for AShape {
     const FAMILY: &'static str = "a_shape";
     const DESCRIPTION: &'static str =
         "MInference A-shape at block granularity: sink blocks + local blocks per query block (sparse kernel)";
-    // Non-causal calls get their own Reason below (clearer than "mask none unsupported").
-    const MASKS: &'static [MaskKind] = &[MaskKind::None, MaskKind::Causal];
+    // Causal only; non-causal calls also get a Reason below that says why.
+    const MASKS: &'static [MaskKind] = &[MaskKind::Causal];
 
     fn params(&self) -> Vec<ParamInfo> {
         vec![

@@ -123,7 +123,7 @@ impl Plan {
     }
 
     fn worker_floats(&self) -> usize {
-        BR * self.d + BR * self.dv_pad + BR * BC + BR
+        BR * self.d + BR * self.dv_pad + BR * BC + BR + BR * self.lanes
     }
 
     fn scratch_bytes(&self) -> usize {
@@ -139,6 +139,7 @@ struct Worker {
     qrow: Vec<f32>,       // [D]          one query row being packed
     o: Scratch,           // [BR, dv_pad] unnormalised accumulator
     s: Scratch,           // [BR, BC]     scores, then probabilities, of one key tile
+    rmax: Scratch,        // [BR, lanes]  lane-wise maximum of each row's raw scores in the tile
     alpha: Vec<f32>,      // [BR]         rescale factor of each row for the current key tile
     state: Vec<RowState>, // [BR]
 }
@@ -211,6 +212,7 @@ pub fn forward_at(
                 qrow: vec![0.0; d],
                 o: Scratch::take(BR * dv_pad),
                 s: Scratch::take(BR * BC),
+                rmax: Scratch::take(BR * plan.lanes),
                 alpha: vec![1.0; BR],
                 state: vec![RowState::EMPTY; BR],
             })
@@ -384,6 +386,7 @@ fn tile_forward<S: Simd, const MR: usize, const NV: usize>(
             Bounds::of(mask, c.params, c.b, (rb..rb + rvalid).map(|r| c.map.row(c.hk, r0 + r).0));
     }
     let dense = mask.has_dense();
+    let fixes = c.params.softcap.is_some() || c.params.alibi_slopes.is_some();
     let nblocks = nrows.div_ceil(MR);
     let nvec = dv_pad / S::LANES;
     // Per row block for the current key tile: how it meets the tile, and the keys [klo, khi) of
@@ -401,7 +404,10 @@ fn tile_forward<S: Simd, const MR: usize, const NV: usize>(
                 (cover, bd.ulo.max(j0) - j0, bd.uhi.min(j0 + BC) - j0)
             };
         }
-        // 1. S = Q Kᵀ: panel-major, so one key panel serves every row block from L1.
+        // 1. S = Q Kᵀ: panel-major, so one key panel serves every row block from L1. The
+        //    micro-kernel also keeps each row's lane-wise maximum, which spares the softmax step
+        //    its first pass on blocks that need no masking.
+        wk.rmax[..nrows_pad * S::LANES].fill(f32::NEG_INFINITY);
         for pnl in 0..BC / w {
             let (k0, k1) = (pnl * w, (pnl + 1) * w);
             for (bi, &(cover, klo, khi)) in seen[..nblocks].iter().enumerate() {
@@ -416,6 +422,7 @@ fn tile_forward<S: Simd, const MR: usize, const NV: usize>(
                         d,
                         ktile[pnl * d * w..].as_ptr(),
                         wk.s[bi * MR * BC + k0..].as_mut_ptr(),
+                        wk.rmax[bi * MR * S::LANES..].as_mut_ptr(),
                     )
                 }
             }
@@ -435,21 +442,28 @@ fn tile_forward<S: Simd, const MR: usize, const NV: usize>(
                     continue;
                 }
                 let (i, h) = c.map.row(c.hk, r0 + r);
-                let fixes = c.params.softcap.is_some() || c.params.alibi_slopes.is_some();
-                if !fixes && cover == Cover::Full {
-                    // Plain scores: the multiplier is folded into the softmax step.
-                    wk.alpha[r] = unsafe { wk.state[r].update::<S>(row, c.qmul) };
+                if !fixes {
+                    // Plain scores: the multiplier is folded into the softmax step (a masked
+                    // −∞ stays −∞ under it).
+                    wk.alpha[r] = if cover == Cover::Full {
+                        // Every panel of the tile was computed: the kept maximum is the row's.
+                        unsafe {
+                            let m = S::reduce_max(S::load(wk.rmax.as_ptr().add(r * S::LANES)));
+                            wk.state[r].update_with_max::<S>(row, c.qmul, m * c.qmul)
+                        }
+                    } else {
+                        mask_scores(row, mask, c.params, c.b, h, i, j0 + a);
+                        unsafe { wk.state[r].update::<S>(row, c.qmul) }
+                    };
                     continue;
                 }
                 row.iter_mut().for_each(|x| *x *= c.qmul);
-                if fixes {
-                    let fix = ScoreFix {
-                        softcap: c.params.softcap,
-                        slope2: tile::slope2(c.params, h),
-                        pos: c.params.position(i),
-                    };
-                    unsafe { fix_scores::<S>(row, j0 + a, fix) };
-                }
+                let fix = ScoreFix {
+                    softcap: c.params.softcap,
+                    slope2: tile::slope2(c.params, h),
+                    pos: c.params.position(i),
+                };
+                unsafe { fix_scores::<S>(row, j0 + a, fix) };
                 if cover == Cover::Partial {
                     mask_scores(row, mask, c.params, c.b, h, i, j0 + a);
                 }
@@ -496,12 +510,14 @@ fn tile_forward<S: Simd, const MR: usize, const NV: usize>(
 }
 
 /// `s[r, 0..W] = Σ_d q[d, r] · panel[d, 0..W]` for `MR` rows (`q` block-transposed `[D][MR]`); `W = NV·lanes`, `s` row stride `BC`.
+/// `rmax[r]` (one vector per row) becomes the lane-wise maximum of itself and the row's scores.
 #[inline(always)]
 unsafe fn s_panel<S: Simd, const MR: usize, const NV: usize>(
     q: *const f32,
     d: usize,
     k: *const f32,
     s: *mut f32,
+    rmax: *mut f32,
 ) {
     unsafe {
         let mut acc = [[S::splat(0.0); NV]; MR];
@@ -519,9 +535,12 @@ unsafe fn s_panel<S: Simd, const MR: usize, const NV: usize>(
             }
         }
         for (r, a) in acc.iter().enumerate() {
+            let mut m = S::load(rmax.add(r * S::LANES));
             for (v, x) in a.iter().enumerate() {
                 S::store(s.add(r * BC + v * S::LANES), *x);
+                m = S::max(m, *x);
             }
+            S::store(rmax.add(r * S::LANES), m);
         }
     }
 }

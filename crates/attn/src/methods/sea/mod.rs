@@ -212,8 +212,10 @@ fn parse_budget(value: &str) -> Result<Budget> {
     } else if value.contains('.') || value.contains('e') {
         let x: f64 = value.parse().map_err(|_| bad("k", value, "expected a fraction"))?;
         frac(x)
-    } else {
+    } else if value.bytes().all(|c| c.is_ascii_digit()) {
         Ok(Budget::Count(positive(Sea::NAME, "k", value)?))
+    } else {
+        Err(bad("k", value, "expected a count (64), a percentage (25%) or a fraction (0.25)"))
     }
 }
 

@@ -75,8 +75,8 @@ impl SparseConfig for Streaming {
     const FAMILY: &'static str = "streaming";
     const DESCRIPTION: &'static str =
         "StreamingLLM: attention sinks + causal sliding window (band via flash, sinks via the sparse kernel, LSE merge)";
-    // Non-causal calls get their own Reason below (clearer than "mask none unsupported").
-    const MASKS: &'static [MaskKind] = &[MaskKind::None, MaskKind::Causal];
+    // Causal only; non-causal calls also get a Reason below that says why.
+    const MASKS: &'static [MaskKind] = &[MaskKind::Causal];
 
     fn params(&self) -> Vec<ParamInfo> {
         vec![

@@ -93,8 +93,8 @@ impl SparseConfig for VerticalSlash {
     const FAMILY: &'static str = "vertical_slash";
     const DESCRIPTION: &'static str =
         "MInference Vertical-Slash: columns and diagonals estimated from the last queries (sparse kernel)";
-    // Non-causal calls get their own Reason below (clearer than "mask none unsupported").
-    const MASKS: &'static [MaskKind] = &[MaskKind::None, MaskKind::Causal];
+    // Causal only; non-causal calls also get a Reason below that says why.
+    const MASKS: &'static [MaskKind] = &[MaskKind::Causal];
 
     fn params(&self) -> Vec<ParamInfo> {
         vec![
