@@ -203,6 +203,34 @@ def run_attn(template, subst):
     return r
 
 
+def rounds_of(n, peer, attn):
+    """Runs `peer()` and `attn()` in n alternating rounds (ABBA) and combines each side's rounds."""
+    ps, as_ = [], []
+    for i in range(n):
+        if i % 2 == 0:
+            ps.append(peer())
+            as_.append(attn() if attn else None)
+        else:
+            as_.append(attn() if attn else None)
+            ps.append(peer())
+    return combine(ps), (combine(as_) if attn else None)
+
+
+def combine(rs):
+    """One result from several rounds of the same measurement (errors win: any failed round is reported)."""
+    bad = [r for r in rs if r is None or "median_s" not in r]
+    if bad:
+        return bad[0]
+    if len(rs) == 1:
+        return rs[0]
+    meds = sorted(r["median_s"] for r in rs)
+    out = dict(rs[0])
+    out["median_s"] = meds[len(meds) // 2]
+    out["best_s"] = min(r["best_s"] for r in rs)
+    out["round_medians_s"] = [r["median_s"] for r in rs]
+    return out
+
+
 def fmt_mib(b):
     return f"{b / 2**20:.0f} MiB" if b else "-"
 
@@ -216,6 +244,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--min-time", type=float, default=0.0, help="keep repeating while under this many seconds")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure each workload in N alternating rounds (peer then attn, then attn then peer, ...); "
+                         "a side's median is the median of its round medians, its best the best of all rounds")
     ap.add_argument("--attn-impl", default="sdpa", help="transformers attn_implementation for SmolLM2")
     ap.add_argument("--attn-cmd", help="command template for the attn side (see the top of this file)")
     ap.add_argument("--cache", default=os.environ.get("ATTN_REF_CACHE", "/tmp/attn-ref-cache"))
@@ -255,29 +286,44 @@ def main():
         for n in [int(v) for v in args.lengths.split(",") if v]:
             ids_path = os.path.join(tmp, f"ids{n}.txt")
             print(f"smollm2 prefill {n} tokens ...", flush=True)
-            r = run_child(["--child", "smollm2", "--tokens", str(n), "--ids-out", ids_path] + common)
+            # The peer writes the ids the attn side reads: the first round always runs the peer first.
+            peer = lambda: run_child(["--child", "smollm2", "--tokens", str(n), "--ids-out", ids_path] + common)
+            attn = (lambda: run_attn(args.attn_cmd, {"model": "smollm2", "tokens": n, "threads": args.threads,
+                                                     "reps": args.reps, "text": shlex.quote(text_path),
+                                                     "ids": shlex.quote(ids_path), "batch": 0})) if args.attn_cmd else None
+            r, a = rounds_of(max(1, args.rounds), peer, attn)
             entry = {"peer": r}
-            if args.attn_cmd:
-                entry["attn"] = run_attn(args.attn_cmd, {"model": "smollm2", "tokens": n, "threads": args.threads,
-                                                         "reps": args.reps, "text": shlex.quote(text_path),
-                                                         "ids": shlex.quote(ids_path), "batch": 0})
+            if a is not None:
+                entry["attn"] = a
             out["results"][f"smollm2_prefill_{n}"] = entry
             rows.append((f"SmolLM2 prefill {n}", "tokens/s", n, entry))
     if "minilm" in args.workloads.split(","):
         print("minilm encode 64 sentences ...", flush=True)
-        r = run_child(["--child", "minilm"] + common)
         import models as ref
 
         text, _ = ref.emma_text(ref.Cache(args.cache))
         sents_path = os.path.join(tmp, "sentences64.txt")
         with open(sents_path, "w", encoding="utf-8") as fh:
             fh.write("\n".join(emma_sentences(text)) + "\n")
+        # One peer child measures both batch sizes; one attn call per batch size.
+        def attn_both():
+            return {bs: run_attn(args.attn_cmd, {"model": "minilm", "tokens": 0, "threads": args.threads,
+                                                 "reps": args.reps, "text": shlex.quote(sents_path),
+                                                 "ids": "", "batch": bs}) for bs in (32, 64)}
+        peers, attns = [], []
+        for i in range(max(1, args.rounds)):
+            order = [0, 1] if i % 2 == 0 else [1, 0]
+            for o in order:
+                if o == 0:
+                    peers.append(run_child(["--child", "minilm"] + common))
+                elif args.attn_cmd:
+                    attns.append(attn_both())
+        r = peers[0]
         for bs in (32, 64):
-            entry = {"peer": dict(r[f"batch{bs}"], **{k: v for k, v in r.items() if not k.startswith("batch")})}
+            pb = combine([p[f"batch{bs}"] for p in peers])
+            entry = {"peer": dict(pb, **{k: v for k, v in r.items() if not k.startswith("batch")})}
             if args.attn_cmd:
-                entry["attn"] = run_attn(args.attn_cmd, {"model": "minilm", "tokens": 0, "threads": args.threads,
-                                                         "reps": args.reps, "text": shlex.quote(sents_path),
-                                                         "ids": "", "batch": bs})
+                entry["attn"] = combine([a[bs] for a in attns])
             out["results"][f"minilm_encode64_batch{bs}"] = entry
             rows.append((f"MiniLM 64 sentences, batch {bs}", "sentences/s", MINILM_SENTENCES, entry))
     shutil.rmtree(tmp, ignore_errors=True)
