@@ -29,10 +29,12 @@ MINILM_QKV file exists; see the harness README §2.
 
 Timing: the peer runs in this process with torch.set_num_threads(THREADS), grad off; one call
 gives the output (seeded with torch.manual_seed(0)) and is repeated REPS times when it took under
-20 s (median of the repeats). The attn side is `attn run --threads THREADS` on .npy copies of the
-same tensors; its time is the kernel time `attn run` prints (file I/O excluded), median of REPS
-runs. Construction of a peer's module (random projections) is outside its timing; routing's
-k-means on the input is inside it (that is how the package works untrained), as is ours.
+20 s (median of the repeats), so its timed calls are warm. The attn side is `attn run --threads
+THREADS --warmup 1` on .npy copies of the same tensors; its time is the kernel time `attn run`
+prints (file I/O excluded) for the call after one untimed call (a process's first call also pays
+for fresh memory and faer's per-thread buffers), median of REPS runs. Construction of a peer's
+module (random projections) is outside its timing; routing's k-means on the input is inside it
+(that is how the package works untrained), as is ours.
 The machine may be shared: compare the two sides of one row, not rows of different runs.
 
 Usage:
@@ -137,8 +139,9 @@ def run_attn(attn, spec, q, k, v, causal, reps, threads, tmp):
         paths[name] = os.path.join(tmp, f"{name}.npy")
         np.save(paths[name], x.numpy())
     out = os.path.join(tmp, "o.npy")
+    # One untimed call first (--warmup 1), as the peer's first call is untimed (time_peer).
     cmd = [attn, "run", "--method", spec, "--q", paths["q"], "--k", paths["k"], "--v", paths["v"],
-           "--out", out, "--threads", str(threads)] + (["--causal"] if causal else [])
+           "--out", out, "--threads", str(threads), "--warmup", "1"] + (["--causal"] if causal else [])
     times = []
     for _ in range(reps):
         r = subprocess.run(cmd, capture_output=True, text=True)

@@ -284,6 +284,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub check_finite: bool,
 
+    /// Untimed calls before the timed one (the first call of a process also pays for fresh
+    /// memory and per-thread GEMM buffers; the approximate peers' script times a warm call on
+    /// both sides)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub warmup: usize,
+
     /// Per-token log-space decay gate g (fla's `g`, natural log, decay = exp(g)):
     /// gated-deltanet [B, T, H], kda [B, T, H, K] (axes 1 and 2 swapped with --layout bhsd)
     /// [default: the method's constant gates]

@@ -319,6 +319,8 @@ pub struct RunConfig {
     pub out_format: Format,
     pub lse: LseDest,
     pub check_finite: bool,
+    /// Untimed calls before the timed one.
+    pub warmup: usize,
     /// Per-token gates and states (the linear family's fla-layout path).
     pub state: StateIo,
 }
@@ -419,6 +421,7 @@ impl RunConfig {
             out_format,
             lse,
             check_finite: a.check_finite,
+            warmup: a.warmup,
             state,
         })
     }

@@ -145,7 +145,10 @@ fn fast_equals_reference_at_small_windows() {
         let cov = run_suite_with(m, &cfg);
         assert_eq!(cov.cases, cases.len());
     }
+    // The same with more clusters than one 64-bit set holds (the fast path's c_ij by marks).
+    const TOPW_WIDE: Routing = Routing { clusters: 70, iters: 1, ..TOPW };
     static REG4: &[&dyn Method] = &[&Fast(TOPW), &Reference(TOPW)];
+    static REG5: &[&dyn Method] = &[&Fast(TOPW_WIDE), &Reference(TOPW_WIDE)];
     let cases = vec![
         case(1, [2, 1], [23, 23], 16),
         case(2, [4, 2], [141, 141], 32),
@@ -153,10 +156,12 @@ fn fast_equals_reference_at_small_windows() {
         case(1, [1, 1], [130, 40], 8),
         case(1, [1, 1], [1, 65], 8),
     ];
-    let reg = Registry::new(REG4);
-    let m = reg.get("routing").unwrap();
-    let cfg = SuiteConfig { registry: reg, cases: cases.clone(), ..SuiteConfig::for_method(m) };
-    assert_eq!(run_suite_with(m, &cfg).cases, cases.len());
+    for reg in [REG4, REG5] {
+        let reg = Registry::new(reg);
+        let m = reg.get("routing").unwrap();
+        let cfg = SuiteConfig { registry: reg, cases: cases.clone(), ..SuiteConfig::for_method(m) };
+        assert_eq!(run_suite_with(m, &cfg).cases, cases.len());
+    }
 }
 
 /// Balanced routing (spec §6.2 step 3), without a mask by default: every cluster holds exactly

@@ -32,6 +32,9 @@ struct Rejection {
 
 pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<()> {
     if cfg.state.any() {
+        if cfg.warmup > 0 {
+            bail!("--warmup is not supported with per-token gate or state files");
+        }
         return super::run_state::run(cfg, rt);
     }
     let q = tensor_file::read(&cfg.q)?;
@@ -75,6 +78,9 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<()> {
 
     let mut o = vec![0f32; p.out_len()];
     let mut lse = vec![0f32; p.lse_len()];
+    for _ in 0..cfg.warmup {
+        prepared.run(&inputs, rt.par(), OutputMut { o: &mut o, lse: &mut lse })?;
+    }
     let t = Instant::now();
     prepared.run(&inputs, rt.par(), OutputMut { o: &mut o, lse: &mut lse })?;
     let seconds = t.elapsed().as_secs_f64();

@@ -193,48 +193,99 @@ fn similarities(
     }
 }
 
+/// [`similarities`] transposed: `f(t0, sims)` with `sims` the `C × rows` block `μ·xᵀ` (one
+/// cluster's similarities to the block's rows contiguous), one GEMM per block of [`SIM_ROWS`]
+/// rows. Each entry is the same dot product as in [`similarities`] (the GEMM accumulates over `D`
+/// in the same order for both operand orders; tested through the routing's output bits).
+fn similarities_t(
+    x: &[f32],
+    mu: &[f32],
+    d: usize,
+    buf: &mut Vec<f32>,
+    mut f: impl FnMut(usize, &[f32]),
+) {
+    let c = mu.len() / d;
+    let n = x.len() / d;
+    buf.resize(SIM_ROWS * c, 0.0);
+    for t0 in (0..n).step_by(SIM_ROWS) {
+        let m = (n - t0).min(SIM_ROWS);
+        gemm_bt(buf, mu, &x[t0 * d..], [c, d, m], false);
+        f(t0, &buf[..c * m]);
+    }
+}
+
+/// The nearest centroid of every column of a `C × m` similarity block (`sims`, row stride `m`)
+/// into `out`: per column the first row holding its largest value (a strict `>` down the rows,
+/// NaN never taken; 0 when all are −∞ or NaN), the same index as [`argmax`] of the column.
+/// Vectorised across columns at the level it is dispatched at.
+struct ArgmaxCols<'a> {
+    sims: &'a [f32],
+    m: usize,
+    best: &'a mut [f32],
+    out: &'a mut [u32],
+}
+
+impl Kernel for ArgmaxCols<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self) {
+        let (best, out) = (&mut self.best[..self.m], &mut self.out[..self.m]);
+        best.fill(f32::NEG_INFINITY);
+        out.fill(0);
+        for (k, row) in self.sims.chunks_exact(self.m).enumerate() {
+            let k = k as u32;
+            for ((b, o), &v) in best.iter_mut().zip(out.iter_mut()).zip(row) {
+                let gt = v > *b;
+                *b = if gt { v } else { *b };
+                *o = if gt { k } else { *o };
+            }
+        }
+    }
+}
+
 /// The k-means++ seeding draws from at most `max(SEED_ROWS, SEED_PER_CLUSTER·C)` fit vectors
 /// (each of the `C` picks reads all of them: 4096 unit vectors of D = 64 are 1 MiB).
 const SEED_ROWS: usize = 4096;
 /// See [`SEED_ROWS`].
 const SEED_PER_CLUSTER: usize = 8;
 
-/// Lanes of [`argmax`]'s running maxima (the widest register; a fixed count, so the result
-/// does not depend on the SIMD level).
+/// [`top_w`] bounds each cluster's `w`-th largest similarity from below by that of every
+/// `TOP_W_STRIDE`-th row, then selects among the rows at or above the bound only.
+const TOP_W_STRIDE: usize = 8;
+
+/// Lanes of [`argmax`]'s running maxima (the widest register).
 const LANES: usize = 16;
 
-/// The index of the largest value (first on ties; 0 when every value is −∞ or NaN): per lane
-/// `k mod 16` the first index of its largest value (a strict `>` keeps the earlier one), then the
-/// smallest index among the lanes holding the largest value: the same as a left-to-right scan.
+/// The index of the largest value (first on ties; NaN is never the largest; 0 when every value
+/// is −∞ or NaN): two passes that vectorise — the largest value `m` by per-lane maxima (`max`
+/// is exact, so the lane count and order do not matter), then the first index holding `m` (a
+/// chunk is scanned only when one of its lanes equals `m`). The same index as a left-to-right
+/// scan with a strict `>` at every SIMD level.
 #[inline(always)]
 fn argmax(s: &[f32]) -> usize {
-    // Indices as f32 (exact below 2²⁴; C ≤ 65536), so the selects are one lane type and
-    // vectorise.
-    let mut best = [f32::NEG_INFINITY; LANES];
-    let mut arg = [0.0f32; LANES];
     let chunks = s.chunks_exact(LANES);
     let rest = chunks.remainder();
-    let mut base = [0.0f32; LANES];
-    base.iter_mut().enumerate().for_each(|(l, b)| *b = l as f32);
-    for ch in chunks {
+    // `if v > b { v } else { b }` is the x86 `max` (NaN in `v` keeps `b`).
+    let gt = |b: f32, v: f32| if v > b { v } else { b };
+    let mut best = [f32::NEG_INFINITY; LANES];
+    for ch in chunks.clone() {
         let ch: &[f32; LANES] = ch.try_into().expect("a chunk of LANES");
         for l in 0..LANES {
-            let gt = ch[l] > best[l];
-            best[l] = if gt { ch[l] } else { best[l] };
-            arg[l] = if gt { base[l] } else { arg[l] };
-            base[l] += LANES as f32;
+            best[l] = gt(best[l], ch[l]);
         }
     }
-    for (l, &v) in rest.iter().enumerate() {
-        if v > best[l] {
-            (best[l], arg[l]) = (v, base[l]);
+    let m =
+        rest.iter().fold(best.iter().fold(f32::NEG_INFINITY, |b, &v| gt(b, v)), |b, &v| gt(b, v));
+    if m == f32::NEG_INFINITY {
+        return 0;
+    }
+    for (u, ch) in chunks.enumerate() {
+        let ch: &[f32; LANES] = ch.try_into().expect("a chunk of LANES");
+        if ch.iter().fold(false, |a, &v| a | (v == m)) {
+            return u * LANES + ch.iter().position(|&v| v == m).unwrap_or(0);
         }
     }
-    // The largest lane value, then the smallest index holding it (a lane never raised holds
-    // −∞ at index 0, so an all-−∞/NaN row gives 0).
-    let b = best.iter().fold(f32::NEG_INFINITY, |b, &v| if v > b { v } else { b });
-    let at = |l: usize| if best[l] == b { arg[l] as u32 } else { u32::MAX };
-    (0..LANES).map(at).min().unwrap_or(0) as usize
+    s.len() - rest.len() + rest.iter().position(|&v| v == m).unwrap_or(0)
 }
 
 /// [`argmax`] of every row of a `rows × C` block into `out` (compiled for the SIMD level it
@@ -255,12 +306,19 @@ impl Kernel for ArgmaxRows<'_> {
     }
 }
 
-/// One k-means++ step over the sample rows (`D` wide): the squared
-/// distance to the newest centroid `mu`, `e = max(0, 2 − 2·x·μ)` (the dot in [`dot_fixed`]'s
-/// order), lowers each row's `dist`; returns `Σ dist` in row order. Elementwise f32/f64
-/// arithmetic only, so the same bits at every SIMD level.
+/// Rows per block of [`SeedStep`] (one vector of lanes).
+const SEED_BLOCK: usize = 16;
+
+/// One k-means++ step over the sample rows, stored transposed (`D × m_pad`, `m_pad` a multiple
+/// of [`SEED_BLOCK`], padded with zero rows): the squared distance to the newest centroid `mu`,
+/// `e = max(0, 2 − 2·x·μ)`, lowers each of the `m` rows' `dist`; returns `Σ dist` in row order.
+/// The dot products are [`dot_fixed`]'s bits: per row, 16 partial sums `p_l` (element `e` into
+/// `p_{e mod 16}`, in increasing `e`, a product then an add), then the same halving tree — here
+/// for [`SEED_BLOCK`] rows at once, lanes across rows. Elementwise f32/f64 arithmetic only, so
+/// the same bits at every SIMD level.
 struct SeedStep<'a> {
-    rows: &'a [f32],
+    rows_t: &'a [f32],
+    m: usize,
     mu: &'a [f32],
     dist: &'a mut [f64],
 }
@@ -269,14 +327,60 @@ impl Kernel for SeedStep<'_> {
     type Output = f64;
     #[inline(always)]
     fn run<S: Simd>(self) -> f64 {
-        let d = self.mu.len();
+        let m_pad = self.m.next_multiple_of(SEED_BLOCK);
         let mut total = 0.0f64;
-        for (row, du) in self.rows.chunks_exact(d).zip(self.dist.iter_mut()) {
-            let e = (2.0 - 2.0 * dot_fixed(row, self.mu) as f64).max(0.0);
-            *du = du.min(e);
-            total += *du;
+        for r0 in (0..self.m).step_by(SEED_BLOCK) {
+            let mut p = [[0.0f32; SEED_BLOCK]; 16];
+            for (e, &y) in self.mu.iter().enumerate() {
+                let xs: &[f32; SEED_BLOCK] = self.rows_t[e * m_pad + r0..][..SEED_BLOCK]
+                    .try_into()
+                    .expect("a block of rows");
+                let pl = &mut p[e % 16];
+                for r in 0..SEED_BLOCK {
+                    pl[r] += xs[r] * y;
+                }
+            }
+            for w in [8, 4, 2, 1] {
+                for l in 0..w {
+                    let hi = p[l + w];
+                    for r in 0..SEED_BLOCK {
+                        p[l][r] += hi[r];
+                    }
+                }
+            }
+            let rows = (self.m - r0).min(SEED_BLOCK);
+            for (&dot, du) in p[0][..rows].iter().zip(&mut self.dist[r0..r0 + rows]) {
+                let e = (2.0 - 2.0 * dot as f64).max(0.0);
+                *du = du.min(e);
+                total += *du;
+            }
         }
         total
+    }
+}
+
+/// The Lloyd update's sums: every fit vector (the rows of `fit[0]`, then of `fit[1]`) added in
+/// f64 to its cluster's `sum`, in row order, and counted (compiled at the dispatched level; the
+/// adds are elementwise, so the same bits at every level).
+struct SumMembers<'a> {
+    fit: [&'a [f32]; 2],
+    assign: &'a [u32],
+    d: usize,
+    sum: &'a mut [f64],
+    count: &'a mut [usize],
+}
+
+impl Kernel for SumMembers<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self) {
+        let d = self.d;
+        let rows = self.fit[0].chunks_exact(d).chain(self.fit[1].chunks_exact(d));
+        for (&a, x) in self.assign.iter().zip(rows) {
+            let a = a as usize;
+            self.count[a] += 1;
+            self.sum[a * d..(a + 1) * d].iter_mut().zip(x).for_each(|(s, &x)| *s += x as f64);
+        }
     }
 }
 
@@ -368,6 +472,12 @@ impl Routing {
             sample.extend_from_slice(row(u * n / m));
         }
         let srow = |u: usize| &sample[u * d..(u + 1) * d];
+        // The sample transposed for [`SeedStep`]: element e of row u at e·m_pad + u.
+        let m_pad = m.next_multiple_of(SEED_BLOCK);
+        let mut sample_t = vec![0.0f32; d * m_pad];
+        for (u, x) in sample.chunks_exact(d).enumerate() {
+            x.iter().enumerate().for_each(|(e, &v)| sample_t[e * m_pad + u] = v);
+        }
         let mut mu = Vec::with_capacity(c * d);
         let first = ((uniform(0) * m as f64) as usize).min(m - 1);
         mu.extend_from_slice(srow(first));
@@ -376,7 +486,8 @@ impl Routing {
         let level = Level::current();
         for t in 1..c {
             let last = &mu[(t - 1) * d..t * d];
-            let total = dispatch(level, SeedStep { rows: &sample, mu: last, dist: &mut dist });
+            let total =
+                dispatch(level, SeedStep { rows_t: &sample_t, m, mu: last, dist: &mut dist });
             let pick = if total > 0.0 {
                 // The first vector whose cumulative distance exceeds u·total.
                 let target = uniform(t) * total;
@@ -397,28 +508,30 @@ impl Routing {
         let mut sum = vec![0.0f64; c * d];
         let mut count = vec![0usize; c];
         let mut near = [0u32; SIM_ROWS];
+        let mut best = [0.0f32; SIM_ROWS];
         for _ in 0..self.iters {
             let mut moved = false;
+            // Blocks of C × rows similarities: the nearest centroid of a row is its column's
+            // argmax (vectorised across rows).
             let mut see = |t0: usize, sims: &[f32]| {
                 let m = sims.len() / c;
-                dispatch(level, ArgmaxRows { sims, c, out: &mut near[..m] });
+                dispatch(level, ArgmaxCols { sims, m, best: &mut best, out: &mut near });
                 let old = &mut assign[t0..t0 + m];
                 moved |= old != &near[..m];
                 old.copy_from_slice(&near[..m]);
             };
-            similarities(qn, &mu, d, &mut buf, &mut see);
-            similarities(&kn[..shared * d], &mu, d, &mut buf, |u0, sims| see(nq + u0, sims));
+            similarities_t(qn, &mu, d, &mut buf, &mut see);
+            similarities_t(&kn[..shared * d], &mu, d, &mut buf, |u0, sims| see(nq + u0, sims));
             if !moved {
                 break;
             }
             sum.fill(0.0);
             count.fill(0);
-            let fit = qn.chunks_exact(d).chain(kn[..shared * d].chunks_exact(d));
-            for (&a, x) in assign.iter().zip(fit) {
-                let a = a as usize;
-                count[a] += 1;
-                sum[a * d..(a + 1) * d].iter_mut().zip(x).for_each(|(s, &x)| *s += x as f64);
-            }
+            let fit = [qn, &kn[..shared * d]];
+            dispatch(
+                level,
+                SumMembers { fit, assign: &assign, d, sum: &mut sum, count: &mut count },
+            );
             for k in 0..c {
                 let sk = &sum[k * d..(k + 1) * d];
                 let norm = sk.iter().map(|x| x * x).sum::<f64>().sqrt();
@@ -557,19 +670,21 @@ fn top_w(
     // contiguous. Each row's nearest centroid on the way (for the stranded rows).
     let mut cols = vec![0i32; c * n];
     let mut nearest_of = vec![0u32; if strand_to_nearest { n } else { 0 }];
+    let mut best = vec![0.0f32; SIM_ROWS];
     let level = Level::current();
-    similarities(x, mu, d, buf, |t0, sims| {
+    similarities_t(x, mu, d, buf, |t0, sims| {
         let m = sims.len() / c;
-        for (k, col) in cols.chunks_exact_mut(n).enumerate() {
-            let col = &mut col[t0..t0 + m];
-            col.iter_mut().zip(sims[k..].iter().step_by(c)).for_each(|(o, &v)| *o = order_key(v));
+        for (col, row) in cols.chunks_exact_mut(n).zip(sims.chunks_exact(m)) {
+            col[t0..t0 + m].iter_mut().zip(row).for_each(|(o, &v)| *o = order_key(v));
         }
         if strand_to_nearest {
-            dispatch(level, ArgmaxRows { sims, c, out: &mut nearest_of[t0..t0 + m] });
+            let out = &mut nearest_of[t0..t0 + m];
+            dispatch(level, ArgmaxCols { sims, m, best: &mut best, out });
         }
     });
     let w = w.min(n);
     let mut scratch: Vec<i32> = Vec::with_capacity(n);
+    let mut cand: Vec<(u32, i32)> = Vec::with_capacity(n);
     // (cluster, row) pairs, cluster-major, rows ascending inside a cluster.
     let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(c * w + n);
     let mut taken = vec![false; n];
@@ -577,22 +692,38 @@ fn top_w(
         if w == 0 {
             break;
         }
-        // The w-th largest key `thr`: the rows above it, then the first rows equal to it (the
-        // smaller rows win ties) — the w largest in (similarity desc, row asc) order, ascending.
-        let (thr, mut eq) = if w < n {
+        if w == n {
+            taken.fill(true);
+            pairs.extend((0..n as u32).map(|t| (k as u32, t)));
+            continue;
+        }
+        // A lower bound `lo` on the w-th largest key: the w-th largest of every
+        // TOP_W_STRIDE-th key (a subset's w-th largest is at most the whole column's), when
+        // that subset has w keys. The candidates, the keys ≥ lo, hold the w largest.
+        let lo = if n / TOP_W_STRIDE >= w {
             scratch.clear();
-            scratch.extend_from_slice(col);
-            let thr = *scratch.select_nth_unstable(n - w).1;
-            (thr, w - col.iter().filter(|&&v| v > thr).count())
+            scratch.extend(col.iter().step_by(TOP_W_STRIDE));
+            let len = scratch.len();
+            *scratch.select_nth_unstable(len - w).1
         } else {
-            (i32::MIN, n)
+            i32::MIN
         };
-        for (t, &v) in col.iter().enumerate() {
-            let take = v > thr || (v == thr && eq > 0);
-            if take {
+        cand.clear();
+        cand.extend(col.iter().enumerate().filter(|&(_, &v)| v >= lo).map(|(t, &v)| (t as u32, v)));
+        // The w-th largest key `thr`: the candidates above it, then the first ones equal to it
+        // (the smaller rows win ties) — the w largest in (similarity desc, row asc) order,
+        // ascending.
+        scratch.clear();
+        scratch.extend(cand.iter().map(|&(_, v)| v));
+        let len = scratch.len();
+        let thr = *scratch.select_nth_unstable(len - w).1;
+        // Everything above thr lies in the selected top w.
+        let mut eq = w - scratch[len - w..].iter().filter(|&&v| v > thr).count();
+        for &(t, v) in &cand {
+            if v > thr || (v == thr && eq > 0) {
                 eq -= usize::from(v == thr);
-                taken[t] = true;
-                pairs.push((k as u32, t as u32));
+                taken[t as usize] = true;
+                pairs.push((k as u32, t));
             }
         }
     }
@@ -603,4 +734,79 @@ fn top_w(
     }
     // Grouped by row: a row's clusters come in cluster order (a stranded row has one).
     group(pairs.iter().copied(), n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The left-to-right scan [`argmax`] must equal: a strict `>` from −∞ at index 0.
+    fn scan(s: &[f32]) -> usize {
+        let (mut best, mut arg) = (f32::NEG_INFINITY, 0);
+        for (i, &v) in s.iter().enumerate() {
+            if v > best {
+                (best, arg) = (v, i);
+            }
+        }
+        arg
+    }
+
+    #[test]
+    fn argmax_is_the_first_largest_at_every_level() {
+        let s = Stream::new(Key { seed: 7, layer: 0, head: 0, purpose: purpose::CLUSTERS });
+        let mut rows: Vec<Vec<f32>> = Vec::new();
+        for (n, t) in [1usize, 15, 16, 17, 64, 100, 256].into_iter().zip(0u64..) {
+            // Few distinct values, so ties (also across lanes and the remainder) are common.
+            let row: Vec<f32> =
+                (0..n).map(|i| (s.uniform_at(t << 20 | i as u64) * 5.0).floor() as f32).collect();
+            rows.push(row.clone());
+            let mut special = row;
+            special[n / 2] = f32::NAN;
+            special[0] = -0.0;
+            special[n - 1] = 0.0;
+            rows.push(special);
+        }
+        rows.push(vec![f32::NEG_INFINITY; 40]);
+        rows.push(vec![f32::NAN; 20]);
+        rows.push((0..33).map(|i| if i == 32 { 1.0 } else { f32::NAN }).collect());
+        rows.push((0..48).map(|i| if i % 16 == 3 { 2.0 } else { -(i as f32) }).collect());
+        for level in Level::available() {
+            for row in &rows {
+                let mut out = [0u32; 1];
+                dispatch(level, ArgmaxRows { sims: row, c: row.len(), out: &mut out });
+                assert_eq!(out[0] as usize, scan(row), "{level:?} {row:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn seed_step_has_dot_fixed_bits_at_every_level() {
+        let s = Stream::new(Key { seed: 3, layer: 0, head: 1, purpose: purpose::CLUSTERS });
+        for (m, d) in [(37usize, 40usize), (16, 64), (5, 32), (70, 7)] {
+            let u = |i: usize| s.uniform_at((m * 1000 + d) as u64 * 65536 + i as u64) as f32 - 0.5;
+            let rows: Vec<f32> = (0..m * d).map(u).collect();
+            let mu: Vec<f32> = (0..d).map(|e| u(m * d + e)).collect();
+            let m_pad = m.next_multiple_of(SEED_BLOCK);
+            let mut rows_t = vec![0.0f32; d * m_pad];
+            for (r, x) in rows.chunks_exact(d).enumerate() {
+                x.iter().enumerate().for_each(|(e, &v)| rows_t[e * m_pad + r] = v);
+            }
+            let start: Vec<f64> =
+                (0..m).map(|r| if r % 3 == 0 { 0.5 } else { f64::INFINITY }).collect();
+            let mut want = start.clone();
+            let mut want_total = 0.0f64;
+            for (x, du) in rows.chunks_exact(d).zip(&mut want) {
+                *du = du.min((2.0 - 2.0 * dot_fixed(x, &mu) as f64).max(0.0));
+                want_total += *du;
+            }
+            for level in Level::available() {
+                let mut dist = start.clone();
+                let total =
+                    dispatch(level, SeedStep { rows_t: &rows_t, m, mu: &mu, dist: &mut dist });
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&dist), bits(&want), "{level:?} m {m} d {d}");
+                assert_eq!(total.to_bits(), want_total.to_bits());
+            }
+        }
+    }
 }

@@ -46,7 +46,14 @@ pub struct Work {
     /// Per cluster: is it one of the current query's clusters (`C` entries, all false between
     /// rows).
     mark: Vec<bool>,
+    /// With at most [`MASK_CLUSTERS`] clusters: each query's and each key's clusters as a bit
+    /// set, so `c_ij` is one popcount (`S_q` and `S_kv` entries; empty otherwise).
+    qmask: Vec<u64>,
+    kmask: Vec<u64>,
 }
+
+/// Clusters up to which [`Work`] keeps the cluster sets as `u64` bit sets.
+const MASK_CLUSTERS: usize = 64;
 
 impl Work {
     fn new(p: &Problem) -> Self {
@@ -62,12 +69,15 @@ impl Work {
             ln_count: Vec::new(),
             multi: Vec::with_capacity(p.s_kv),
             mark: Vec::new(),
+            qmask: Vec::with_capacity(p.s_q),
+            kmask: Vec::with_capacity(p.s_kv),
         }
     }
 
     /// Bytes a worker allocates for a call of shape `p`.
     pub fn bytes(p: &Problem) -> usize {
         4 * ((p.s_kv + PAD) * (p.d + p.d_v) + p.s_kv + ROW_TILE * (p.d + KEY_TILE + p.d_v + 4))
+            + 8 * (p.s_q + p.s_kv)
     }
 }
 
@@ -213,7 +223,17 @@ impl Head<'_> {
                     // pair with one of them in this cluster only shares exactly this one).
                     if let Some(rs) = routes {
                         let qc = rs.clusters_of(rt[r] as usize);
-                        if qc.len() > 1 {
+                        if qc.len() > 1 && !w.qmask.is_empty() {
+                            // c_ij = |clusters(i) ∩ clusters(j)| as a popcount of bit sets.
+                            let qm = w.qmask[rt[r] as usize];
+                            for &t in mk {
+                                let t = t as usize - k0;
+                                if srow[t] != ninf {
+                                    let j = kt[t] as usize;
+                                    srow[t] -= w.ln_count[(qm & w.kmask[j]).count_ones() as usize];
+                                }
+                            }
+                        } else if qc.len() > 1 {
                             // c_ij = Σ_{c ∈ clusters(j)} [c ∈ clusters(i)], by a mark per cluster.
                             qc.iter().for_each(|&c| w.mark[c as usize] = true);
                             for &t in mk {
@@ -284,6 +304,13 @@ impl Head<'_> {
         w.ln_count = (0..=routes.memberships).map(|c| (c.max(1) as f32).ln()).collect();
         w.mark.clear();
         w.mark.resize(routes.clusters, false);
+        w.qmask.clear();
+        w.kmask.clear();
+        if dup && routes.clusters <= MASK_CLUSTERS {
+            let bits = |cs: &[u32]| cs.iter().fold(0u64, |m, &c| m | 1 << c);
+            w.qmask.extend((0..p.s_q).map(|i| bits(routes.clusters_of(i))));
+            w.kmask.extend((0..p.s_kv).map(|j| bits(routes.clusters_of_key(j))));
+        }
         for c in 0..routes.clusters {
             let rows = routes.cluster_queries(c);
             if rows.is_empty() || routes.cluster_keys(c).is_empty() {
