@@ -55,6 +55,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True  # importing scripts/reference/models.py must leave no __pycache__
 sys.path.insert(0, os.path.join(ROOT, "scripts", "reference"))
 
+from rounds import combine  # noqa: E402  (bench/, the script's own folder)
+
 MINILM_SENTENCES = 64
 MIN_WORDS = 5
 
@@ -214,21 +216,6 @@ def rounds_of(n, peer, attn):
             as_.append(attn() if attn else None)
             ps.append(peer())
     return combine(ps), (combine(as_) if attn else None)
-
-
-def combine(rs):
-    """One result from several rounds of the same measurement (errors win: any failed round is reported)."""
-    bad = [r for r in rs if r is None or "median_s" not in r]
-    if bad:
-        return bad[0]
-    if len(rs) == 1:
-        return rs[0]
-    meds = sorted(r["median_s"] for r in rs)
-    out = dict(rs[0])
-    out["median_s"] = meds[len(meds) // 2]
-    out["best_s"] = min(r["best_s"] for r in rs)
-    out["round_medians_s"] = [r["median_s"] for r in rs]
-    return out
 
 
 def fmt_mib(b):

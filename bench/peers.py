@@ -32,6 +32,8 @@ import time
 
 import numpy as np
 
+from rounds import combine
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATTN = os.path.join(ROOT, "target", "release", "attn")
 
@@ -108,14 +110,6 @@ def interleaved(shape, causal, threads, min_time, rounds):
         else:
             as_.append(a())
             ts.append(t())
-
-    def combine(rs):
-        meds = sorted(r["median_s"] for r in rs)
-        out = dict(rs[0])
-        out["median_s"] = meds[len(meds) // 2]
-        out["best_s"] = min(r["best_s"] for r in rs)
-        out["round_medians_s"] = [r["median_s"] for r in rs]
-        return out
 
     return combine(ts), combine(as_)
 

@@ -173,13 +173,17 @@ fn unit_rows(x: &crate::tensor::TensorRef, b: usize, h: usize, n: usize, d: usiz
 const SIM_ROWS: usize = 256;
 
 /// Calls `f(t0, sims)` for every block of [`SIM_ROWS`] rows of `x` (`n × D`) starting at row
-/// `t0`, with their dot products with the rows of `mu` (`C × D`), `rows × C` row-major: one GEMM
-/// (`primitives::gemm`, faer) per block (single-threaded; blocks start at multiples of
-/// `SIM_ROWS`, so a row's similarities depend only on the row, `mu` and `n`).
+/// `t0`, with their dot products with the rows of `mu` (`C × D`): `rows × C` row-major, or with
+/// `transposed` the `C × rows` block `μ·xᵀ` (one cluster's similarities to the block's rows
+/// contiguous). One GEMM (`primitives::gemm`, faer) per block, single-threaded; blocks start at
+/// multiples of `SIM_ROWS`, so a row's similarities depend only on the row, `mu` and `n`. Each
+/// entry is the same dot product in both orientations (the GEMM accumulates over `D` in the same
+/// order for both operand orders; tested through the routing's output bits).
 fn similarities(
     x: &[f32],
     mu: &[f32],
     d: usize,
+    transposed: bool,
     buf: &mut Vec<f32>,
     mut f: impl FnMut(usize, &[f32]),
 ) {
@@ -188,29 +192,12 @@ fn similarities(
     buf.resize(SIM_ROWS * c, 0.0);
     for t0 in (0..n).step_by(SIM_ROWS) {
         let m = (n - t0).min(SIM_ROWS);
-        gemm_bt(buf, &x[t0 * d..], mu, [m, d, c], false);
+        if transposed {
+            gemm_bt(buf, mu, &x[t0 * d..], [c, d, m], false);
+        } else {
+            gemm_bt(buf, &x[t0 * d..], mu, [m, d, c], false);
+        }
         f(t0, &buf[..m * c]);
-    }
-}
-
-/// [`similarities`] transposed: `f(t0, sims)` with `sims` the `C × rows` block `μ·xᵀ` (one
-/// cluster's similarities to the block's rows contiguous), one GEMM per block of [`SIM_ROWS`]
-/// rows. Each entry is the same dot product as in [`similarities`] (the GEMM accumulates over `D`
-/// in the same order for both operand orders; tested through the routing's output bits).
-fn similarities_t(
-    x: &[f32],
-    mu: &[f32],
-    d: usize,
-    buf: &mut Vec<f32>,
-    mut f: impl FnMut(usize, &[f32]),
-) {
-    let c = mu.len() / d;
-    let n = x.len() / d;
-    buf.resize(SIM_ROWS * c, 0.0);
-    for t0 in (0..n).step_by(SIM_ROWS) {
-        let m = (n - t0).min(SIM_ROWS);
-        gemm_bt(buf, mu, &x[t0 * d..], [c, d, m], false);
-        f(t0, &buf[..c * m]);
     }
 }
 
@@ -520,8 +507,8 @@ impl Routing {
                 moved |= old != &near[..m];
                 old.copy_from_slice(&near[..m]);
             };
-            similarities_t(qn, &mu, d, &mut buf, &mut see);
-            similarities_t(&kn[..shared * d], &mu, d, &mut buf, |u0, sims| see(nq + u0, sims));
+            similarities(qn, &mu, d, true, &mut buf, &mut see);
+            similarities(&kn[..shared * d], &mu, d, true, &mut buf, |u0, sims| see(nq + u0, sims));
             if !moved {
                 break;
             }
@@ -640,7 +627,7 @@ fn nearest(
     let (n, c) = (x.len() / d, mu.len() / d);
     let mut out = vec![0u32; n * r];
     let level = Level::current();
-    similarities(x, mu, d, buf, |t0, sims| {
+    similarities(x, mu, d, false, buf, |t0, sims| {
         let m = sims.len() / c;
         let tc = &mut out[t0 * r..(t0 + m) * r];
         if r == 1 {
@@ -672,7 +659,7 @@ fn top_w(
     let mut nearest_of = vec![0u32; if strand_to_nearest { n } else { 0 }];
     let mut best = vec![0.0f32; SIM_ROWS];
     let level = Level::current();
-    similarities_t(x, mu, d, buf, |t0, sims| {
+    similarities(x, mu, d, true, buf, |t0, sims| {
         let m = sims.len() / c;
         for (col, row) in cols.chunks_exact_mut(n).zip(sims.chunks_exact(m)) {
             col[t0..t0 + m].iter_mut().zip(row).for_each(|(o, &v)| *o = order_key(v));
