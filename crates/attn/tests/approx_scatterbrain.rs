@@ -406,17 +406,24 @@ fn lsh_fast_equals_reference() {
         vec![case(1, [2, 1], [64, 64], 128), case(1, [1, 1], [48, 64], 128).mask(MaskSpec::Causal)];
     let cfg = SuiteConfig { registry: reg, cases: big.clone(), ..SuiteConfig::for_method(m) };
     assert_eq!(run_suite_with(m, &cfg).cases, big.len());
-    // The same at large logits (σ = 2 at D = 128, scale 1/√D: logits of std ≈ 45): the support's
-    // low-rank terms dwarf what is left off it; fast against the f64 reference directly.
-    let x = qkv(14, [1, 2, 1], [64, 64], 128, 2.0);
+    // The same at large logits: the support's low-rank terms dwarf what is left off it.
+    assert_lsh_matches_reference_at_large_logits(
+        14,
+        "sparse=lsh,n_hashes=2,cluster=16,features=0,seed=3",
+    );
+}
+
+/// Fast against the f64 reference directly at large logits (σ = 2 at D = 128, scale 1/√D:
+/// logits of std ≈ 45), non-causal and causal: outputs within 2e-5, LSE within 1e-5 relative.
+fn assert_lsh_matches_reference_at_large_logits(seed: u64, spec: &str) {
+    let x = qkv(seed, [1, 2, 1], [64, 64], 128, 2.0);
     for params in [Params::default(), Params::causal()] {
-        let spec = "sparse=lsh,n_hashes=2,cluster=16,features=0,seed=3";
         let f = x.run(&format!("scatterbrain:{spec}"), &params).unwrap();
         let r = x.run(&format!("scatterbrain-reference:{spec}"), &params).unwrap();
         let worst = f.o.iter().zip(&r.o).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-        assert!(worst < 2e-5, "{:?}: max |Δo| {worst}", params.mask);
+        assert!(worst < 2e-5, "{spec} {:?}: max |Δo| {worst}", params.mask);
         for (a, b) in f.lse.iter().zip(&r.lse) {
-            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "lse {a} vs {b}");
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{spec}: lse {a} vs {b}");
         }
     }
 }
@@ -526,18 +533,10 @@ fn lsh_eps_equals_the_reference() {
         let cfg = SuiteConfig { registry: reg, cases: cases.clone(), ..SuiteConfig::for_method(m) };
         assert_eq!(run_suite_with(m, &cfg).cases, cases.len());
     }
-    // Large logits (std ≈ 45 at D = 128): fast against the f64 reference directly.
-    let x = qkv(19, [1, 2, 1], [64, 64], 128, 2.0);
-    for params in [Params::default(), Params::causal()] {
-        let spec = "sparse=lsh,n_hashes=2,cluster=16,features=0,seed=3,eps=1e-4";
-        let f = x.run(&format!("scatterbrain:{spec}"), &params).unwrap();
-        let r = x.run(&format!("scatterbrain-reference:{spec}"), &params).unwrap();
-        let worst = f.o.iter().zip(&r.o).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-        assert!(worst < 2e-5, "{:?}: max |Δo| {worst}", params.mask);
-        for (a, b) in f.lse.iter().zip(&r.lse) {
-            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "lse {a} vs {b}");
-        }
-    }
+    assert_lsh_matches_reference_at_large_logits(
+        19,
+        "sparse=lsh,n_hashes=2,cluster=16,features=0,seed=3,eps=1e-4",
+    );
 }
 
 #[test]
