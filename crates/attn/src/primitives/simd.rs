@@ -151,6 +151,29 @@ pub trait Simd: Copy + Send + Sync + 'static {
     unsafe fn log2(x: Self::V) -> Self::V;
 }
 
+/// The largest element of `x` (−∞ for an empty slice), `S::LANES` lanes at a time: equal to
+/// `x.iter().fold(−∞, f32::max)` when no element is NaN (max is exact, so the order does not
+/// matter), without that fold's chain of dependent scalar steps.
+///
+/// # Safety
+/// The CPU must support `S` (call from a [`Kernel`]).
+#[inline(always)]
+pub unsafe fn max_of<S: Simd>(x: &[f32]) -> f32 {
+    let split = x.len() - x.len() % S::LANES;
+    let mut m = f32::NEG_INFINITY;
+    if split > 0 {
+        // SAFETY: every load reads `S::LANES` floats inside `x[..split]`.
+        unsafe {
+            let mut vm = S::load(x.as_ptr());
+            for t in (S::LANES..split).step_by(S::LANES) {
+                vm = S::max(vm, S::load(x.as_ptr().add(t)));
+            }
+            m = S::reduce_max(vm);
+        }
+    }
+    x[split..].iter().fold(m, |a, &b| a.max(b))
+}
+
 /// Coefficients of `2^f ≈ Σ c_k f^k` on `f ∈ [−½, ½]`, highest degree first: a degree-5 fit
 /// minimising the maximum relative error (Lawson-weighted least squares, computed for this crate);
 /// evaluated in f32 by Horner's rule its relative error is ≤ 2.4e-7.
@@ -630,6 +653,30 @@ mod tests {
             let want_m = xs[..n].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let want_s: f32 = xs[..n].iter().sum();
             assert_eq!((m, s), (want_m, want_s), "{level:?}");
+        }
+    }
+
+    struct MaxOf<'a>(&'a [f32]);
+    impl Kernel for MaxOf<'_> {
+        type Output = f32;
+        fn run<S: Simd>(self) -> f32 {
+            unsafe { max_of::<S>(self.0) }
+        }
+    }
+
+    #[test]
+    fn max_of_every_level_and_length() {
+        // Every length from 0 to 40 (empty, tails only, whole vectors plus tails), the maximum
+        // at every position in turn, negative values so that a zero-filled lane would show.
+        for n in 0..=40usize {
+            for at in 0..n.max(1) {
+                let xs: Vec<f32> =
+                    (0..n).map(|i| if i == at { -0.5 } else { -1.0 - (i % 7) as f32 }).collect();
+                let want = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                for level in Level::available() {
+                    assert_eq!(dispatch(level, MaxOf(&xs)), want, "{level:?} n={n} at={at}");
+                }
+            }
         }
     }
 

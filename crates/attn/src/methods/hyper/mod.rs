@@ -20,7 +20,7 @@ use crate::methods::pattern::{for_each_head, is_causal, positive, unknown, Exec,
 use crate::par::Par;
 use crate::params::{Params, Resolved};
 use crate::primitives::merge::merge_weights;
-use crate::primitives::simd::{dispatch, exp2_scalar, Kernel, Level, Simd};
+use crate::primitives::simd::{dispatch, exp2_scalar, max_of, Kernel, Level, Simd};
 use crate::problem::Problem;
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef};
 use plan::{Head, Piece};
@@ -143,7 +143,8 @@ impl Kernel for Online<'_> {
         let nk = self.nk;
         let split = nk - nk % S::LANES;
         for (r, row) in self.s.chunks_exact_mut(nk).enumerate() {
-            let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            // SAFETY: `dispatch` runs this at a level the CPU has.
+            let mx = unsafe { max_of::<S>(row) };
             let m_new = self.m[r].max(mx);
             if m_new == f32::NEG_INFINITY {
                 row.fill(0.0);

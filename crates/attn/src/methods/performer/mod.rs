@@ -20,7 +20,7 @@ use crate::par::Par;
 use crate::params::Resolved;
 use crate::primitives::gemm::{gemm, gemm_at_add, gemm_bt};
 use crate::primitives::rng::{purpose, Key, Stream};
-use crate::primitives::simd::{dispatch, exp2_scalar, Kernel, Level, Simd};
+use crate::primitives::simd::{dispatch, exp2_scalar, max_of, Kernel, Level, Simd};
 use crate::problem::Problem;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -342,7 +342,8 @@ impl Kernel for Stabilise<'_> {
             .zip(self.c.iter_mut())
             .zip(self.amax.iter_mut())
         {
-            let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            // SAFETY: `dispatch` runs this at a level the CPU has.
+            let mx = unsafe { max_of::<S>(row) };
             let split = m - m % S::LANES;
             // SAFETY: `dispatch` runs this at a level the CPU has; every pointer is in `row`.
             unsafe {

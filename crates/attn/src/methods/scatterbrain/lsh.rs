@@ -16,7 +16,7 @@ use crate::methods::performer::FeatureMap;
 use crate::params::Resolved;
 use crate::primitives::merge::merge_weights;
 use crate::primitives::rng::{purpose, Key, Stream};
-use crate::primitives::simd::{exp2_scalar, Kernel, Simd};
+use crate::primitives::simd::{exp2_scalar, max_of, Kernel, Simd};
 use crate::problem::Problem;
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
 
@@ -237,7 +237,8 @@ fn features<S: Simd>(omt: &[f32], m: usize, d: usize, x: &[f32], out: &mut [f32]
     mm(out, x, omt, [n, d, m]);
     for (i, ci) in c.iter_mut().enumerate() {
         let row = &mut out[i * m..(i + 1) * m];
-        let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        // SAFETY: the callers run inside a `Kernel` at a level the CPU has.
+        let mx = unsafe { max_of::<S>(row) };
         exp_shift::<S>(row, mx);
         let xi = &x[i * d..(i + 1) * d];
         *ci = mx - 0.5 * dot_fixed(xi, xi);
