@@ -176,9 +176,9 @@ impl Kernel for WorkerLoop<'_, '_> {
     #[inline(always)]
     fn run<S: Simd>(self) {
         match S::LEVEL {
-            Level::Avx512 => worker_loop::<S, 6, 4>(self.sh, self.wk),
-            Level::Avx2 => worker_loop::<S, 6, 2>(self.sh, self.wk),
-            Level::Scalar => worker_loop::<S, 4, 4>(self.sh, self.wk),
+            Level::Avx512 => worker_loop::<S, 6, 4, 2>(self.sh, self.wk),
+            Level::Avx2 => worker_loop::<S, 6, 2, 1>(self.sh, self.wk),
+            Level::Scalar => worker_loop::<S, 4, 4, 2>(self.sh, self.wk),
         }
     }
 }
@@ -281,7 +281,11 @@ pub fn forward_at(
 }
 
 #[inline(always)]
-fn worker_loop<S: Simd, const MR: usize, const NV: usize>(sh: &Shared, wk: &mut Worker) {
+/// `NH = NV / 2`: the vectors of a half panel (see [`tile_forward`]).
+fn worker_loop<S: Simd, const MR: usize, const NV: usize, const NH: usize>(
+    sh: &Shared,
+    wk: &mut Worker,
+) {
     let p = sh.p;
     let dv = p.d_v;
     let map = RowMap { g: p.group() };
@@ -308,7 +312,7 @@ fn worker_loop<S: Simd, const MR: usize, const NV: usize>(sh: &Shared, wk: &mut 
             qmul: sh.qmul,
         };
         let (r0, nrows) = (t * BR, BR.min(sh.rows - t * BR));
-        tile_forward::<S, MR, NV>(&ctx, r0, nrows, wk);
+        tile_forward::<S, MR, NV, NH>(&ctx, r0, nrows, wk);
         // Write the finished rows. SAFETY: row (b, h, i) belongs to this tile alone.
         for r in 0..nrows {
             let (i, h) = map.row(hk, r0 + r);
@@ -340,7 +344,7 @@ struct TileCtx<'a> {
 /// One query tile (`nrows` stacked rows from `r0`) against every key tile it can see; leaves the
 /// unnormalised accumulator in `wk.o` and the row states in `wk.state`.
 #[inline(always)]
-fn tile_forward<S: Simd, const MR: usize, const NV: usize>(
+fn tile_forward<S: Simd, const MR: usize, const NV: usize, const NH: usize>(
     c: &TileCtx,
     r0: usize,
     nrows: usize,
@@ -414,16 +418,29 @@ fn tile_forward<S: Simd, const MR: usize, const NV: usize>(
                 if cover == Cover::Empty || khi <= k0 || klo >= k1 {
                     continue;
                 }
+                // Where the block sees only one half of the panel (the diagonal of a causal
+                // mask, the edge of a window), only that half is computed: the softmax span
+                // [a, z) below is lane-aligned and so never reaches into the other half.
+                let half = w / 2;
+                let (off, n) = if NH > 0 && khi <= k0 + half {
+                    (0, NH)
+                } else if NH > 0 && klo >= k0 + half {
+                    (half, NH)
+                } else {
+                    (0, NV)
+                };
                 // SAFETY: q holds nrows_pad ≥ (bi + 1)·MR rows of D; the panel holds D × w
-                // floats; s holds BR rows of BC.
+                // floats and off + n·lanes ≤ w; s holds BR rows of BC.
                 unsafe {
-                    s_panel::<S, MR, NV>(
-                        wk.q[bi * MR * d..].as_ptr(),
-                        d,
-                        ktile[pnl * d * w..].as_ptr(),
-                        wk.s[bi * MR * BC + k0..].as_mut_ptr(),
-                        wk.rmax[bi * MR * S::LANES..].as_mut_ptr(),
-                    )
+                    let (q, k) =
+                        (wk.q[bi * MR * d..].as_ptr(), ktile[pnl * d * w + off..].as_ptr());
+                    let s = wk.s[bi * MR * BC + k0 + off..].as_mut_ptr();
+                    let rmax = wk.rmax[bi * MR * S::LANES..].as_mut_ptr();
+                    if n == NV {
+                        s_panel::<S, MR, NV>(q, d, k, w, s, rmax)
+                    } else {
+                        s_panel::<S, MR, NH>(q, d, k, w, s, rmax)
+                    }
                 }
             }
         }
@@ -509,20 +526,22 @@ fn tile_forward<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
-/// `s[r, 0..W] = Σ_d q[d, r] · panel[d, 0..W]` for `MR` rows (`q` block-transposed `[D][MR]`); `W = NV·lanes`, `s` row stride `BC`.
+/// `s[r, 0..W] = Σ_d q[d, r] · panel[d, 0..W]` for `MR` rows (`q` block-transposed `[D][MR]`);
+/// `W = NV·lanes` keys, panel row stride `ld ≥ W`, `s` row stride `BC`.
 /// `rmax[r]` (one vector per row) becomes the lane-wise maximum of itself and the row's scores.
 #[inline(always)]
 unsafe fn s_panel<S: Simd, const MR: usize, const NV: usize>(
     q: *const f32,
     d: usize,
     k: *const f32,
+    ld: usize,
     s: *mut f32,
     rmax: *mut f32,
 ) {
     unsafe {
         let mut acc = [[S::splat(0.0); NV]; MR];
         for dd in 0..d {
-            let kr = k.add(dd * NV * S::LANES);
+            let kr = k.add(dd * ld);
             let mut kv = [S::splat(0.0); NV];
             for (v, x) in kv.iter_mut().enumerate() {
                 *x = S::load(kr.add(v * S::LANES));
