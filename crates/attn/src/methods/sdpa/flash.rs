@@ -152,6 +152,7 @@ struct Shared<'a> {
     group: &'a [(usize, usize)],
     kpack: &'a [f32],
     vpack: &'a [f32],
+    vdirect: Option<&'a [f32]>,
     k_len: usize,
     v_len: usize,
     dv_pad: usize,
@@ -204,7 +205,17 @@ pub fn forward_at(
     let k_len = plan.s_kv_pad * d;
     let v_len = plan.s_kv_pad * dv_pad;
     let mut kpack = Scratch::take(plan.heads_per_group * k_len);
-    let mut vpack = Scratch::take(plan.heads_per_group * v_len);
+    // Values that are f32 rows of exactly one chunk, stored contiguously, already have the packed
+    // layout ([S_kv][w], the chunk of every tile at offset j0·D_v): P·V reads them in place.
+    let vdirect = match inputs.v.data() {
+        Data::F32(x)
+            if inputs.v.strides()[3] == 1 && inputs.v.strides()[2] == p.d_v && p.d_v == w =>
+        {
+            Some(x)
+        }
+        _ => None,
+    };
+    let mut vpack = Scratch::take(if vdirect.is_some() { 0 } else { plan.heads_per_group * v_len });
     let workers: Vec<Mutex<Worker>> = (0..plan.threads)
         .map(|_| {
             Mutex::new(Worker {
@@ -243,6 +254,9 @@ pub fn forward_at(
                     std::slice::from_raw_parts_mut(kp.get().add(gi * k_len + kt * BC * d), BC * d)
                 };
                 pack_k_tile(&inputs.k, b, hk, kt * BC, w, &mut row, dst);
+                if vdirect.is_some() {
+                    continue;
+                }
                 // SAFETY: as above, for V.
                 let dst = unsafe {
                     std::slice::from_raw_parts_mut(
@@ -262,6 +276,7 @@ pub fn forward_at(
             group,
             kpack: &kpack,
             vpack: &vpack,
+            vdirect,
             k_len,
             v_len,
             dv_pad,
@@ -307,7 +322,13 @@ fn worker_loop<S: Simd, const MR: usize, const NV: usize, const NH: usize>(
             hk,
             map,
             kpack: &sh.kpack[gi * sh.k_len..(gi + 1) * sh.k_len],
-            vpack: &sh.vpack[gi * sh.v_len..(gi + 1) * sh.v_len],
+            vpack: match sh.vdirect {
+                Some(x) => {
+                    let o = sh.inputs.v.offset(b, hk, 0, 0);
+                    &x[o..o + p.s_kv * dv]
+                }
+                None => &sh.vpack[gi * sh.v_len..(gi + 1) * sh.v_len],
+            },
             dv_pad: sh.dv_pad,
             qmul: sh.qmul,
         };
