@@ -13,7 +13,9 @@ method spec with the same budget:
 |                                 | performer:features=m,eps=ε with the peer's kernel ε (1e-4)      |
 | reformer_lsh (bucket c, R hashes)| reformer:chunk=c,n_hashes=R  (K := Q: shared-QK, keys normalised by both) |
 | hyper_attn (r, block, samples, min_seq_len) | hyper:projections=r,block=..,samples=..,min_seq_len=.. |
-| routing_kmeans (window w)       | routing:clusters=n/w,window=w,local=1 (routed heads only)      |
+| routing_kmeans (window w)       | routing:clusters=n/w,window=w,local=1 (routed heads only), and  |
+|                                 | routing:clusters=n/w,window=w,local=0,combine=average (the      |
+|                                 | peer's scatter-back: per-cluster outputs averaged, 0 when none)  |
 | scatterbrain (SBSmyrf: R, c, m) | scatterbrain:sparse=lsh,n_hashes=R,cluster=c,features=m, and    |
 |                                 | the same with eps=1e-4 (the harness's softmax_eps)              |
 | scatterbrain_local (w, m)       | scatterbrain:window=w,features=m                               |
@@ -90,6 +92,10 @@ def attn_specs(peer, setting, n, d):
     if peer == "scatterbrain":
         # Unbiased (ε = 0), and at the harness's softmax_eps for fly's SBSmyrf.
         return [spec, f"{spec},eps={SCATTERBRAIN_EPS}"]
+    if peer == "routing_kmeans":
+        # attn's union softmax (a stranded query joins its nearest cluster), and the peer's
+        # algorithm: no diagonal, the average of the per-cluster outputs, 0 for a stranded query.
+        return [spec, spec.replace(",local=1", ",local=0") + ",combine=average"]
     return [spec]
 
 

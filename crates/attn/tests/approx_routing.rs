@@ -1,10 +1,12 @@
 //! Routing Transformer attention (spec §6 (f)): one cluster gives exact attention; the fast path
 //! equals the f64 reference over the same routing at small windows; rows sum to 1; every key in
 //! a query's support is routed there or local; causality (bitwise); the seed decides the
-//! output; loaded centroids; the k-means finds well-separated directions; typed errors.
+//! output; loaded centroids; the k-means finds well-separated directions; typed errors;
+//! `combine=average` (spec §6.2 step 5): the union where each token has one cluster, 0 for a
+//! stranded query, the hand-computed mean of two clusters.
 
 use attn::methods::pattern::{Fast, Reference};
-use attn::methods::routing::{Balance, Centroids, Routing};
+use attn::methods::routing::{Balance, Centroids, Combine, Routing, AVERAGE_EPS};
 use attn::{Error, Inputs, Mask, Method, OutputMut, Par, Params, Problem, Registry, TensorRef};
 use attn_testing::cases::{case, MaskSpec};
 use attn_testing::Qkv;
@@ -86,6 +88,7 @@ fn fast_equals_reference_at_small_windows() {
         sink: 0,
         seed: 7,
         balance: Balance::Auto,
+        combine: Combine::Union,
         centroids: None,
     };
     const MULTI: Routing = Routing {
@@ -98,6 +101,7 @@ fn fast_equals_reference_at_small_windows() {
         sink: 0,
         seed: 1,
         balance: Balance::Auto,
+        combine: Combine::Union,
         centroids: None,
     };
     // Pairs sharing several clusters (the −ln c_ij correction), sinks overlapping the windows.
@@ -111,6 +115,7 @@ fn fast_equals_reference_at_small_windows() {
         sink: 3,
         seed: 2,
         balance: Balance::Auto,
+        combine: Combine::Union,
         centroids: None,
     };
     // Balanced top-w with several clusters per token (stranded queries, pairs sharing
@@ -125,6 +130,7 @@ fn fast_equals_reference_at_small_windows() {
         sink: 2,
         seed: 5,
         balance: Balance::TopW,
+        combine: Combine::Union,
         centroids: None,
     };
     static REG: &[&dyn Method] = &[&Fast(SMALL), &Reference(SMALL)];
@@ -138,7 +144,13 @@ fn fast_equals_reference_at_small_windows() {
         case(1, [2, 2], [17, 300], 16).mask(MaskSpec::Causal),
         case(1, [1, 1], [1, 65], 8),
     ];
-    for reg in [REG, REG2, REG3] {
+    // Under causal (nearest routing): clusters whose keys all come later, sinks and windows
+    // inside every cluster's softmax.
+    const AVG_DUP: Routing = Routing { combine: Combine::Average, ..DUP };
+    const AVG_MULTI: Routing = Routing { combine: Combine::Average, ..MULTI };
+    static REG8: &[&dyn Method] = &[&Fast(AVG_DUP), &Reference(AVG_DUP)];
+    static REG9: &[&dyn Method] = &[&Fast(AVG_MULTI), &Reference(AVG_MULTI)];
+    for reg in [REG, REG2, REG3, REG8, REG9] {
         let reg = Registry::new(reg);
         let m = reg.get("routing").unwrap();
         let cfg = SuiteConfig { registry: reg, cases: cases.clone(), ..SuiteConfig::for_method(m) };
@@ -156,7 +168,13 @@ fn fast_equals_reference_at_small_windows() {
         case(1, [1, 1], [130, 40], 8),
         case(1, [1, 1], [1, 65], 8),
     ];
-    for reg in [REG4, REG5] {
+    // combine=average: per-cluster softmaxes with the sinks and windows inside each, stranded
+    // queries (top-w) left at 0, keys in several clusters without a correction.
+    const AVG_TOPW: Routing = Routing { combine: Combine::Average, ..TOPW };
+    const AVG_WIDE: Routing = Routing { combine: Combine::Average, ..TOPW_WIDE };
+    static REG6: &[&dyn Method] = &[&Fast(AVG_TOPW), &Reference(AVG_TOPW)];
+    static REG7: &[&dyn Method] = &[&Fast(AVG_WIDE), &Reference(AVG_WIDE)];
+    for reg in [REG4, REG5, REG6, REG7] {
         let reg = Registry::new(reg);
         let m = reg.get("routing").unwrap();
         let cfg = SuiteConfig { registry: reg, cases: cases.clone(), ..SuiteConfig::for_method(m) };
@@ -400,6 +418,8 @@ fn causal_rows_ignore_future_keys_bitwise() {
         "routing:window=16,local=4",
         "routing:clusters=3,memberships=2",
         "routing-reference:window=20",
+        "routing:clusters=3,memberships=2,local=4,combine=average",
+        "routing-reference:window=20,sink=2,combine=average",
     ] {
         let base = x.run(spec, &Params::causal()).unwrap();
         let cut = 123;
@@ -523,6 +543,13 @@ fn parameters_and_rejections_are_typed() {
     assert!(matches!(x.run("routing:iters=-1", &p), Err(Error::BadParam { .. })));
     assert!(matches!(x.run("routing:clusters=100000", &p), Err(Error::BadParam { .. })));
     assert!(matches!(x.run("routing:buckets=2", &p), Err(Error::UnknownParam { .. })));
+    assert!(matches!(x.run("routing:combine=mean", &p), Err(Error::BadParam { .. })));
+    assert!(matches!(x.run("routing:combine=", &p), Err(Error::BadParam { .. })));
+    assert!(matches!(
+        x.run("routing:combine=average,balance=topw", &Params::causal()),
+        Err(Error::Unsupported { .. })
+    ));
+    assert!(x.run("routing:combine=average,local=0,sink=0", &p).is_ok());
     let window = Params::default().with_mask(Mask::sliding_window(4));
     assert!(matches!(x.run("routing", &window), Err(Error::Unsupported { .. })));
     assert!(x.run("routing:clusters=3,window=2,iters=0,memberships=2,local=0,seed=5", &p).is_ok());
@@ -564,6 +591,125 @@ fn loaded_centroids_are_permutation_equivariant() {
         assert!((lb[t] - la[u]).abs() < 1e-5, "lse row {t}");
         for e in 0..d {
             assert!((b[t * d + e] - a[u * d + e]).abs() < 1e-5, "row {t} col {e}");
+        }
+    }
+}
+
+/// `combine=average` where every token is in exactly one cluster (nearest routing with `r = 1`,
+/// or one top-`w` cluster holding everything) is the union softmax divided by `1 + 1e-5` (the
+/// port's constant), with the same log-sum-exp; sinks and windows inside, both masks, GQA.
+#[test]
+fn average_with_one_cluster_per_token_is_the_union() {
+    let x = qkv(21, [1, 4, 2], 90, 16);
+    for params in [Params::default(), Params { q_offset: Some(3), ..Params::causal() }] {
+        for base in [
+            "routing:window=16,balance=nearest,local=3,sink=2",
+            "routing:clusters=5,balance=nearest,local=0",
+            "routing-reference:window=16,balance=nearest,local=5",
+            "routing:clusters=1,local=2",
+        ] {
+            let u = x.run(base, &params).unwrap();
+            let a = x.run(&format!("{base},combine=average"), &params).unwrap();
+            assert_eq!(u.stats, a.stats, "{base}");
+            let k = 1.0 / (1.0 + AVERAGE_EPS as f64);
+            for (i, (g, w)) in a.o.iter().zip(&u.o).enumerate() {
+                let want = *w as f64 * k;
+                let err = (*g as f64 - want).abs();
+                // Tight enough to tell `/ (1 + 1e-5)` from `/ 1`.
+                assert!(err <= 5e-7 + 2e-6 * want.abs(), "{base} o[{i}]: {g} vs {want}");
+            }
+            for (i, (g, w)) in a.lse.iter().zip(&u.lse).enumerate() {
+                let ok = if *w == f32::NEG_INFINITY {
+                    *g == f32::NEG_INFINITY
+                } else {
+                    (g - w).abs() <= 1e-5 + 1e-5 * w.abs()
+                };
+                assert!(ok, "{base} lse[{i}]: {g} vs {w}");
+            }
+        }
+    }
+}
+
+/// Spec §6.2 step 5: under balanced top-`w` routing, a query no cluster selected gets `o = 0`
+/// and `lse = −∞` with `combine=average` — also with a local window and sinks, which live inside
+/// the clusters' softmaxes — and is not moved to its nearest cluster, so fewer pairs are scored
+/// than under `union` (which gives it that cluster's `w_k` keys).
+#[test]
+fn average_gives_a_stranded_query_zero() {
+    let (n, d) = (64, 8);
+    let x = qkv(22, [1, 1, 1], n, d);
+    let inputs = x.tensors();
+    let p = Problem::from_tensors(&inputs.q, &inputs.k, &inputs.v).unwrap();
+    let r = Params::default().resolve(&p).unwrap();
+    let cfg = Routing { clusters: 8, local: 0, combine: Combine::Average, ..Routing::DEFAULT };
+    let routes = cfg.routes(&p, &inputs, &r, 0, 0);
+    let stranded: Vec<usize> = (0..n).filter(|&i| routes.clusters_of(i).is_empty()).collect();
+    assert!(!stranded.is_empty(), "no stranded query in this case");
+    assert!(stranded.len() < n);
+    for local in [0, 3] {
+        let cfg = Routing { local, sink: local, ..cfg.clone() };
+        let union = Routing { combine: Combine::Union, ..cfg.clone() };
+        for m in [&Fast(cfg.clone()) as &dyn Method, &Reference(cfg.clone())] {
+            let (o, lse, pairs) = run_method(m, &x, &Params::default());
+            for i in 0..n {
+                let empty = stranded.contains(&i);
+                assert_eq!(lse[i] == f32::NEG_INFINITY, empty, "local {local} row {i}");
+                if empty {
+                    assert!(o[i * d..(i + 1) * d].iter().all(|&v| v == 0.0), "row {i}");
+                }
+            }
+            let (_, _, union_pairs) = run_method(&Fast(union.clone()), &x, &Params::default());
+            assert!(pairs < union_pairs, "{pairs} vs union {union_pairs}");
+        }
+    }
+}
+
+/// A query in two clusters gets the mean of its two softmax outputs, `(o₀ + o₁) / (2 + 1e-5)`,
+/// computed by hand: loaded centroids `e₀`, `e₁`; keys 0, 1 lie near `e₀`, keys 2, 3 near `e₁`;
+/// every query joins both clusters (nearest with `r = 2`, or top-`w` with `w_q = S_q`, `w_k =
+/// 2`). `lse` = the log of the mean of the two clusters' masses.
+#[test]
+fn average_of_two_clusters_is_the_mean_of_their_softmaxes() {
+    let (n, d) = (4, 2);
+    let mut x = qkv(23, [1, 1, 1], n, d);
+    x.k = vec![2.0, 0.1, 1.0, -0.2, 0.1, 1.5, -0.3, 2.0];
+    x.q = vec![0.5, -1.0, 1.5, 0.25, -0.75, 0.5, 0.0, 1.0];
+    x.v = vec![1.0, -2.0, 0.5, 3.0, -1.0, 0.25, 2.0, 1.5];
+    let scale = 1.0 / (d as f64).sqrt();
+    let centroids = Centroids::new(vec![1.0, 0.0, 0.0, 1.0], [1, 2, d]).unwrap();
+    for balance in [Balance::Nearest, Balance::TopW] {
+        let cfg = Routing {
+            memberships: 2,
+            local: 0,
+            balance,
+            combine: Combine::Average,
+            ..Routing::with_centroids(centroids.clone())
+        };
+        for m in [&Fast(cfg.clone()) as &dyn Method, &Reference(cfg.clone())] {
+            let (o, lse, _) = run_method(m, &x, &Params::default());
+            for i in 0..n {
+                let z = |j: usize| {
+                    scale
+                        * (x.q[i * d] as f64 * x.k[j * d] as f64
+                            + x.q[i * d + 1] as f64 * x.k[j * d + 1] as f64)
+                };
+                // Softmax over keys {j0, j1}: (output, lse).
+                let soft = |j0: usize, j1: usize| {
+                    let (e0, e1) = (z(j0).exp(), z(j1).exp());
+                    let o: Vec<f64> = (0..d)
+                        .map(|e| {
+                            (e0 * x.v[j0 * d + e] as f64 + e1 * x.v[j1 * d + e] as f64) / (e0 + e1)
+                        })
+                        .collect();
+                    (o, (e0 + e1).ln())
+                };
+                let ((o0, l0), (o1, l1)) = (soft(0, 1), soft(2, 3));
+                let want: Vec<f64> =
+                    (0..d).map(|e| (o0[e] + o1[e]) / (2.0 + AVERAGE_EPS as f64)).collect();
+                assert_close(&format!("{balance:?} o row {i}"), &o[i * d..(i + 1) * d], &want);
+                let want_lse = ((l0.exp() + l1.exp()) / 2.0).ln();
+                assert_close(&format!("{balance:?} lse row {i}"), &lse[i..i + 1], &[want_lse]);
+            }
         }
     }
 }

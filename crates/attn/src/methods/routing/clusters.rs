@@ -7,7 +7,7 @@
 //! attn's SIMD level), so the support is bitwise the same at every attn SIMD level and thread
 //! count on one machine.
 
-use super::{Balance, Routing};
+use super::{Balance, Combine, Routing};
 use crate::dispatch::Inputs;
 use crate::error::{Error, Result};
 use crate::mask::Mask;
@@ -96,7 +96,7 @@ pub struct Routes {
     /// Clusters `C` (fewer than asked when the fit set has fewer vectors).
     pub clusters: usize,
     /// The most clusters one query is in (`r` under nearest routing; under top-`w`, between 1
-    /// and `C`).
+    /// and `C`, or 0 to `C` with [`Combine::Average`], which leaves stranded queries in none).
     pub memberships: usize,
     /// The most clusters one key is in (`r_k` under nearest routing; under top-`w`, 0 to `C`).
     pub key_memberships: usize,
@@ -562,7 +562,9 @@ impl Routing {
                 Balance::TopW => {
                     let (wq, wk) = Self::balanced_sizes(r, rk, c, p.s_q, p.s_kv);
                     (
-                        top_w(&qn, &centroids, d, wq, true, &mut buf),
+                        // Union: a query no cluster took joins its nearest; average (the
+                        // spec's step 5): it stays in none and gets 0.
+                        top_w(&qn, &centroids, d, wq, self.combine == Combine::Union, &mut buf),
                         top_w(&kn, &centroids, d, wk, false, &mut buf),
                     )
                 }

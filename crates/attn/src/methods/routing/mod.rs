@@ -1,7 +1,9 @@
 //! Routing Transformer attention (spec §6): queries and keys routed to the clusters of a
 //! spherical k-means (fitted on the call's own unit queries and keys — the training-free mode —
 //! or loaded), each query attending with an exact softmax to the keys of its clusters plus a
-//! local window; see `README.md` in this folder.
+//! local window — one softmax over the union of its clusters (`combine=union`, the default), or
+//! the spec's average of one softmax per cluster (`combine=average`, §6.2 step 5); see
+//! `README.md` in this folder.
 //!
 //! - [`clusters`]: the centroids and the routing, shared by both implementations (f32 with a
 //!   fixed summation order, so the support is bitwise the same at every SIMD level and thread
@@ -55,6 +57,34 @@ impl Balance {
     }
 }
 
+/// How a query's per-cluster attention becomes its output (spec §6.2 step 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Combine {
+    /// [library choice] One softmax over the union of the query's clusters' keys (each pair
+    /// counted once: the LSE merge with the `− ln c_ij` correction); a query no top-`w` cluster
+    /// took joins its nearest cluster (the default).
+    Union,
+    /// The spec's scatter-back: one ordinary softmax per cluster that selected the query (over
+    /// that cluster's keys plus the sinks and local window), the output
+    /// `Σ_c o_c / (count + `[`AVERAGE_EPS`]`)`; a query no cluster selected gets `o = 0`,
+    /// `lse = −∞` (it is not moved to its nearest cluster).
+    Average,
+}
+
+impl Combine {
+    /// The parameter value: `union` or `average`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Combine::Union => "union",
+            Combine::Average => "average",
+        }
+    }
+}
+
+/// The constant added to a query's cluster count under [`Combine::Average`]: the pip port's
+/// `scatter_mean` (`sum / (count + 1e-5)`; the official code adds 0.01).
+pub const AVERAGE_EPS: f32 = 1e-5;
+
 /// `routing`: k-means routing of queries and keys, attention inside the clusters plus a local
 /// window.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +108,8 @@ pub struct Routing {
     /// Cluster assignment: nearest centroid or balanced top-`w` (`Auto`: top-`w` without a mask,
     /// nearest under causal).
     pub balance: Balance,
+    /// Union softmax over the query's clusters, or the average of per-cluster softmaxes.
+    pub combine: Combine,
     /// Loaded centroids `[H, C, D]`; `None` fits them on the input.
     pub centroids: Option<Arc<Centroids>>,
 }
@@ -86,7 +118,7 @@ impl Routing {
     /// Defaults: `C = ⌈S_kv/512⌉` (official window), 10 k-means iterations (port), one cluster per
     /// query and per key, a local window of 256 (the port's local attention window, spec §6.3; the
     /// paper pairs routing heads with local heads), no sinks, seed 0, centroids fitted on the
-    /// input.
+    /// input, one softmax over the union of the query's clusters.
     pub const DEFAULT: Routing = Routing {
         clusters: 0,
         window: 512,
@@ -97,6 +129,7 @@ impl Routing {
         sink: 0,
         seed: 0,
         balance: Balance::Auto,
+        combine: Combine::Union,
         centroids: None,
     };
 
@@ -264,6 +297,11 @@ impl SparseConfig for Routing {
                 value: self.balance.name().into(),
                 doc: "cluster assignment: topw = each cluster takes its ceil(S/C)*r most similar queries and ceil(S/C)*r_k keys (balanced, official; not causal), nearest = each token its nearest centroids; auto = topw without a mask, nearest under causal",
             },
+            ParamInfo {
+                name: "combine",
+                value: self.combine.name().into(),
+                doc: "union = one softmax over the union of the query's clusters (a query no cluster took joins its nearest); average = the spec's scatter-back: per-cluster softmaxes averaged, sum / (count + 1e-5), 0 for a query no cluster took",
+            },
         ]
     }
 
@@ -310,6 +348,13 @@ impl SparseConfig for Routing {
                     "nearest" => Balance::Nearest,
                     "topw" => Balance::TopW,
                     _ => return Err(bad("auto, nearest or topw")),
+                }
+            }
+            "combine" => {
+                self.combine = match value {
+                    "union" => Combine::Union,
+                    "average" => Combine::Average,
+                    _ => return Err(bad("union or average")),
                 }
             }
             _ => return Err(unknown(self, key)),
@@ -377,8 +422,15 @@ impl SparseConfig for Routing {
             _ => routes + 4 * c * s + 5 * s + 8 * (p.s_q + p.s_kv) * (r + 1),
         };
         match exec {
-            Exec::Reference => routes + 8 * (p.s_kv * 2 + p.d_v),
-            Exec::Fast => par.threads().min(p.b * p.h).max(1) * (routes + tiled::Work::bytes(p)),
+            Exec::Reference => routes + 8 * (p.s_kv * 2 + 2 * p.d_v),
+            Exec::Fast => {
+                // Average: the sinks-and-window piece of every row kept apart, S_q × (D_v + 1).
+                let fixed = match self.combine {
+                    Combine::Union => 0,
+                    Combine::Average => 4 * p.s_q * (p.d_v + 1),
+                };
+                par.threads().min(p.b * p.h).max(1) * (routes + fixed + tiled::Work::bytes(p))
+            }
         }
     }
 }

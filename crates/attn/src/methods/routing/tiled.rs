@@ -4,11 +4,13 @@
 //! GEMM (`primitives::gemm`) for the scores, the masks (causal; sinks and local window taken out; `− ln c_ij` when a
 //! pair shares several clusters), the shared online
 //! softmax ([`RowState`], vector `exp2`), a GEMM for `P·V`; each row's piece LSE-merged into
-//! its output. Then the sinks and local windows, in tiles of consecutive queries. One head
-//! per job, heads in parallel; a head is sequential, so the result is the same bits at any
-//! thread count.
+//! its output. Then the sinks and local windows, in tiles of consecutive queries. With
+//! `combine=average` the sinks and windows come first, kept apart, and each row's piece of a
+//! cluster is merged with them (that cluster's own softmax) and added to the row's sum, divided
+//! by `count + 1e-5` at the end. One head per job, heads in parallel; a head is sequential, so
+//! the result is the same bits at any thread count.
 
-use super::{Routes, Routing, KEY_TILE, ROW_TILE};
+use super::{Combine, Routes, Routing, AVERAGE_EPS, KEY_TILE, ROW_TILE};
 use crate::dispatch::{Inputs, OutputMut};
 use crate::mask::Mask;
 use crate::methods::pattern::for_each_head;
@@ -50,6 +52,10 @@ pub struct Work {
     /// set, so `c_ij` is one popcount (`S_q` and `S_kv` entries; empty otherwise).
     qmask: Vec<u64>,
     kmask: Vec<u64>,
+    /// Average only: every row's sinks-and-window piece, `S_q × D_v` and `S_q` (empty
+    /// otherwise).
+    fo: Vec<f32>,
+    flse: Vec<f32>,
 }
 
 /// Clusters up to which [`Work`] keeps the cluster sets as `u64` bit sets.
@@ -71,6 +77,8 @@ impl Work {
             mark: Vec::new(),
             qmask: Vec::with_capacity(p.s_q),
             kmask: Vec::with_capacity(p.s_kv),
+            fo: Vec::new(),
+            flse: Vec::new(),
         }
     }
 
@@ -98,6 +106,16 @@ impl Kernel for Softmax<'_> {
             *a = unsafe { st.update::<S>(row, LOG2_E) };
         }
     }
+}
+
+/// Where [`Head::attend`] puts each row's piece.
+enum Dest<'a> {
+    /// LSE-merged into the row's output: the union softmax.
+    Merge,
+    /// Merged with the row's sinks-and-window piece `(fo, flse)` (the cluster's own softmax over
+    /// its keys and the fixed ones), then added to the row's output (a sum over its clusters)
+    /// and its log-sum-exp to the row's running log-sum-exp.
+    Average { fo: &'a [f32], flse: &'a [f32] },
 }
 
 /// Which part of the support a call of [`Head::attend`] computes.
@@ -132,6 +150,7 @@ impl Head<'_> {
         rows: &[u32],
         keys: &[u32],
         piece: Piece,
+        dest: &Dest,
         o: &mut [f32],
         lse: &mut [f32],
     ) {
@@ -269,6 +288,31 @@ impl Head<'_> {
             }
             for (r, &i) in rt.iter().enumerate() {
                 let (inv_l, piece_lse) = w.st[r].finish();
+                if let Dest::Average { fo, flse } = dest {
+                    let i = i as usize;
+                    let y = &w.acc[r * dv..(r + 1) * dv];
+                    let out = &mut o[i * dv..(i + 1) * dv];
+                    let f = &fo[i * dv..(i + 1) * dv];
+                    // This cluster's softmax: the piece merged with the fixed keys' piece.
+                    let (a, c, cl_lse) = if piece_lse == f32::NEG_INFINITY {
+                        (1.0, 0.0, flse[i])
+                    } else {
+                        let (a, c, m) = merge_weights(flse[i], piece_lse);
+                        (a, c * inv_l, m)
+                    };
+                    if cl_lse == f32::NEG_INFINITY {
+                        continue; // an empty softmax: adds 0 (the count still holds it)
+                    }
+                    match (a == 0.0, c == 0.0) {
+                        (true, _) => out.iter_mut().zip(y).for_each(|(x, y)| *x += y * c),
+                        (_, true) => out.iter_mut().zip(f).for_each(|(x, f)| *x += a * f),
+                        _ => out.iter_mut().zip(f.iter().zip(y)).for_each(|(x, (f, y))| {
+                            *x += a * f + c * y;
+                        }),
+                    }
+                    lse[i] = merge_weights(lse[i], cl_lse).2;
+                    continue;
+                }
                 if piece_lse == f32::NEG_INFINITY {
                     continue; // no key in this piece
                 }
@@ -293,14 +337,17 @@ impl Head<'_> {
         }
     }
 
-    /// The whole head: routing, every cluster, then the local windows. Returns the pairs scored.
+    /// The whole head: routing, every cluster, then the local windows (average: the local
+    /// windows first). Returns the pairs scored.
     fn run(&self, w: &mut Work, o: &mut [f32], lse: &mut [f32]) -> u64 {
         let (p, params, cfg) = (self.p, self.params, self.cfg);
         o.fill(0.0);
         lse.fill(f32::NEG_INFINITY);
         let routes = cfg.routes(p, self.inputs, params, self.b, self.h);
-        // A pair can share several clusters only when queries and keys both have several.
-        let dup = routes.memberships > 1 && routes.key_memberships > 1;
+        let average = cfg.combine == Combine::Average;
+        // A pair can share several clusters only when queries and keys both have several (the
+        // average takes one softmax per cluster: no correction).
+        let dup = !average && routes.memberships > 1 && routes.key_memberships > 1;
         w.ln_count = (0..=routes.memberships).map(|c| (c.max(1) as f32).ln()).collect();
         w.mark.clear();
         w.mark.resize(routes.clusters, false);
@@ -311,14 +358,53 @@ impl Head<'_> {
             w.qmask.extend((0..p.s_q).map(|i| bits(routes.clusters_of(i))));
             w.kmask.extend((0..p.s_kv).map(|j| bits(routes.clusters_of_key(j))));
         }
+        if !average {
+            for c in 0..routes.clusters {
+                let rows = routes.cluster_queries(c);
+                if rows.is_empty() || routes.cluster_keys(c).is_empty() {
+                    continue;
+                }
+                let rs = if dup { Some(&routes) } else { None };
+                let keys = routes.cluster_keys(c);
+                self.attend(w, rs, rows, keys, Piece::Cluster, &Dest::Merge, o, lse);
+            }
+            self.fixed(w, o, lse);
+            return cfg.scored_pairs(&routes, params, p.s_q, p.s_kv);
+        }
+        // Average: the fixed piece of every row first, kept apart.
+        let (mut fo, mut flse) = (std::mem::take(&mut w.fo), std::mem::take(&mut w.flse));
+        fo.clear();
+        fo.resize(p.s_q * p.d_v, 0.0);
+        flse.clear();
+        flse.resize(p.s_q, f32::NEG_INFINITY);
+        self.fixed(w, &mut fo, &mut flse);
+        let dest = Dest::Average { fo: &fo, flse: &flse };
         for c in 0..routes.clusters {
             let rows = routes.cluster_queries(c);
-            if rows.is_empty() || routes.cluster_keys(c).is_empty() {
-                continue;
+            // A cluster without keys still gives its rows the softmax over their fixed keys.
+            if !rows.is_empty() {
+                self.attend(w, None, rows, routes.cluster_keys(c), Piece::Cluster, &dest, o, lse);
             }
-            let rs = if dup { Some(&routes) } else { None };
-            self.attend(w, rs, rows, routes.cluster_keys(c), Piece::Cluster, o, lse);
         }
+        // The mean over the query's clusters: Σ_c o_c / (n + 1e-5), lse = ln((1/n) Σ_c e^lse_c);
+        // a query in no cluster keeps o = 0, lse = −∞.
+        let dv = p.d_v;
+        for (i, (out, l)) in o.chunks_exact_mut(dv).zip(lse.iter_mut()).enumerate() {
+            let n = routes.clusters_of(i).len();
+            if n > 0 {
+                let inv = 1.0 / (n as f32 + AVERAGE_EPS);
+                out.iter_mut().for_each(|x| *x *= inv);
+                *l -= (n as f32).ln();
+            }
+        }
+        (w.fo, w.flse) = (fo, flse);
+        cfg.scored_pairs(&routes, params, p.s_q, p.s_kv)
+    }
+
+    /// The sinks and local windows of every row, in tiles of [`Routing::fixed_tile`]
+    /// consecutive queries, LSE-merged into `o` / `lse`.
+    fn fixed(&self, w: &mut Work, o: &mut [f32], lse: &mut [f32]) {
+        let (p, params, cfg) = (self.p, self.params, self.cfg);
         let mut rows: Vec<u32> = Vec::with_capacity(ROW_TILE);
         let mut keys: Vec<u32> = Vec::new();
         let tile = cfg.fixed_tile();
@@ -330,9 +416,8 @@ impl Head<'_> {
             }
             rows.clear();
             rows.extend(i0 as u32..i1 as u32);
-            self.attend(w, None, &rows, &keys, Piece::Fixed, o, lse);
+            self.attend(w, None, &rows, &keys, Piece::Fixed, &Dest::Merge, o, lse);
         }
-        cfg.scored_pairs(&routes, params, p.s_q, p.s_kv)
     }
 }
 
