@@ -18,8 +18,9 @@ use crate::schema::Row;
 /// The quality number on the y axis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Metric {
-    /// lm: perplexity change vs exact, %.
-    DeltaPpl,
+    /// lm: perplexity ÷ exact's perplexity (a ratio, so that methods off by 10⁵ % and those
+    /// within 1 % share one readable, logarithmic axis).
+    PplRatio,
     /// lm without an exact perplexity: KL to exact.
     Kl,
     /// embed: 1 − mean cosine to exact.
@@ -41,7 +42,7 @@ impl Metric {
                 if g.exact().and_then(|e| e.quality.perplexity).is_some_and(|p| p > 0.0)
                     && any(|r| r.quality.perplexity.is_some())
                 {
-                    Some(Self::DeltaPpl)
+                    Some(Self::PplRatio)
                 } else if any(|r| r.quality.kl_to_exact.is_some()) {
                     Some(Self::Kl)
                 } else {
@@ -67,7 +68,7 @@ impl Metric {
     pub fn value(self, r: &Row, exact: Option<&Row>) -> Option<f64> {
         let q = &r.quality;
         match self {
-            Self::DeltaPpl => delta_ppl_pct(r, exact),
+            Self::PplRatio => delta_ppl_pct(r, exact).map(|d| 1.0 + d / 100.0),
             Self::Kl => q.kl_to_exact,
             Self::OneMinusCos => q.cosine_mean.map(|c| 1.0 - c),
             Self::Pearson => q.pearson,
@@ -78,7 +79,7 @@ impl Metric {
 
     fn axis_title(self) -> &'static str {
         match self {
-            Self::DeltaPpl => "perplexity change vs exact, % (lower is better)",
+            Self::PplRatio => "perplexity ÷ exact perplexity (lower is better)",
             Self::Kl => "KL(exact ‖ method), nats (lower is better)",
             Self::OneMinusCos => "1 − mean cosine to exact (lower is better)",
             Self::Pearson => "Pearson r with human judgements (higher is better)",
@@ -90,7 +91,7 @@ impl Metric {
     fn short(self, v: f64) -> String {
         use crate::report::{num, signed};
         match self {
-            Self::DeltaPpl => format!("Δppl {} %", signed(Some(v), 3)),
+            Self::PplRatio => format!("Δppl {} %", signed(Some(100.0 * (v - 1.0)), 3)),
             Self::Kl => format!("KL {}", num(Some(v), 3)),
             Self::OneMinusCos => format!("1−cos {}", num(Some(v), 2)),
             Self::Pearson => format!("r {v:.4}"),
@@ -237,7 +238,15 @@ fn draw(
     let (xmin, xmax) = xv.iter().fold((f64::INFINITY, 0f64), |(a, b), &v| (a.min(v), b.max(v)));
     let log_x = xmax / xmin.max(f64::MIN_POSITIVE) > 10.0;
     let xs = Axis::fit(&xv, &[1.0], log_x, "×");
-    let ys = Axis::fit(&yv, &[], false, "");
+    // The perplexity ratio goes on a logarithmic axis when it spans more than a factor of 10
+    // (a diverged method would otherwise squash every usable one onto the exact line).
+    let (ymin, ymax) = yv.iter().fold((f64::INFINITY, 0f64), |(a, b), &v| (a.min(v), b.max(v)));
+    let log_y = metric == Metric::PplRatio && ymax / ymin.max(f64::MIN_POSITIVE) > 10.0;
+    let ys = if metric == Metric::PplRatio {
+        Axis::fit(&yv, &[1.0], log_y, "×")
+    } else {
+        Axis::fit(&yv, &[], false, "")
+    };
 
     let mut chart = ChartBuilder::on(&chart_area)
         .margin_left(12)
@@ -257,7 +266,11 @@ fn draw(
     chart
         .configure_mesh()
         .x_desc(x_title)
-        .y_desc(metric.axis_title())
+        .y_desc(if log_y {
+            "perplexity ÷ exact perplexity (log scale; lower is better)"
+        } else {
+            metric.axis_title()
+        })
         .axis_desc_style(text(17, BLACK))
         .label_style(text(15, BLACK))
         .x_label_formatter(&xf)
@@ -276,13 +289,14 @@ fn draw(
         dash,
     ))?;
     if let Some(e) = points.iter().find(|p| p.exact) {
-        chart.draw_series(DashedLineSeries::new([(xs.lo, e.y), (xs.hi, e.y)], 8, 6, dash))?;
+        let y = ys.map(e.y);
+        chart.draw_series(DashedLineSeries::new([(xs.lo, y), (xs.hi, y)], 8, 6, dash))?;
     }
 
     let (px, py) = chart.plotting_area().get_pixel_range();
     let bounds: Rect = [px.start + 2, py.start + 2, px.end - 2, py.end - 2];
     let coords: Vec<(i32, i32)> =
-        points.iter().map(|p| chart.backend_coord(&(xs.map(p.x), p.y))).collect();
+        points.iter().map(|p| chart.backend_coord(&(xs.map(p.x), ys.map(p.y)))).collect();
     // Markers first (exact on top), so that labels can avoid all of them.
     let mut taken: Vec<Rect> = coords.iter().map(|&(x, y)| [x - 8, y - 8, x + 8, y + 8]).collect();
     for (p, &c) in points.iter().zip(&coords).filter(|(p, _)| !p.exact) {
@@ -412,4 +426,17 @@ where
 
 fn fmt_speedup(x: f64) -> String {
     format!("{}×", crate::report::num(Some(x), 3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metric;
+
+    #[test]
+    fn perplexity_ratio_labels_read_as_percent_change() {
+        // The axis carries ppl / ppl_exact; the side panel still says the change in percent.
+        assert_eq!(Metric::PplRatio.short(1.075), "Δppl +7.50 %");
+        assert_eq!(Metric::PplRatio.short(1.0), "Δppl 0 %");
+        assert_eq!(Metric::PplRatio.short(0.99), "Δppl -1.00 %");
+    }
 }
