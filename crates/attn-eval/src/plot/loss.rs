@@ -64,7 +64,7 @@ pub fn loss_by_position(rows: &[Row], path: &Path) -> Result<(), PlotError> {
         let mut i = 0;
         for r in &g.rows {
             if r.status != "ok" {
-                failed.push(r.method.clone());
+                failed.push((r.method.clone(), super::status_word(&r.status)));
                 continue;
             }
             let is_exact = r.method == "exact";
@@ -101,7 +101,12 @@ pub fn loss_by_position(rows: &[Row], path: &Path) -> Result<(), PlotError> {
     draw(path, &subtitle, &lines, &failed).map_err(draw_err(path))
 }
 
-fn draw(path: &Path, subtitle: &str, lines: &[Line], failed: &[String]) -> DrawResult<()> {
+fn draw(
+    path: &Path,
+    subtitle: &str,
+    lines: &[Line],
+    failed: &[(String, &'static str)],
+) -> DrawResult<()> {
     let root = BitMapBackend::new(path, (1100, 760)).into_drawing_area();
     root.fill(&WHITE)?;
     let body = header(&root, "Loss by position in the window", subtitle)?;
@@ -199,7 +204,7 @@ fn draw(path: &Path, subtitle: &str, lines: &[Line], failed: &[String]) -> DrawR
 fn legend<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     lines: &[Line],
-    failed: &[String],
+    failed: &[(String, &'static str)],
 ) -> DrawResult<()>
 where
     DB::ErrorType: 'static,

@@ -453,10 +453,21 @@ where
 /// Left margin of the legends.
 const LEGEND_X: i32 = 14;
 
-/// One red "NAME: failed" line per failed method from row `y` on, while they fit.
+/// How a row that has no point is listed: `n/a` for a method not defined for the problem (its
+/// mask, head size or layout; not a failure), `failed` for anything else.
+fn status_word(status: &str) -> &'static str {
+    if status == crate::schema::NOT_APPLICABLE {
+        "n/a"
+    } else {
+        "failed"
+    }
+}
+
+/// One "NAME: failed" line (red) or "NAME: n/a" line (grey) per method without a point, from
+/// row `y` on, while they fit.
 fn legend_failed<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
-    failed: &[String],
+    failed: &[(String, &'static str)],
     mut y: i32,
 ) -> DrawResult<()>
 where
@@ -464,12 +475,13 @@ where
 {
     let (w, h) = area.dim_in_pixel();
     let (w, h) = (w as i32, h as i32);
-    for m in failed {
+    for (m, word) in failed {
         if y > h - 20 {
             break;
         }
-        let st = anchored(text(13, FAIL), HPos::Left, VPos::Top);
-        let line = fit_text(area, &format!("{m}: failed"), &st, (w - LEGEND_X - 10) as u32);
+        let colour = if *word == "failed" { FAIL } else { GREY };
+        let st = anchored(text(13, colour), HPos::Left, VPos::Top);
+        let line = fit_text(area, &format!("{m}: {word}"), &st, (w - LEGEND_X - 10) as u32);
         area.draw(&Text::new(line, (LEGEND_X, y), st))?;
         y += 20;
     }

@@ -187,7 +187,7 @@ pub fn pareto(rows: &[Row], key: &str, path: &Path) -> Result<(), PlotError> {
     let mut i = 0;
     for r in &g.rows {
         if r.status != "ok" {
-            failed.push(r.method.clone());
+            failed.push((r.method.clone(), super::status_word(&r.status)));
             continue;
         }
         let is_exact = r.method == "exact";
@@ -226,7 +226,7 @@ fn draw(
     metric: Metric,
     points: &[Point],
     missing: &[(String, &str)],
-    failed: &[String],
+    failed: &[(String, &'static str)],
 ) -> DrawResult<()> {
     let root = BitMapBackend::new(path, (1100, 720)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -345,7 +345,7 @@ fn legend<DB: DrawingBackend>(
     metric: Metric,
     points: &[Point],
     missing: &[(String, &str)],
-    failed: &[String],
+    failed: &[(String, &'static str)],
 ) -> DrawResult<()>
 where
     DB::ErrorType: 'static,
@@ -438,5 +438,12 @@ mod tests {
         assert_eq!(Metric::PplRatio.short(1.075), "Δppl +7.50 %");
         assert_eq!(Metric::PplRatio.short(1.0), "Δppl 0 %");
         assert_eq!(Metric::PplRatio.short(0.99), "Δppl -1.00 %");
+    }
+
+    #[test]
+    fn rows_without_a_point_are_listed_as_na_or_failed() {
+        // A method not defined for the problem is not a failure (the tables say n/a too).
+        assert_eq!(super::super::status_word(crate::schema::NOT_APPLICABLE), "n/a");
+        assert_eq!(super::super::status_word("error"), "failed");
     }
 }
