@@ -37,7 +37,8 @@
 //!
 //! Items that cross the mask boundary or the end of the rows take a masked path with per-lane
 //! validity (a key both on a listed distance and in a column is kept by the distance only);
-//! groups invisible to a block are skipped.
+//! groups invisible to a block are skipped. A band group inside every lane's interval that only
+//! crosses the band's edges gets its lane mask from the edges alone (two shifts, no lane loop).
 //!
 //! Cost: `2·D` flops per lane per item (scores) plus `2·D_v` (values) — the flops of exact
 //! attention on exactly the listed pairs. Memory: K and V of one kv head in key blocks, padded by
@@ -686,6 +687,17 @@ fn worker_loop<S: Simd>(sh: &Shared, wk: &mut Worker) {
                     let bias = if full {
                         pairs += (G * ln) as u64;
                         None
+                    } else if info.full && j >= info.clo && j + G as i64 <= info.chi {
+                        // Every key of the group lies in every lane's interval: only the band
+                        // edges mask, as lane ranges (no per-lane loop).
+                        pairs += masked(&mut wk.bias, ln, |gi| {
+                            let jj = j + gi as i64;
+                            if jj > j_hi {
+                                return 0;
+                            }
+                            band_lanes(jj + da - info.p0, jj + db - info.p0, ln)
+                        });
+                        Some(wk.bias.as_ptr())
                     } else {
                         pairs += masked(&mut wk.bias, ln, |gi| {
                             let jj = j + gi as i64;
@@ -693,14 +705,8 @@ fn worker_loop<S: Simd>(sh: &Shared, wk: &mut Worker) {
                                 return 0;
                             }
                             // lanes with jj + δa ≤ p_t ≤ jj + δb, inside their interval
-                            let t_lo = (jj + da - info.p0).max(0);
-                            let t_hi = (jj + db - info.p0).min(ln as i64 - 1);
-                            let band = if t_lo > t_hi {
-                                0
-                            } else {
-                                ((1u64 << (t_hi + 1)) - (1u64 << t_lo)) as u32
-                            };
-                            band & info.valid_lanes(jj, false)
+                            band_lanes(jj + da - info.p0, jj + db - info.p0, ln)
+                                & info.valid_lanes(jj, false)
                         });
                         Some(wk.bias.as_ptr())
                     };
@@ -829,6 +835,17 @@ fn masked(bias: &mut [f32], ln: usize, mut valid: impl FnMut(usize) -> u32) -> u
         fill_bias(&mut bias[gi * ln..(gi + 1) * ln], v);
     }
     n
+}
+
+/// Lanes `t ∈ [a, b] ∩ [0, ln)` as bits (`ln ≤ 16`).
+#[inline(always)]
+fn band_lanes(a: i64, b: i64, ln: usize) -> u32 {
+    let (lo, hi) = (a.max(0), b.min(ln as i64 - 1));
+    if lo > hi {
+        0
+    } else {
+        ((1u64 << (hi + 1)) - (1u64 << lo)) as u32
+    }
 }
 
 /// `bias[t] = 0` for valid lanes, `−∞` otherwise.
@@ -989,6 +1006,18 @@ mod tests {
         assert_eq!(window_bits(&bits, -3, 8), 1 << 3);
         assert_eq!(window_bits(&bits, 125, 16), 1 << 5);
         assert_eq!(window_bits(&bits, 1000, 16), 0);
+    }
+
+    #[test]
+    fn band_lanes_clips_to_the_block() {
+        assert_eq!(band_lanes(0, 15, 16), 0xffff);
+        assert_eq!(band_lanes(-5, 2, 16), 0b111);
+        assert_eq!(band_lanes(3, 40, 16), 0xfff8);
+        assert_eq!(band_lanes(6, 5, 16), 0);
+        assert_eq!(band_lanes(16, 30, 16), 0);
+        assert_eq!(band_lanes(-9, -1, 8), 0);
+        assert_eq!(band_lanes(2, 4, 8), 0b1_1100);
+        assert_eq!(band_lanes(0, 0, 1), 1);
     }
 
     #[test]
