@@ -48,6 +48,11 @@ def specs(n, k):
         f"sea:k={k},cells=256",
         f"sea:k={k},cells=256,estimate=gauss",
         f"sea:k={k},cells=256,sink=1,local=1",
+        # SparQ's estimate: per key (one key per cell), each query's 4 / 8 / 16 dimensions of
+        # largest |q_t| only, with sink and local keys kept
+        f"sea:k={k},cells={n},dims=4,sink=4,local=64",
+        f"sea:k={k},cells={n},dims=8,sink=4,local=64",
+        f"sea:k={k},cells={n},dims=16,sink=4,local=64",
         f"streaming:sink=4,window={k - 4}",
         f"block-sparse:top_k={max(1, k // 64)},block=64",
         f"vertical-slash:vertical={k // 2},slash={k // 2},sink=4,local=16",

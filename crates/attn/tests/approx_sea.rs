@@ -281,6 +281,7 @@ fn causal_rows_ignore_the_future_bitwise() {
         "sea:k=20,cells=32",
         "sea:k=30%,cells=50,rank=6,estimate=mean",
         "sea-reference:k=20,cells=32",
+        "sea:k=20,cells=300,dims=4,sink=1,local=8",
     ] {
         let a = qkv(7, [1, 2, 1], [n, n], d, 1.0).run(spec, &Params::causal()).unwrap();
         let cut = 171;
@@ -314,7 +315,14 @@ fn the_seed_decides_a_projected_estimate_and_fast_equals_reference() {
         assert_eq!(a.o, b.o);
         assert_eq!(a.lse, b.lse);
         assert_ne!(a.o, c.o);
-        for spec in [spec, "sea:k=24,cells=64", "sea:k=10%,cells=32,estimate=gauss"] {
+        for spec in [
+            spec,
+            "sea:k=24,cells=64",
+            "sea:k=10%,cells=32,estimate=gauss",
+            "sea:k=24,cells=256,dims=4,sink=1,local=4",
+            "sea:k=24,cells=64,dims=8,estimate=gauss",
+            "sea:k=24,cells=64,dims=3,estimate=mean,rank=8",
+        ] {
             let f = x.run(spec, &params).unwrap();
             let r = x.run(&spec.replacen("sea", "sea-reference", 1), &params).unwrap();
             let worst = f.o.iter().zip(&r.o).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
@@ -347,6 +355,22 @@ fn the_selection_follows_the_specification() {
                 seed: 1,
                 ..Sea::DEFAULT
             },
+            // SparQ's per-row dimensions: one key per cell, and cells of several keys
+            Sea {
+                budget: Budget::Count(30),
+                cells: 300,
+                dims: 4,
+                sink: 1,
+                local: 8,
+                ..Sea::DEFAULT
+            },
+            Sea {
+                budget: Budget::Count(40),
+                cells: 50,
+                dims: 5,
+                estimate: Estimate::Gauss,
+                ..Sea::DEFAULT
+            },
         ] {
             let (pattern, _) = support(&cfg, &p, &inputs, &r, Par::Rayon(2)).unwrap();
             for h in 0..2 {
@@ -372,6 +396,79 @@ fn the_selection_follows_the_specification() {
             }
         }
     }
+}
+
+/// `dims` (SparQ's selection): the estimate of a row sums over its `dims` dimensions of largest
+/// `|q_t|`. With one key per cell and `bound` that is the partial score itself, so a row keeps the
+/// keys of largest partial score (checked against a plain loop here); `dims ≥ D` is the full
+/// estimate bitwise; the estimate costs `dims/D` of the full one (`computed_pairs`); the support
+/// is the same at every SIMD level and thread count.
+#[test]
+fn the_estimate_on_a_query_s_largest_dimensions() {
+    let (n, d) = (200, 16);
+    let x = structured(21, 2, n, d);
+    let params = Params::causal();
+    let (inputs, p, r) = problem(&x, &params);
+    let cfg = Sea { budget: Budget::Count(12), cells: n, dims: 4, ..Sea::DEFAULT };
+    let (pattern, _) = support(&cfg, &p, &inputs, &r, Par::Seq).unwrap();
+    let mut checked = 0;
+    for h in 0..2 {
+        for i in 0..n {
+            // plain loop: the 4 dimensions of largest |q_t|, partial scores of keys ≤ i, the
+            // row's own key always (the diagonal cell), then the 11 largest others
+            let q: Vec<f64> = (0..d).map(|t| x.q[(h * n + i) * d + t] as f64).collect();
+            let mut dims: Vec<usize> = (0..d).collect();
+            dims.sort_by(|&a, &b| q[b].abs().total_cmp(&q[a].abs()).then(a.cmp(&b)));
+            let partial = |j: usize| -> f64 {
+                dims[..4].iter().map(|&t| q[t] * x.k[(h * n + j) * d + t] as f64).sum()
+            };
+            let mut others: Vec<(f64, usize)> = (0..i).map(|j| (partial(j), j)).collect();
+            others.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            if others.len() > 11 && others[10].0 - others[11].0 < 1e-4 {
+                continue; // a near tie at the cut
+            }
+            let mut want: Vec<usize> = others.iter().take(11).map(|o| o.1).collect();
+            want.push(i);
+            want.sort_unstable();
+            assert_eq!(pattern.support(&r, h, i), want, "head {h} row {i}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 2 * n * 9 / 10, "only {checked} rows checked");
+
+    // dims ≥ D: the full estimate, bitwise; dims < D costs less
+    let full = x.run("sea:k=12,cells=50", &params).unwrap();
+    let all = x.run("sea:k=12,cells=50,dims=16", &params).unwrap();
+    assert_eq!((&full.o, &full.lse, &full.stats), (&all.o, &all.lse, &all.stats));
+    let four = x.run("sea:k=12,cells=50,dims=4", &params).unwrap();
+    assert!(four.stats.computed_pairs < full.stats.computed_pairs, "{:?}", four.stats);
+
+    // the same support at every SIMD level and thread count
+    use attn::primitives::simd::{with_level, Level};
+    let spec = "sea:k=12,cells=200,dims=4,estimate=gauss";
+    let base = x.run(spec, &params).unwrap();
+    for level in Level::available() {
+        for threads in [1, 3] {
+            let (inputs, p, r) = problem(&x, &params);
+            let cfg = Sea {
+                budget: Budget::Count(12),
+                cells: 200,
+                dims: 4,
+                estimate: Estimate::Gauss,
+                ..Sea::DEFAULT
+            };
+            let par = if threads == 1 { Par::Seq } else { Par::Rayon(threads) };
+            let got = with_level(level, || support(&cfg, &p, &inputs, &r, par).unwrap());
+            let want = support(&cfg, &p, &inputs, &r, Par::Seq).unwrap();
+            assert_eq!(got.1, want.1);
+            for h in 0..2 {
+                for i in 0..n {
+                    assert_eq!(got.0.support(&r, h, i), want.0.support(&r, h, i), "{level:?}");
+                }
+            }
+        }
+    }
+    assert!(base.o.iter().all(|v| v.is_finite()));
 }
 
 /// A loaded estimator: identity projections reproduce the training-free estimate on all `D`

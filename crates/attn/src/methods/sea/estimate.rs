@@ -15,6 +15,7 @@ use crate::par::Par;
 use crate::params::Resolved;
 use crate::primitives::gemm::gemm_bt;
 use crate::primitives::rng::{purpose, Key, Stream};
+use crate::primitives::simd::{dispatch, Kernel, Level, Simd};
 use crate::primitives::sparse::{BlockList, HeadList};
 use crate::problem::Problem;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -135,11 +136,6 @@ impl RowPlan {
     /// estimate's bits in descending total order, then the cell), so the selection compares
     /// integers.
     pub fn choose(&self, est: impl Fn(usize) -> f64, keys: &mut Vec<u128>, out: &mut Vec<u32>) {
-        let start = out.len();
-        if self.kappa >= self.end - self.first {
-            out.extend(self.first as u32..self.end as u32);
-            return;
-        }
         // f64 bits in ascending total order (−NaN < −∞ < … < −0 < +0 < … < +∞ < NaN).
         let ascending = |x: f64| {
             let b = x.to_bits();
@@ -149,19 +145,31 @@ impl RowPlan {
                 b | 1 << 63
             }
         };
+        let key = |c: usize| u128::from(!ascending(est(c))) << 32 | c as u128;
+        self.choose_by(key, |k| k as u32, keys, out);
+    }
+
+    fn choose_by<K: Ord + Copy>(
+        &self,
+        key: impl Fn(usize) -> K,
+        cell: impl Fn(K) -> u32,
+        keys: &mut Vec<K>,
+        out: &mut Vec<u32>,
+    ) {
+        let start = out.len();
+        if self.kappa >= self.end - self.first {
+            out.extend(self.first as u32..self.end as u32);
+            return;
+        }
         keys.clear();
-        keys.extend(
-            (self.first..self.end)
-                .filter(|&c| !self.is_forced(c))
-                .map(|c| u128::from(!ascending(est(c))) << 32 | c as u128),
-        );
+        keys.extend((self.first..self.end).filter(|&c| !self.is_forced(c)).map(&key));
         let forced = self.end - self.first - keys.len();
         let take = self.kappa - forced;
         if take > 0 {
             if take < keys.len() {
                 keys.select_nth_unstable(take - 1);
             }
-            out.extend(keys[..take].iter().map(|&k| k as u32));
+            out.extend(keys[..take].iter().map(|&k| cell(k)));
         }
         out.extend((self.first as u32..self.end as u32).filter(|&c| self.is_forced(c as usize)));
         out[start..].sort_unstable();
@@ -209,6 +217,56 @@ pub fn projection(c: &Sea, d: usize) -> Option<(Vec<f32>, Vec<f32>, usize)> {
 struct Cells {
     g: Vec<f32>,
     bias: Vec<f32>,
+    /// `Gᵀ [F, C]` for the per-row dimension selection (`dims`); empty without it.
+    gt: Vec<f32>,
+}
+
+/// The dimensions the estimate of a query row uses: all `r` (`None`), or its `dims` of largest
+/// `|q'_t|`, ties to the smaller `t`, ascending (SparQ's selection). `x` is the row's `q'`.
+pub fn top_dims(dims: usize, x: &[f32], out: &mut Vec<usize>) {
+    out.clear();
+    out.extend(0..x.len());
+    if dims == 0 || dims >= x.len() {
+        return;
+    }
+    out.sort_by(|&a, &b| x[b].abs().total_cmp(&x[a].abs()).then(a.cmp(&b)));
+    out.truncate(dims);
+    out.sort_unstable();
+}
+
+/// `e[i] = Σ_(row, a) a · gt[row·stride + i]` over `terms` in order (a multiply, then an add:
+/// the same rounding at every SIMD level, so the support does not depend on it).
+struct DimsRow<'a> {
+    e: &'a mut [f32],
+    gt: &'a [f32],
+    stride: usize,
+    start: usize,
+    terms: &'a [(usize, f32)],
+}
+
+impl Kernel for DimsRow<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self) {
+        let n = self.e.len();
+        self.e.fill(0.0);
+        let split = n - n % S::LANES;
+        for &(row, a) in self.terms {
+            let g = &self.gt[row * self.stride + self.start..row * self.stride + self.start + n];
+            // SAFETY: every access lies inside `e[..split]` / `g[..split]`; `dispatch` runs
+            // this at a level the CPU has.
+            unsafe {
+                let av = S::splat(a);
+                for i in (0..split).step_by(S::LANES) {
+                    let ep = self.e.as_mut_ptr().add(i);
+                    S::store(ep, S::add(S::load(ep), S::mul(av, S::load(g.as_ptr().add(i)))));
+                }
+            }
+            for (e, g) in self.e[split..].iter_mut().zip(&g[split..]) {
+                *e += a * g;
+            }
+        }
+    }
 }
 
 /// `x [n, D] → x Wᵀ [n, r]` (or a copy when there is no projection).
@@ -278,7 +336,20 @@ fn cells(
         }
         bias[c] = n.ln() as f32;
     }
-    Cells { g, bias }
+    Cells { g, bias, gt: Vec::new() }
+}
+
+impl Cells {
+    /// Fills `gt` with `Gᵀ [F, C]` (for the per-row dimension selection).
+    fn transpose(&mut self, f: usize) {
+        let nc = self.bias.len();
+        self.gt = vec![0.0f32; f * nc];
+        for (c, row) in self.g.chunks_exact(f).enumerate() {
+            for (t, &x) in row.iter().enumerate() {
+                self.gt[t * nc + c] = x;
+            }
+        }
+    }
 }
 
 /// Bytes the estimation allocates (features, cell moments, one job's buffers per worker, and the
@@ -294,7 +365,8 @@ pub fn scratch_bytes(c: &Sea, p: &Problem, par: Par) -> usize {
     }
     .min(p.s_kv);
     let heads = p.b * p.h;
-    4 * (p.b * p.h_kv * grid_len * (f + 1)
+    let copies = if c.dims > 0 && c.dims < r { 2 } else { 1 };
+    4 * (p.b * p.h_kv * grid_len * (copies * f + 1)
         + par.threads() * (p.s_kv * (p.d + r) + ROWS * (p.d + f + grid_len))
         + heads * p.s_q * (per_row + 2))
 }
@@ -349,6 +421,10 @@ pub fn pattern(
     let f = c.estimate.factor() * r;
     let w_q = proj.as_ref().map(|w| (&w.0[..], w.2));
     let w_k = proj.as_ref().map(|w| (&w.1[..], w.2));
+    // SparQ's per-row dimension selection (`dims < r`): the estimate sums over those dimensions
+    // only, as axpys over the transposed cell features, at `dims/r` of the GEMM's cost.
+    let by_dims = c.dims > 0 && c.dims < r;
+    let level = Level::current();
 
     // 1. Cell features per key/value head.
     let kv_heads = p.b * p.h_kv;
@@ -359,7 +435,10 @@ pub fn pattern(
         if job >= kv_heads {
             break;
         }
-        let cells = cells(p, inputs, &grid, c.estimate, w_k, job / p.h_kv, job % p.h_kv);
+        let mut cells = cells(p, inputs, &grid, c.estimate, w_k, job / p.h_kv, job % p.h_kv);
+        if by_dims {
+            cells.transpose(f);
+        }
         *slots[job].lock().unwrap_or_else(|e| e.into_inner()) = Some(cells);
     });
     let cells: Vec<Cells> = slots
@@ -380,6 +459,7 @@ pub fn pattern(
         let mut est = vec![0.0f32; ROWS * grid.len()];
         let mut plans = Vec::with_capacity(ROWS);
         let (mut keys, mut chosen) = (Vec::new(), Vec::new());
+        let (mut sel, mut terms) = (Vec::new(), Vec::new());
         loop {
             let job = next.fetch_add(1, Ordering::Relaxed);
             if job >= jobs {
@@ -400,31 +480,63 @@ pub fn pattern(
             let mut work = 0u64;
             if ca < cz {
                 // Query features (Gauss [s·q', ½s²·q'²], Bound [s·q'⁺, s·q'⁻], Mean s·q') of the
-                // block's rows, then E = Fq Gᵀ on cells ca..cz.
+                // block's rows, then E = Fq Gᵀ on cells ca..cz; with `dims`, per row the
+                // selected dimensions' terms as axpys over Gᵀ.
                 for (r, i) in (i0..i1).enumerate() {
                     inputs.q.read_row(b, h, i, 1.0, &mut q[r * d..(r + 1) * d]);
                 }
                 let qp = project(&q[..nr * d], nr, d, w_q); // [nr, r]
-                for (row, x) in fq.chunks_exact_mut(f).zip(qp.chunks_exact(r)) {
-                    for t in 0..r {
-                        match c.estimate {
-                            Estimate::Mean => row[t] = scale * x[t],
-                            Estimate::Gauss => {
-                                row[t] = scale * x[t];
-                                row[r + t] = 0.5 * scale * scale * x[t] * x[t];
+                let nc = cz - ca;
+                if by_dims {
+                    for (ri, x) in qp.chunks_exact(r).enumerate() {
+                        top_dims(c.dims, x, &mut sel);
+                        terms.clear();
+                        for &t in &sel {
+                            let a = scale * x[t];
+                            match c.estimate {
+                                Estimate::Mean => terms.push((t, a)),
+                                Estimate::Gauss => {
+                                    terms.push((t, a));
+                                    terms.push((r + t, 0.5 * scale * scale * x[t] * x[t]));
+                                }
+                                // the key maximum where q'_t ≥ 0, the minimum where q'_t < 0
+                                Estimate::Bound => {
+                                    terms.push((if x[t] >= 0.0 { t } else { r + t }, a))
+                                }
                             }
-                            Estimate::Bound => {
-                                row[t] = scale * x[t].max(0.0);
-                                row[r + t] = scale * x[t].min(0.0);
+                        }
+                        work += (nc * terms.len()) as u64;
+                        let e = &mut est[ri * nc..(ri + 1) * nc];
+                        let nct = grid.len();
+                        dispatch(
+                            level,
+                            DimsRow { e, gt: &cl.gt, stride: nct, start: ca, terms: &terms },
+                        );
+                    }
+                    if w_q.is_some() {
+                        work += (nr * r * d) as u64;
+                    }
+                } else {
+                    for (row, x) in fq.chunks_exact_mut(f).zip(qp.chunks_exact(r)) {
+                        for t in 0..r {
+                            match c.estimate {
+                                Estimate::Mean => row[t] = scale * x[t],
+                                Estimate::Gauss => {
+                                    row[t] = scale * x[t];
+                                    row[r + t] = 0.5 * scale * scale * x[t] * x[t];
+                                }
+                                Estimate::Bound => {
+                                    row[t] = scale * x[t].max(0.0);
+                                    row[r + t] = scale * x[t].min(0.0);
+                                }
                             }
                         }
                     }
-                }
-                let nc = cz - ca;
-                gemm_bt(&mut est, &fq, &cl.g[ca * f..cz * f], [nr, f, nc], false);
-                work += (nr * nc * f) as u64;
-                if w_q.is_some() {
-                    work += (nr * r * d) as u64;
+                    gemm_bt(&mut est, &fq, &cl.g[ca * f..cz * f], [nr, f, nc], false);
+                    work += (nr * nc * f) as u64;
+                    if w_q.is_some() {
+                        work += (nr * r * d) as u64;
+                    }
                 }
                 for (e, bias) in est[..nr * nc]
                     .chunks_exact_mut(nc)

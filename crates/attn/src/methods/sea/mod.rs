@@ -150,6 +150,9 @@ pub struct Sea {
     pub rank: usize,
     /// The estimate of a cell's attention mass.
     pub estimate: Estimate,
+    /// Dimensions of the estimate per query row: the `dims` of largest `|q'_t|` (SparQ's
+    /// selection); 0 (or `≥ r`): all `r`.
+    pub dims: usize,
     /// Leading cells always kept (attention sinks).
     pub sink: usize,
     /// Cells before the diagonal's always kept (the diagonal's cell always is).
@@ -169,6 +172,7 @@ impl Sea {
         cells: 256,
         rank: 0,
         estimate: Estimate::Bound,
+        dims: 0,
         sink: 0,
         local: 0,
         seed: 0,
@@ -257,6 +261,11 @@ impl SparseConfig for Sea {
                 doc: "cell estimate: bound (per-dimension key extremes), gauss (mean + variance), mean (default bound)",
             },
             ParamInfo {
+                name: "dims",
+                value: self.dims.to_string(),
+                doc: "dimensions of the estimate per query: its dims largest |q_t| (SparQ), 0 = all (default 0)",
+            },
+            ParamInfo {
                 name: "sink",
                 value: self.sink.to_string(),
                 doc: "leading cells always kept (default 0)",
@@ -287,6 +296,7 @@ impl SparseConfig for Sea {
                     _ => return Err(bad(key, value, "bound, gauss or mean")),
                 }
             }
+            "dims" => self.dims = parse_param(Self::NAME, key, value)?,
             "sink" => self.sink = parse_param(Self::NAME, key, value)?,
             "local" => self.local = parse_param(Self::NAME, key, value)?,
             "seed" => self.seed = parse_param(Self::NAME, key, value)?,

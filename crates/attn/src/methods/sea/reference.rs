@@ -8,7 +8,9 @@
 //!    without one `q' = q`, `k' = k`.
 //! 3. **Cell statistics** of the projected keys: `n_c`, mean `μ_c`, per-dimension variance
 //!    `σ²_c`, per-dimension maximum `⌈k⌉_c` and minimum `⌊k⌋_c`.
-//! 4. **Estimate** of `ln Σ_{j∈c} exp(s·q'·k'_j)`: `ê_ic = ln n_c + s·Σ_t max(q'_t⌈k⌉_ct,
+//! 4. **Estimate** of `ln Σ_{j∈c} exp(s·q'·k'_j)` (every sum over `t` runs over the row's
+//!    `dims` dimensions of largest `|q'_t|`, ties to the smaller `t`, when `0 < dims < r`; over
+//!    all `r` otherwise): `ê_ic = ln n_c + s·Σ_t max(q'_t⌈k⌉_ct,
 //!    q'_t⌊k⌋_ct)` (`bound`: the largest score the cell's extremes allow), `ln n_c + s·q'·μ_c`
 //!    (`mean`), or `ln n_c + s·q'·μ_c + ½·s²·Σ_t q'_t² σ²_ct` (`gauss`: the second-order
 //!    cumulant expansion with a diagonal covariance).
@@ -83,10 +85,18 @@ pub fn estimates_f64(
             }
             let q: Vec<f64> = (0..d).map(|u| inputs.q.get(b, h, i, u) as f64).collect();
             let qp = apply(proj.as_ref().map(|w| &w.0), &q);
+            // 4a. the dimensions of the estimate: all, or the `dims` of largest |q'_t| (ties to
+            // the smaller t)
+            let mut dims: Vec<usize> = (0..r).collect();
+            if c.dims > 0 && c.dims < r {
+                dims.sort_by(|&a, &b| qp[b].abs().total_cmp(&qp[a].abs()).then(a.cmp(&b)));
+                dims.truncate(c.dims);
+                dims.sort_unstable();
+            }
             (grid.cell_of(lo)..=grid.cell_of(hi - 1))
                 .map(|cell| {
                     let mut e = count[cell].ln();
-                    for t in 0..r {
+                    for &t in &dims {
                         e += match c.estimate {
                             Estimate::Mean => scale * qp[t] * mean[cell][t],
                             Estimate::Gauss => {
