@@ -100,7 +100,7 @@ fn kernel_equals_reference_on_random_lists_at_every_level_and_thread_count() {
     for (ci, c) in cases().iter().enumerate() {
         let (data, p, params) = setup(c);
         let inputs = data.inputs();
-        for (bm, bn) in [(64, 64), (16, 20), (7, 100)] {
+        for (bm, bn) in [(64, 64), (16, 20), (7, 100), (1, 24)] {
             let mut rng = Rng::new(ci as u64 * 31 + bm as u64);
             let pat = random_pattern(&mut rng, &p, bm, bn);
             let (want_o, want_lse) = reference::forward_f64(&p, &inputs, &params, &pat);
@@ -133,7 +133,7 @@ fn full_lists_equal_exact_attention() {
         let (data, p, params) = setup(&c);
         let inputs = data.inputs();
         let (want_o, want_lse) = sdpa_ref::forward_f64(&p, &inputs, &params);
-        for (bm, bn, as_blocks) in [(64, 64, true), (10, 37, true), (32, 1, false)] {
+        for (bm, bn, as_blocks) in [(64, 64, true), (10, 37, true), (32, 1, false), (1, 16, true)] {
             let pat = full_pattern(&p, bm, bn, as_blocks);
             let (ro64, rl64) = reference::forward_f64(&p, &inputs, &params, &pat);
             let (o, lse, _) = run_kernel(Level::current(), &p, &inputs, &params, &pat, Par::Seq);

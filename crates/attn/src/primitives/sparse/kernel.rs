@@ -272,10 +272,16 @@ impl Kernel for WorkerLoop<'_, '_> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd>(self) {
-        match S::LEVEL {
-            Level::Avx512 => worker_loop::<S, 6, 4>(self.sh, self.wk),
-            Level::Avx2 => worker_loop::<S, 6, 2>(self.sh, self.wk),
-            Level::Scalar => worker_loop::<S, 4, 4>(self.sh, self.wk),
+        // One query row per block (per-row key lists, e.g. SEA's): a single-row micro-block, so
+        // no padded rows are scored and multiplied (a row's arithmetic is the same either way).
+        let one = self.sh.pattern.bm() == 1;
+        match (S::LEVEL, one) {
+            (Level::Avx512, false) => worker_loop::<S, 6, 4>(self.sh, self.wk),
+            (Level::Avx512, true) => worker_loop::<S, 1, 4>(self.sh, self.wk),
+            (Level::Avx2, false) => worker_loop::<S, 6, 2>(self.sh, self.wk),
+            (Level::Avx2, true) => worker_loop::<S, 1, 2>(self.sh, self.wk),
+            (Level::Scalar, false) => worker_loop::<S, 4, 4>(self.sh, self.wk),
+            (Level::Scalar, true) => worker_loop::<S, 1, 4>(self.sh, self.wk),
         }
     }
 }
