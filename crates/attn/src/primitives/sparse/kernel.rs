@@ -75,7 +75,8 @@ impl Plan {
 /// Bytes of scratch [`forward`] allocates for `pattern`'s block size.
 pub fn scratch_bytes(p: &Problem, bm: usize, par: Par) -> usize {
     let plan = Plan::new(p, bm, Level::current(), par);
-    4 * (plan.ldk * (p.d + plan.dv_pad) + plan.threads * plan.worker_floats(p.d))
+    let rows = if bm == 1 { plan.ldk * p.d } else { 0 }; // row-major K for one-row gathers
+    4 * (plan.ldk * (p.d + plan.dv_pad) + rows + plan.threads * plan.worker_floats(p.d))
 }
 
 /// Per-worker scratch.
@@ -102,6 +103,9 @@ struct Shared<'a> {
     hk: usize,
     kt: &'a [f32],
     vp: &'a [f32],
+    /// Row-major K (`[ldk][D]`) when one query row per block gathers columns (empty otherwise):
+    /// a gathered key is then one contiguous read instead of one `Kᵀ` line per dimension.
+    kr: &'a [f32],
     plan: Plan,
     qmul: f32,
     next: AtomicUsize,
@@ -151,6 +155,10 @@ pub fn forward_at(
     let (d, dv_pad, ldk) = (p.d, plan.dv_pad, plan.ldk);
     let mut kt = Scratch::take(d * ldk);
     let mut vp = Scratch::take(ldk * dv_pad);
+    let nqb = pattern.query_blocks();
+    let rows = pattern.bm() == 1
+        && (0..pattern.heads()).any(|bh| (0..nqb).any(|qb| !pattern.head(bh).cols(qb).is_empty()));
+    let mut kr = Scratch::take(if rows { ldk * d } else { 0 });
     let workers: Vec<Mutex<Worker>> = (0..plan.threads)
         .map(|_| {
             Mutex::new(Worker {
@@ -170,10 +178,9 @@ pub fn forward_at(
     let pairs = AtomicU64::new(0);
     let o_out = SharedMut(out.o.as_mut_ptr());
     let lse_out = SharedMut(out.lse.as_mut_ptr());
-    let nqb = pattern.query_blocks();
     for b in 0..p.b {
         for hk in 0..p.h_kv {
-            pack(p, inputs, b, hk, &plan, par, &mut kt, &mut vp);
+            pack(p, inputs, b, hk, &plan, par, &mut kt, &mut vp, &mut kr);
             let sh = Shared {
                 p,
                 inputs,
@@ -183,6 +190,7 @@ pub fn forward_at(
                 hk,
                 kt: &kt,
                 vp: &vp,
+                kr: &kr,
                 plan,
                 qmul: params.scale * LOG2_E,
                 next: AtomicUsize::new(0),
@@ -200,7 +208,8 @@ pub fn forward_at(
     pairs.into_inner()
 }
 
-/// Packs `Kᵀ` (`[D][ldk]`) and V (`[ldk][dv_pad]`) of kv head `(b, hk)`, zero past `S_kv`.
+/// Packs `Kᵀ` (`[D][ldk]`) and V (`[ldk][dv_pad]`) of kv head `(b, hk)`, zero past `S_kv`, and
+/// K row-major (`[ldk][D]`) into `kr` when it is not empty.
 #[allow(clippy::too_many_arguments)] // one call site; the pieces of one packing step
 fn pack(
     p: &Problem,
@@ -211,12 +220,14 @@ fn pack(
     par: Par,
     kt: &mut [f32],
     vp: &mut [f32],
+    kr: &mut [f32],
 ) {
     const KEYS: usize = 256; // keys per packing job
     let (d, dv, dv_pad, ldk) = (p.d, p.d_v, plan.dv_pad, plan.ldk);
     let njobs = ldk.div_ceil(KEYS);
     let next = AtomicUsize::new(0);
     let (ktp, vpp) = (SharedMut(kt.as_mut_ptr()), SharedMut(vp.as_mut_ptr()));
+    let (krp, with_rows) = (SharedMut(kr.as_mut_ptr()), !kr.is_empty());
     par.run(plan.threads.min(njobs), |_| {
         let mut rows = vec![0.0f32; 16 * d];
         loop {
@@ -240,6 +251,11 @@ fn pack(
                         for l in 0..n {
                             *dst.add(l) = if l < real { rows[l * d + dd] } else { 0.0 };
                         }
+                    }
+                    if with_rows {
+                        let dst = std::slice::from_raw_parts_mut(krp.get().add(g0 * d), n * d);
+                        dst[..real * d].copy_from_slice(&rows[..real * d]);
+                        dst[real * d..].fill(0.0);
                     }
                     for l in 0..n {
                         let dst = std::slice::from_raw_parts_mut(
@@ -363,13 +379,25 @@ fn worker_loop<S: Simd, const MR: usize, const NV: usize>(sh: &Shared, wk: &mut 
             for part in cols[a..z].chunks(CHUNK) {
                 let n = part.len();
                 pairs += (nrows * n) as u64;
-                for dd in 0..d {
-                    let src = &sh.kt[dd * ldk..(dd + 1) * ldk];
-                    let dst = &mut wk.kg[dd * CHUNK..(dd + 1) * CHUNK];
-                    for (t, &c) in part.iter().enumerate() {
-                        dst[t] = src[c as usize];
+                if sh.kr.is_empty() {
+                    for dd in 0..d {
+                        let src = &sh.kt[dd * ldk..(dd + 1) * ldk];
+                        let dst = &mut wk.kg[dd * CHUNK..(dd + 1) * CHUNK];
+                        for (t, &c) in part.iter().enumerate() {
+                            dst[t] = src[c as usize];
+                        }
+                        dst[n..].fill(0.0);
                     }
-                    dst[n..].fill(0.0);
+                } else {
+                    for (t, &c) in part.iter().enumerate() {
+                        let src = &sh.kr[c as usize * d..(c as usize + 1) * d];
+                        for (dd, &x) in src.iter().enumerate() {
+                            wk.kg[dd * CHUNK + t] = x;
+                        }
+                    }
+                    for dd in 0..d {
+                        wk.kg[dd * CHUNK + n..(dd + 1) * CHUNK].fill(0.0);
+                    }
                 }
                 for (t, &c) in part.iter().enumerate() {
                     let c = c as usize;
