@@ -19,6 +19,9 @@ use crate::schema::Row;
 
 struct Line {
     label: String,
+    /// Other methods of the same comparison drawn as this line: `"= name"` (the same curve, bit
+    /// for bit) or `"≈ name"` (within [`SAME_NATS`] in every bucket).
+    same: Vec<String>,
     colour: RGBColor,
     shape: Shape,
     exact: bool,
@@ -26,6 +29,27 @@ struct Line {
     loss: Vec<(f64, f64)>,
     /// (bucket middle, loss − exact loss).
     delta: Vec<(f64, f64)>,
+}
+
+/// Two curves closer than this in every bucket (nats) are drawn as one line with both names:
+/// on the chart they could not be told apart anyway (e.g. an implementation and its recurrent
+/// or reference twin, or `sdpa-flash` and exact).
+const SAME_NATS: f64 = 1e-3;
+
+/// `"="` when `a` and `b` are the same curve bit for bit, `"≈"` when every bucket is within
+/// [`SAME_NATS`], `None` otherwise (NaN buckets must coincide).
+fn same_curve(a: &[(f64, f64)], b: &[(f64, f64)]) -> Option<&'static str> {
+    if a.len() != b.len() || a.iter().zip(b).any(|(p, q)| p.0 != q.0) {
+        return None;
+    }
+    if a.iter().zip(b).all(|(p, q)| p.1.to_bits() == q.1.to_bits()) {
+        return Some("=");
+    }
+    let close = |x: f64, y: f64| {
+        (x.is_finite() && y.is_finite() && (x - y).abs() <= SAME_NATS)
+            || (!x.is_finite() && !y.is_finite())
+    };
+    a.iter().zip(b).all(|(p, q)| close(p.1, q.1)).then_some("≈")
 }
 
 /// Consecutive finite runs of `pts` (a NaN or infinity breaks the line).
@@ -62,22 +86,31 @@ pub fn loss_by_position(rows: &[Row], path: &Path) -> Result<(), PlotError> {
             .map(|e| e.quality.loss_by_position.iter().map(|&(a, b, l)| ((a, b), l)).collect())
             .unwrap_or_default();
         let mut i = 0;
+        let first = lines.len(); // this comparison's lines start here
         for r in &g.rows {
             if r.status != "ok" {
                 failed.push((r.method.clone(), super::status_word(&r.status)));
                 continue;
             }
             let is_exact = r.method == "exact";
-            let (colour, shape) = if is_exact { (BLACK, Shape::Diamond) } else { style_of(i) };
-            if !is_exact {
-                i += 1;
-            }
             let b = &r.quality.loss_by_position;
             if !b.iter().any(|x| x.2.is_finite()) {
                 continue;
             }
             let mid = |a: usize, e: usize| (a as f64 + e as f64) / 2.0;
             let loss: Vec<(f64, f64)> = b.iter().map(|&(a, e, l)| (mid(a, e), l)).collect();
+            // A curve the chart already has (same comparison): one line, both names.
+            let twin = lines[first..]
+                .iter_mut()
+                .find_map(|l: &mut Line| same_curve(&l.loss, &loss).map(|how| (l, how)));
+            if let Some((l, how)) = twin {
+                l.same.push(format!("{how} {}", r.method));
+                continue;
+            }
+            let (colour, shape) = if is_exact { (BLACK, Shape::Diamond) } else { style_of(i) };
+            if !is_exact {
+                i += 1;
+            }
             let delta = if is_exact {
                 Vec::new()
             } else {
@@ -87,7 +120,15 @@ pub fn loss_by_position(rows: &[Row], path: &Path) -> Result<(), PlotError> {
             };
             let label =
                 if several { format!("{} ({})", r.method, g.subtitle()) } else { r.method.clone() };
-            lines.push(Line { label, colour, shape, exact: is_exact, loss, delta });
+            lines.push(Line {
+                label,
+                same: Vec::new(),
+                colour,
+                shape,
+                exact: is_exact,
+                loss,
+                delta,
+            });
         }
     }
     if lines.is_empty() {
@@ -216,7 +257,7 @@ where
     let style = text(14, BLACK);
     let total = lines.len() + failed.len();
     for (k, l) in lines.iter().enumerate() {
-        if y > h - 44 && k + 1 < total {
+        if y + 18 * l.same.len() as i32 > h - 44 && k + 1 < total {
             let more = format!("… and {} more", lines.len() - k);
             area.draw(&Text::new(more, (x0, y), anchored(text(13, GREY), HPos::Left, VPos::Top)))?;
             return Ok(());
@@ -234,9 +275,35 @@ where
             VPos::Top,
         );
         let name = fit_text(area, &l.label, &style, (w - x0 - 44) as u32);
-        area.draw(&Text::new(name, (x0 + 34, y), st))?;
+        area.draw(&Text::new(name, (x0 + 34, y), st.clone()))?;
+        for other in &l.same {
+            y += 18;
+            let small = text(13, colour);
+            let name = fit_text(area, other, &small, (w - x0 - 54) as u32);
+            area.draw(&Text::new(name, (x0 + 44, y), anchored(small, HPos::Left, VPos::Top)))?;
+        }
         y += 24;
     }
     y += 6;
     super::legend_failed(area, failed, y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn curves_within_a_thousandth_of_a_nat_are_one_line() {
+        let a = [(1.0, 3.0), (2.0, f64::NAN), (3.0, 2.5)];
+        assert_eq!(same_curve(&a, &a), Some("="));
+        let b = [(1.0, 3.0005), (2.0, f64::NAN), (3.0, 2.4991)];
+        assert_eq!(same_curve(&a, &b), Some("≈"));
+        let c = [(1.0, 3.0), (2.0, f64::NAN), (3.0, 2.502)];
+        assert_eq!(same_curve(&a, &c), None); // 2e-3 apart in one bucket
+        let d = [(1.0, 3.0), (2.0, 3.0), (3.0, 2.5)];
+        assert_eq!(same_curve(&a, &d), None); // a NaN bucket against a finite one
+        let e = [(1.0, 3.0), (2.5, f64::NAN), (3.0, 2.5)];
+        assert_eq!(same_curve(&a, &e), None); // other buckets
+        assert_eq!(same_curve(&a, &a[..2]), None);
+    }
 }
