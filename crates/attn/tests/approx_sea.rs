@@ -471,6 +471,67 @@ fn the_estimate_on_a_query_s_largest_dimensions() {
     assert!(base.o.iter().all(|v| v.is_finite()));
 }
 
+/// The long-row selection (`choose_f32`: a sampled threshold, then only the cells above it
+/// ranked) chooses exactly what the plain ranking of the widened estimates chooses — with ties,
+/// ±0, ±∞ and NaN in the row, sink and local cells forced, and rows where the threshold is too
+/// high and the whole row is ranked; the forced cells and the free ranges partition the row.
+#[test]
+fn the_threshold_selection_equals_the_plain_ranking() {
+    let mut rng = attn_testing::rand::Rng::new(77);
+    let (mut k1, mut k2, mut a, mut b) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut sampled = 0;
+    for case in 0..400 {
+        let visible = 1024 + (rng.next_u64() % 6000) as usize;
+        let first = (rng.next_u64() % 50) as usize;
+        let end = first + visible;
+        let base = first - (rng.next_u64() % (first as u64 + 1)) as usize;
+        let sink = (rng.next_u64() % 6) as usize;
+        let dc = end - 1 - (rng.next_u64() % 20) as usize;
+        let local = (rng.next_u64() % 70) as usize;
+        let local =
+            if case % 5 == 0 { (0, 0) } else { (dc.saturating_sub(local).max(first), dc + 1) };
+        let mut plan = RowPlan {
+            lo: 0,
+            hi: end,
+            first,
+            end,
+            sinks: (first, (first + sink).min(end)),
+            local,
+            kappa: 0,
+        };
+        let forced = plan.forced();
+        assert_eq!(forced, (first..end).filter(|&c| plan.is_forced(c)).count());
+        let mut seen: Vec<usize> = plan.forced_cells().collect();
+        seen.extend(plan.free().into_iter().flatten());
+        seen.sort_unstable();
+        assert_eq!(seen, (first..end).collect::<Vec<_>>(), "case {case}");
+        plan.kappa = forced + 1 + (rng.next_u64() % (visible as u64 / 6)) as usize;
+        let mut est: Vec<f32> = (base..end)
+            .map(|_| match rng.next_u64() % 50 {
+                0 => f32::NAN,
+                1 => f32::INFINITY,
+                2 => f32::NEG_INFINITY,
+                3 => -0.0,
+                4 => 0.0,
+                5..=14 => 1.5, // ties
+                _ => (rng.next_u64() % 100_000) as f32 / 997.0 - 40.0,
+            })
+            .collect();
+        if case % 7 == 0 {
+            est.iter_mut().for_each(|x| *x = 2.0); // one value: the threshold keeps everything
+        }
+        a.clear();
+        b.clear();
+        plan.choose(|c| f64::from(est[c - base]), &mut k1, &mut a);
+        plan.choose_f32(&est, base, &mut k2, &mut b);
+        assert_eq!(a, b, "case {case}");
+        assert_eq!(a.len(), plan.kappa);
+        let (cand, take) = (visible - forced, plan.kappa - forced);
+        sampled += usize::from(cand >= 1024 && take * 8 <= cand);
+    }
+    assert!(sampled >= 100, "only {sampled} rows took the sampled threshold");
+}
+
 /// A loaded estimator: identity projections reproduce the training-free estimate on all `D`
 /// dimensions (bitwise); a projection of another `D` is rejected with a reason.
 #[test]

@@ -32,6 +32,8 @@ pub const MIN_BLOCK: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grid {
     bounds: Vec<usize>,
+    /// The narrowest cell's width (kept: every row's key list asks for it).
+    min_width: usize,
 }
 
 impl Grid {
@@ -41,7 +43,8 @@ impl Grid {
         let mut bounds: Vec<usize> =
             (0..=t).map(|c| ((2 * c * s_kv as u128 + t) / (2 * t)) as usize).collect();
         bounds.dedup();
-        Self { bounds }
+        let min_width = bounds.windows(2).map(|w| w[1] - w[0]).min().unwrap_or(1);
+        Self { bounds, min_width }
     }
 
     /// Non-empty cells `C = min(T_M, S_kv)`.
@@ -61,7 +64,7 @@ impl Grid {
 
     /// The width of the narrowest cell (cells are this wide or one key wider).
     pub fn min_width(&self) -> usize {
-        self.bounds.windows(2).map(|w| w[1] - w[0]).min().unwrap_or(1)
+        self.min_width
     }
 
     /// The cell holding key `j < S_kv`.
@@ -127,7 +130,35 @@ impl RowPlan {
 
     /// Number of forced cells.
     pub fn forced(&self) -> usize {
-        (self.first..self.end).filter(|&c| self.is_forced(c)).count()
+        let free: usize = self.free().iter().map(|r| r.len()).sum();
+        self.end.saturating_sub(self.first) - free
+    }
+
+    /// The forced visible cells, each once (sinks first, then the local cells outside them).
+    pub fn forced_cells(&self) -> impl Iterator<Item = usize> + '_ {
+        let sinks = self.sinks.0.max(self.first)..self.sinks.1.min(self.end);
+        let local = self.local.0.max(self.first)..self.local.1.min(self.end);
+        let s2 = sinks.clone();
+        sinks.chain(local.filter(move |c| !s2.contains(c)))
+    }
+
+    /// The visible cells that are not forced: at most three ascending ranges (the gaps the sink
+    /// and local intervals leave in `[first, end)`).
+    pub fn free(&self) -> [std::ops::Range<usize>; 3] {
+        let clip = |(a, b): (usize, usize)| (a.max(self.first), b.min(self.end));
+        let (mut x, mut y) = (clip(self.sinks), clip(self.local));
+        if x.0 >= x.1 {
+            x = (self.end, self.end);
+        }
+        if y.0 >= y.1 {
+            y = (self.end, self.end);
+        }
+        if y.0 < x.0 {
+            std::mem::swap(&mut x, &mut y);
+        }
+        // x starts first; the gaps: before x, between x and y, after both
+        let mid_start = x.1.min(self.end);
+        [self.first..x.0, mid_start..y.0.max(mid_start), x.1.max(y.1).min(self.end)..self.end]
     }
 
     /// Appends the chosen cells, ascending, to `out`: the forced cells and the other visible cells
@@ -162,7 +193,7 @@ impl RowPlan {
             return;
         }
         keys.clear();
-        keys.extend((self.first..self.end).filter(|&c| !self.is_forced(c)).map(&key));
+        keys.extend(self.free().into_iter().flatten().map(&key));
         let forced = self.end - self.first - keys.len();
         let take = self.kappa - forced;
         if take > 0 {
@@ -171,7 +202,71 @@ impl RowPlan {
             }
             out.extend(keys[..take].iter().map(|&k| cell(k)));
         }
-        out.extend((self.first as u32..self.end as u32).filter(|&c| self.is_forced(c as usize)));
+        out.extend(self.forced_cells().map(|c| c as u32));
+        out[start..].sort_unstable();
+    }
+
+    /// [`choose`](Self::choose) on f32 estimates `est[c − base]`, with the same result as
+    /// `choose(|c| f64::from(est[c − base]))` (widening keeps the total order), faster on long
+    /// rows: a threshold `τ` from a strided sample of the row, then only the cells whose estimate
+    /// is at least `τ` (in the total order) are ranked. When at least as many cells as are to be
+    /// taken pass, every cell of the top `κ_i` is among them (a cell below `τ` ranks below all
+    /// of them), so the choice is exact; otherwise the whole row is ranked.
+    pub fn choose_f32(&self, est: &[f32], base: usize, keys: &mut Vec<u128>, out: &mut Vec<u32>) {
+        const SAMPLE: usize = 256;
+        let visible = self.end - self.first;
+        let forced = self.forced();
+        let (cand, take) = (visible - forced, self.kappa.saturating_sub(forced));
+        let whole = |keys: &mut Vec<u128>, out: &mut Vec<u32>| {
+            self.choose(|c| f64::from(est[c - base]), keys, out)
+        };
+        if self.kappa >= visible || take == 0 || cand < 4 * SAMPLE || take * 8 > cand {
+            return whole(keys, out);
+        }
+        // f32 bits in ascending total order, and the f64 key of `choose`.
+        let asc32 = |x: f32| {
+            let b = x.to_bits();
+            if b >> 31 == 1 {
+                !b
+            } else {
+                b | 1 << 31
+            }
+        };
+        let asc64 = |x: f64| {
+            let b = x.to_bits();
+            if b >> 63 == 1 {
+                !b
+            } else {
+                b | 1 << 63
+            }
+        };
+        let key = |c: usize| u128::from(!asc64(f64::from(est[c - base]))) << 32 | c as u128;
+        // τ: about twice the share of the row to be taken, from SAMPLE evenly spaced cells.
+        let step = visible / SAMPLE;
+        let mut sample = [0u32; SAMPLE];
+        for (t, x) in sample.iter_mut().enumerate() {
+            *x = asc32(est[self.first + t * step - base]);
+        }
+        let rank = ((2 * take * SAMPLE).div_ceil(cand) + 4).min(SAMPLE - 1);
+        sample.select_nth_unstable_by(rank, |a, b| b.cmp(a));
+        let tau = sample[rank];
+        keys.clear();
+        for r in self.free() {
+            for (c, &e) in r.clone().zip(&est[r.start - base..r.end - base]) {
+                if asc32(e) >= tau {
+                    keys.push(key(c));
+                }
+            }
+        }
+        if keys.len() < take {
+            return whole(keys, out);
+        }
+        let start = out.len();
+        if take < keys.len() {
+            keys.select_nth_unstable(take - 1);
+        }
+        out.extend(keys[..take].iter().map(|&k| k as u32));
+        out.extend(self.forced_cells().map(|c| c as u32));
         out[start..].sort_unstable();
     }
 
@@ -552,7 +647,7 @@ pub fn pattern(
                 if pl.kappa > 0 {
                     let nc = cz.saturating_sub(ca);
                     let row = &est[r * nc..(r + 1) * nc];
-                    pl.choose(|cell| f64::from(row[cell - ca]), &mut keys, &mut chosen);
+                    pl.choose_f32(row, ca, &mut keys, &mut chosen);
                 }
                 pl.pieces(&grid, &chosen, &mut blks, &mut cols);
                 ends.push((blks.len(), cols.len()));
