@@ -440,22 +440,30 @@ fn chunk<S: Simd, const MR: usize, const NV: usize>(
     keys: Keys,
     qmul: f32,
 ) {
-    let w = NV * S::LANES;
     let nblocks = nrows.div_ceil(MR);
-    // 1. S = Q Kᵀ, every micro-block against every key panel of the chunk.
+    // Key vectors holding a key of the chunk: a short chunk (a narrow key block, the last
+    // columns) scores and exponentiates only these; lanes past `n` are −∞ below, so the row's
+    // maximum and sum are bitwise what the whole chunk gives.
+    let nk = n.div_ceil(S::LANES);
+    let width = nk * S::LANES;
+    // 1. S = Q Kᵀ, every micro-block against the chunk's key vectors, NV at a time.
     for mb in 0..nblocks {
-        for pnl in 0..CHUNK / w {
+        let mut v0 = 0;
+        while v0 < nk {
+            let nv = NV.min(nk - v0);
             // SAFETY: q holds nblocks·MR·D floats, the panel D rows of ≥ CHUNK keys, s CHUNK
-            // floats per row.
+            // floats per row; v0 + nv ≤ CHUNK / LANES.
             unsafe {
-                s_panel::<S, MR, NV>(
-                    wk.q.as_ptr().add(mb * MR * d),
-                    d,
-                    k.add(pnl * w),
-                    ldk,
-                    wk.s.as_mut_ptr().add(mb * MR * CHUNK + pnl * w),
-                );
+                let (q, kp) = (wk.q.as_ptr().add(mb * MR * d), k.add(v0 * S::LANES));
+                let sp = wk.s.as_mut_ptr().add(mb * MR * CHUNK + v0 * S::LANES);
+                match nv {
+                    1 => s_panel::<S, MR, 1>(q, d, kp, ldk, sp),
+                    2 => s_panel::<S, MR, 2>(q, d, kp, ldk, sp),
+                    3 => s_panel::<S, MR, 3>(q, d, kp, ldk, sp),
+                    _ => s_panel::<S, MR, NV>(q, d, kp, ldk, sp),
+                }
             }
+            v0 += nv;
         }
     }
     // 2. Mask and the online-softmax step, row by row; `partial[mb]`: some row of the
@@ -471,7 +479,7 @@ fn chunk<S: Simd, const MR: usize, const NV: usize>(
                 c.partition_point(|&x| (x as usize) < hi),
             ),
         };
-        let row = &mut wk.s[r * CHUNK..(r + 1) * CHUNK];
+        let row = &mut wk.s[r * CHUNK..r * CHUNK + width];
         if a >= z {
             row.fill(f32::NEG_INFINITY);
         } else {
@@ -481,7 +489,7 @@ fn chunk<S: Simd, const MR: usize, const NV: usize>(
         if a > 0 || z < n {
             wk.partial[r / MR] = true;
         }
-        // SAFETY: called inside the level's dispatch; the row holds CHUNK (a multiple of LANES).
+        // SAFETY: called inside the level's dispatch; the row holds `width`, a multiple of LANES.
         wk.alpha[r] = unsafe { wk.state[r].update::<S>(row, qmul) };
     }
     // 3. O = diag(α) O + P V, chunk of value columns by chunk.
