@@ -73,6 +73,27 @@ impl Grid {
     }
 }
 
+/// f64 bits in ascending total order (−NaN < −∞ < … < −0 < +0 < … < +∞ < NaN).
+fn ascending64(x: f64) -> u64 {
+    let b = x.to_bits();
+    if b >> 63 == 1 {
+        !b
+    } else {
+        b | 1 << 63
+    }
+}
+
+/// f32 bits in ascending total order; `ascending32(x) ≤ ascending32(y)` exactly when
+/// `ascending64(f64::from(x)) ≤ ascending64(f64::from(y))`.
+fn ascending32(x: f32) -> u32 {
+    let b = x.to_bits();
+    if b >> 31 == 1 {
+        !b
+    } else {
+        b | 1 << 31
+    }
+}
+
 /// What a query row may select: its visible keys and cells, the forced cell and the budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RowPlan {
@@ -167,26 +188,7 @@ impl RowPlan {
     /// estimate's bits in descending total order, then the cell), so the selection compares
     /// integers.
     pub fn choose(&self, est: impl Fn(usize) -> f64, keys: &mut Vec<u128>, out: &mut Vec<u32>) {
-        // f64 bits in ascending total order (−NaN < −∞ < … < −0 < +0 < … < +∞ < NaN).
-        let ascending = |x: f64| {
-            let b = x.to_bits();
-            if b >> 63 == 1 {
-                !b
-            } else {
-                b | 1 << 63
-            }
-        };
-        let key = |c: usize| u128::from(!ascending(est(c))) << 32 | c as u128;
-        self.choose_by(key, |k| k as u32, keys, out);
-    }
-
-    fn choose_by<K: Ord + Copy>(
-        &self,
-        key: impl Fn(usize) -> K,
-        cell: impl Fn(K) -> u32,
-        keys: &mut Vec<K>,
-        out: &mut Vec<u32>,
-    ) {
+        let key = |c: usize| u128::from(!ascending64(est(c))) << 32 | c as u128;
         let start = out.len();
         if self.kappa >= self.end - self.first {
             out.extend(self.first as u32..self.end as u32);
@@ -200,7 +202,7 @@ impl RowPlan {
             if take < keys.len() {
                 keys.select_nth_unstable(take - 1);
             }
-            out.extend(keys[..take].iter().map(|&k| cell(k)));
+            out.extend(keys[..take].iter().map(|&k| k as u32));
         }
         out.extend(self.forced_cells().map(|c| c as u32));
         out[start..].sort_unstable();
@@ -223,29 +225,13 @@ impl RowPlan {
         if self.kappa >= visible || take == 0 || cand < 4 * SAMPLE || take * 8 > cand {
             return whole(keys, out);
         }
-        // f32 bits in ascending total order, and the f64 key of `choose`.
-        let asc32 = |x: f32| {
-            let b = x.to_bits();
-            if b >> 31 == 1 {
-                !b
-            } else {
-                b | 1 << 31
-            }
-        };
-        let asc64 = |x: f64| {
-            let b = x.to_bits();
-            if b >> 63 == 1 {
-                !b
-            } else {
-                b | 1 << 63
-            }
-        };
-        let key = |c: usize| u128::from(!asc64(f64::from(est[c - base]))) << 32 | c as u128;
+        // the key of `choose`
+        let key = |c: usize| u128::from(!ascending64(f64::from(est[c - base]))) << 32 | c as u128;
         // τ: about twice the share of the row to be taken, from SAMPLE evenly spaced cells.
         let step = visible / SAMPLE;
         let mut sample = [0u32; SAMPLE];
         for (t, x) in sample.iter_mut().enumerate() {
-            *x = asc32(est[self.first + t * step - base]);
+            *x = ascending32(est[self.first + t * step - base]);
         }
         let rank = ((2 * take * SAMPLE).div_ceil(cand) + 4).min(SAMPLE - 1);
         sample.select_nth_unstable_by(rank, |a, b| b.cmp(a));
@@ -253,7 +239,7 @@ impl RowPlan {
         keys.clear();
         for r in self.free() {
             for (c, &e) in r.clone().zip(&est[r.start - base..r.end - base]) {
-                if asc32(e) >= tau {
+                if ascending32(e) >= tau {
                     keys.push(key(c));
                 }
             }
@@ -316,8 +302,9 @@ struct Cells {
     gt: Vec<f32>,
 }
 
-/// The dimensions the estimate of a query row uses: all `r` (`None`), or its `dims` of largest
-/// `|q'_t|`, ties to the smaller `t`, ascending (SparQ's selection). `x` is the row's `q'`.
+/// The dimensions the estimate of a query row uses, ascending, into `out`: all `r` (`dims` 0 or
+/// `≥ r`), or its `dims` of largest `|q'_t|`, ties to the smaller `t` (SparQ's selection). `x` is
+/// the row's `q'`.
 pub fn top_dims(dims: usize, x: &[f32], out: &mut Vec<usize>) {
     out.clear();
     out.extend(0..x.len());

@@ -4,7 +4,10 @@
 //! Per key/value head, K is packed once transposed (`Kᵀ: [D][ldk]`, zero past `S_kv`) and V once
 //! row-major (`[ldk][dv_pad]`), so a key chunk starting at *any* key is a strided panel of `Kᵀ`
 //! (key blocks of MInference's conversion start anywhere) and a contiguous run of V rows. Columns
-//! are gathered [`CHUNK`] at a time into a small panel of the same shape.
+//! are gathered [`CHUNK`] at a time into a small panel of the same shape. Patterns of one query
+//! row per block (SEA's per-row lists) run a one-row micro-block and, when they list columns,
+//! gather them from a row-major copy of K (one contiguous read per key). A chunk shorter than
+//! [`CHUNK`] scores and exponentiates only the vectors that hold its keys.
 //!
 //! A job is one (query head, query block): its `bm` rows are packed block-transposed (`MR` rows
 //! per micro-block), then for each chunk of keys
