@@ -5,6 +5,7 @@
 //! Memory stays O(S): the exact run keeps only its final hidden states (`S × hidden` floats);
 //! logits of both runs are recomputed block by block when they are compared.
 
+use rayon::prelude::*;
 use std::time::Instant;
 
 use attn_models::decoder::{Decoder, ForwardOpts, KvCache};
@@ -184,28 +185,42 @@ pub fn compare(
         let first = input.first_scored(wi) / BLOCK * BLOCK;
         for start in (first..targets.len()).step_by(BLOCK) {
             let end = (start + BLOCK).min(targets.len());
-            let le = model.logits_block(&he[start * hd..end * hd], th);
-            let lm = model.logits_block(&hm[start * hd..end * hd], th);
-            for (i, t) in (start..end).enumerate() {
-                if t < input.first_scored(wi) {
-                    continue;
-                }
-                let (re, rm) = (&le[i * vocab..(i + 1) * vocab], &lm[i * vocab..(i + 1) * vocab]);
-                let (lse_e, arg_e) = lse_argmax(re);
-                let (lse_m, arg_m) = lse_argmax(rm);
-                let loss = lse_m - f64::from(rm[targets[t] as usize]);
+            let (xe, xm) = (&he[start * hd..end * hd], &hm[start * hd..end * hd]);
+            let le = model.logits_block(xe, th);
+            // The same hidden states bit for bit (exact against itself, an exact twin): the
+            // same logits, not computed twice.
+            let same = xe.iter().zip(xm).all(|(a, b)| a.to_bits() == b.to_bits());
+            let lm_own = if same { Vec::new() } else { model.logits_block(xm, th) };
+            let lm: &[f32] = if same { &le } else { &lm_own };
+            // Per position (in parallel over the block's rows: each one's numbers do not depend
+            // on the others), then summed in position order, as one thread would.
+            let scored = input.first_scored(wi).max(start)..end;
+            let per_row: Vec<(f64, f64, bool)> = scored
+                .clone()
+                .into_par_iter()
+                .map(|t| {
+                    let i = t - start;
+                    let (re, rm) =
+                        (&le[i * vocab..(i + 1) * vocab], &lm[i * vocab..(i + 1) * vocab]);
+                    let (lse_e, arg_e) = lse_argmax(re);
+                    let (lse_m, arg_m) = lse_argmax(rm);
+                    let loss = lse_m - f64::from(rm[targets[t] as usize]);
+                    // KL(exact ‖ method) = Σ p_e (log p_e − log p_m)
+                    let mut k = 0f64;
+                    for (&a, &b) in re.iter().zip(rm) {
+                        let lpe = f64::from(a) - lse_e;
+                        k += lpe.exp() * (lpe - (f64::from(b) - lse_m));
+                    }
+                    (loss, k, arg_e == arg_m)
+                })
+                .collect();
+            for (t, (loss, k, same)) in scored.zip(per_row) {
                 nll += loss;
                 let b = (t * nb / per_window).min(nb - 1);
                 bucket_sum[b] += loss;
                 bucket_n[b] += 1;
-                // KL(exact ‖ method) = Σ p_e (log p_e − log p_m)
-                let mut k = 0f64;
-                for (&a, &b) in re.iter().zip(rm) {
-                    let lpe = f64::from(a) - lse_e;
-                    k += lpe.exp() * (lpe - (f64::from(b) - lse_m));
-                }
                 kl += k.max(0.0);
-                agree += usize::from(arg_e == arg_m);
+                agree += usize::from(same);
                 n += 1;
             }
         }
