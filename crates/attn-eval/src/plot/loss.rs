@@ -99,9 +99,11 @@ pub fn loss_by_position(rows: &[Row], path: &Path) -> Result<(), PlotError> {
             }
             let mid = |a: usize, e: usize| (a as f64 + e as f64) / 2.0;
             let loss: Vec<(f64, f64)> = b.iter().map(|&(a, e, l)| (mid(a, e), l)).collect();
-            // A curve the chart already has (same comparison): one line, both names.
+            // A curve the chart already has (same comparison): one line, both names. Exact
+            // always keeps its own (black) line, whatever order the rows come in.
             let twin = lines[first..]
                 .iter_mut()
+                .filter(|_| !is_exact)
                 .find_map(|l: &mut Line| same_curve(&l.loss, &loss).map(|how| (l, how)));
             if let Some((l, how)) = twin {
                 l.same.push(format!("{how} {}", r.method));
