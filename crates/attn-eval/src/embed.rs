@@ -30,6 +30,8 @@ pub struct EmbedRun {
     pub prefill_s: f64,
     /// Seconds in attention calls.
     pub attention_s: f64,
+    /// Seconds in attention calls per layer, indexed by layer.
+    pub attention_by_layer_s: Vec<f64>,
     /// Pairs exact attention scores.
     pub exact_pairs: u64,
     /// Pairs the methods scored, as they report them (estimation and block expansion included).
@@ -59,6 +61,7 @@ pub fn run(
         emb,
         prefill_s: t.elapsed().as_secs_f64(),
         attention_s: ctx.stats.time.as_secs_f64(),
+        attention_by_layer_s: ctx.stats.layer_seconds(),
         exact_pairs: ctx.stats.allowed_pairs,
         computed_pairs: ctx.stats.computed_pairs,
         tokens,
@@ -98,6 +101,7 @@ pub fn compare(
     let cost = Cost {
         prefill_s: Some(run.prefill_s),
         attention_s: Some(run.attention_s),
+        attention_by_layer_s: run.attention_by_layer_s.clone(),
         exact_pairs: Some(run.exact_pairs),
         scored_pairs: Some(run.computed_pairs),
         tokens_per_s: Some(run.tokens as f64 / run.prefill_s.max(1e-9)),

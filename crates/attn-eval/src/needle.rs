@@ -79,6 +79,8 @@ pub struct NeedleRun {
     pub prefill_s: f64,
     /// Attention time inside the prefills.
     pub attention_s: f64,
+    /// Seconds in attention calls per layer, indexed by layer.
+    pub attention_by_layer_s: Vec<f64>,
     /// Pairs exact attention scores in the prefills.
     pub exact_pairs: u64,
     /// Pairs the methods scored in the prefills.
@@ -107,6 +109,7 @@ pub fn run(
         scores: Vec::new(),
         prefill_s: 0.0,
         attention_s: 0.0,
+        attention_by_layer_s: Vec::new(),
         exact_pairs: 0,
         computed_pairs: 0,
         tokens: 0,
@@ -142,6 +145,7 @@ pub fn run(
         r.outputs.push(text);
     }
     r.attention_s = ctx.stats.time.as_secs_f64();
+    r.attention_by_layer_s = ctx.stats.layer_seconds();
     r.exact_pairs = ctx.stats.allowed_pairs;
     r.computed_pairs = ctx.stats.computed_pairs;
     Ok(r)
@@ -169,6 +173,7 @@ pub fn compare(exact: &NeedleRun, run: &NeedleRun) -> (Quality, Cost) {
     let c = Cost {
         prefill_s: Some(run.prefill_s),
         attention_s: Some(run.attention_s),
+        attention_by_layer_s: run.attention_by_layer_s.clone(),
         exact_pairs: Some(run.exact_pairs),
         scored_pairs: Some(run.computed_pairs),
         tokens_per_s: Some(run.tokens as f64 / run.prefill_s.max(1e-9)),

@@ -14,7 +14,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::schema::{Row, NOT_APPLICABLE};
+use crate::schema::{Cost, Row, NOT_APPLICABLE};
 
 /// The widest line [`table_text`] prints.
 pub const TEXT_WIDTH: usize = 100;
@@ -180,6 +180,26 @@ fn positive(x: Option<f64>) -> Option<f64> {
 pub fn speedup(r: &Row, exact: Option<&Row>) -> Option<f64> {
     let e = positive(exact?.cost.attention_s)?;
     let m = positive(r.cost.attention_s)?;
+    Some(e / m)
+}
+
+/// Attention speed-up on the layers the row's plan changes ([`Cost::plan_layers`]): exact's
+/// attention seconds on those layers over the method's (`None` without a per-layer plan, or when
+/// either row lacks per-layer times).
+pub fn speedup_plan_layers(r: &Row, exact: Option<&Row>) -> Option<f64> {
+    let layers = &r.cost.plan_layers;
+    if layers.is_empty() {
+        return None;
+    }
+    let on = |c: &Cost| -> Option<f64> {
+        let mut s = 0.0;
+        for &l in layers {
+            s += *c.attention_by_layer_s.get(l)?;
+        }
+        Some(s)
+    };
+    let e = positive(on(&exact?.cost))?;
+    let m = positive(on(&r.cost))?;
     Some(e / m)
 }
 
@@ -377,6 +397,7 @@ const RECALL: Col =
 const PREFILL: Col = col("prefill s", |r, _| num(r.cost.prefill_s, 3));
 const ATTN_S: Col = col("attn s", |r, _| num(r.cost.attention_s, 3));
 const SPEEDUP: Col = col("attn ×", |r, e| num(speedup(r, e), 3));
+const SPEEDUP_PLAN: Col = col("attn × plan layers", |r, e| num(speedup_plan_layers(r, e), 3));
 const PAIRS: Col = col("pairs %", |r, e| num(pairs_pct(r, e), 3));
 const TOKS: Col = col("tok/s", |r, _| count_like(r.cost.tokens_per_s));
 const RSS: Col =
@@ -465,7 +486,9 @@ const HOW_TO_READ: &str = "\
 method in the order it ran, failed ones last. Quality columns come first; differences and ratios \
 are against the `exact` row of the same table. Cost columns follow: `prefill s` is the wall time \
 of the whole forward passes and `attn s` the time inside attention calls only; `attn ×` is the \
-attention speed-up, exact's `attn s` divided by the method's (above 1 = faster than exact); \
+attention speed-up, exact's `attn s` divided by the method's (above 1 = faster than exact), and \
+`attn × plan layers` the same ratio over only the layers a per-layer plan changes (shown when a \
+plan leaves some layers exact, such as a plan for a model's global layers); \
 `pairs %` is the (query, key) pairs the method scored as a share of what exact attention scores \
 under the same masks; `tok/s` is tokens per second of the forward passes; `RSS MiB` is the \
 process's peak resident memory during the run, model weights included. `–` means the number \
@@ -690,6 +713,21 @@ fn summary(gs: &[Group<'_>]) -> String {
 const COST_COLS: [Col; 6] = [PREFILL, ATTN_S, SPEEDUP, PAIRS, TOKS, RSS];
 const COST_COLS_TEXT: [Col; 3] = [ATTN_S, SPEEDUP, PAIRS];
 
+/// `cols` with the speed-up on a plan's own layers after `attn ×`, when some row of the group
+/// runs a plan that leaves layers exact.
+fn with_plan_layers(g: &Group<'_>, cols: &[Col]) -> Vec<Col> {
+    let exact = g.exact();
+    let any = g.rows.iter().any(|r| speedup_plan_layers(r, exact).is_some());
+    let mut v = Vec::new();
+    for c in cols {
+        v.push(col(c.head, c.cell));
+        if any && c.head == SPEEDUP.head {
+            v.push(SPEEDUP_PLAN);
+        }
+    }
+    v
+}
+
 /// The machine description, with the SIMD level the rows recorded when they agree on one.
 fn machine_line(rows: &[Row], meta: &ReportMeta) -> String {
     let mut s = format!("{} ({} logical cores)", meta.cpu, meta.cores);
@@ -768,7 +806,8 @@ pub fn render(rows: &[Row], meta: &ReportMeta) -> String {
             s += "*No successful `exact` row in this comparison: differences to exact and \
                   speed-ups cannot be computed.*\n\n";
         }
-        let t = build_table(g, quality_cols(task, &g.rows), &COST_COLS, false);
+        let t =
+            build_table(g, quality_cols(task, &g.rows), &with_plan_layers(g, &COST_COLS), false);
         s += &markdown(&t);
         for (rows, title) in [(&t.failed, "Failed"), (&t.not_applicable, "Not applicable")] {
             if rows.is_empty() {
@@ -866,10 +905,14 @@ pub fn table_text(rows: &[Row]) -> String {
         if g.exact().is_none() {
             s += "(no successful exact row: no speed-ups)\n";
         }
-        s += &plain(&build_table(g, quality_cols_text(g.task(), &g.rows), &COST_COLS_TEXT, true));
+        let cost = with_plan_layers(g, &COST_COLS_TEXT);
+        s += &plain(&build_table(g, quality_cols_text(g.task(), &g.rows), &cost, true));
         s += "\n";
     }
     s +=
         "attn × = exact attention s / method attention s; pairs % = scored (q, k) pairs vs exact\n";
+    if gs.iter().any(|g| g.rows.iter().any(|r| speedup_plan_layers(r, g.exact()).is_some())) {
+        s += "attn × plan layers = the same ratio over only the layers the plan changes\n";
+    }
     s
 }

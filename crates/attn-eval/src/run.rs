@@ -316,6 +316,7 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
                     let (r, rss) = peak_rss_after(|| lm::run(&m, &input, plan, cfg.threads));
                     let (q, mut c) = lm::compare(&m, &input, &exact, &r?, cfg.threads);
                     c.peak_rss_bytes = rss;
+                    c.plan_layers = plan_layers(plan, m.config.layers.len(), m.config.heads);
                     Ok((q, c))
                 })?;
             }
@@ -344,6 +345,8 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
                     let (r, rss) = peak_rss_after(|| embed::run(&m, &input, plan, cfg.threads));
                     let (q, mut c) = embed::compare(&m, &input, &exact, &r?);
                     c.peak_rss_bytes = rss;
+                    c.plan_layers =
+                        plan_layers(plan, m.config.num_hidden_layers, m.config.num_attention_heads);
                     Ok((q, c))
                 })?;
             }
@@ -385,6 +388,7 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
                     let (r, rss) = peak_rss_after(|| needle::run(&m, &input, plan, cfg.threads));
                     let (q, mut c) = needle::compare(&exact, &r?);
                     c.peak_rss_bytes = rss;
+                    c.plan_layers = plan_layers(plan, m.config.layers.len(), m.config.heads);
                     Ok((q, c))
                 })?;
             }
@@ -411,6 +415,17 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
     let rows = newest;
     let files = crate::output::write_outputs(cfg, &rows)?;
     Ok(EvalOutcome { rows, files })
+}
+
+/// The layers a plan changes (runs something other than exact on), when it leaves some layers
+/// exact; empty when it changes every layer or none.
+fn plan_layers(plan: &AttentionPlan, layers: usize, heads: usize) -> Vec<usize> {
+    let changed = plan.changed_layers(layers, heads);
+    if changed.len() == layers {
+        Vec::new()
+    } else {
+        changed
+    }
 }
 
 /// Builds a row: method label, status, error, quality, cost.

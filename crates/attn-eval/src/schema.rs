@@ -115,6 +115,13 @@ pub struct Cost {
     /// Wall seconds inside attention calls, summed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention_s: Option<f64>,
+    /// Wall seconds inside attention calls per layer, indexed by layer (summed over the run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attention_by_layer_s: Vec<f64>,
+    /// The layers where the method's plan runs something other than exact, when that is not
+    /// every layer (a per-layer plan); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plan_layers: Vec<usize>,
     /// (query, key) pairs scored by the method.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scored_pairs: Option<u64>,

@@ -41,6 +41,7 @@ fn cost(prefill: f64, attn: f64, scored: u64, exact: u64, rss_mib: u64) -> Cost 
         exact_pairs: Some(exact),
         tokens_per_s: Some(2047.0 / prefill),
         peak_rss_bytes: Some(rss_mib << 20),
+        ..Cost::default()
     }
 }
 
@@ -322,6 +323,49 @@ fn report_numbers_are_computed_from_the_rows() {
     assert_eq!(summary["hash-sparse"]["failed"], "4 of 4");
     assert_eq!(summary["hash-sparse"]["attn ×"], "–");
     assert_eq!(summary["exact"]["attn ×"], "1.00");
+}
+
+/// A plan that changes only some layers (a model's global layers) gets a second speed-up over
+/// those layers alone, from the per-layer attention times of its row and of exact's; the column
+/// appears only where such a row exists.
+#[test]
+fn plan_layers_speedup_is_over_the_changed_layers_only() {
+    let s = [("tokens", 4096)];
+    let mut exact = row("lm", "gemma3", "emma", "exact", &s);
+    exact.quality.perplexity = Some(20.0);
+    exact.cost = cost(10.0, 7.0, 1000, 1000, 900);
+    // Layers 0 and 2 are sliding-window layers the plan leaves exact; layer 1 is global.
+    exact.cost.attention_by_layer_s = vec![0.5, 6.0, 0.5];
+    let mut plan = row("lm", "gemma3", "emma", "plan:p.json", &s);
+    plan.quality.perplexity = Some(20.1);
+    plan.cost = cost(6.0, 2.5, 400, 1000, 900);
+    plan.cost.attention_by_layer_s = vec![0.5, 1.5, 0.5];
+    plan.cost.plan_layers = vec![1];
+    // A uniform method: no plan layers, so no second speed-up for it.
+    let mut flash = row("lm", "gemma3", "emma", "sdpa-flash", &s);
+    flash.quality.perplexity = Some(20.0);
+    flash.cost = cost(9.0, 5.0, 1000, 1000, 900);
+    flash.cost.attention_by_layer_s = vec![0.4, 4.2, 0.4];
+    let rows = vec![exact, plan, flash];
+    let md = report::render(&rows, &meta());
+    let t = table_after(&md, "### gemma3 · emma · tokens 4096");
+    assert_eq!(t["plan:p.json"]["attn ×"], "2.80"); // 7 / 2.5, every layer
+    assert_eq!(t["plan:p.json"]["attn × plan layers"], "4.00"); // 6 / 1.5, layer 1 only
+    assert_eq!(t["sdpa-flash"]["attn × plan layers"], "–");
+    assert_eq!(t["exact"]["attn × plan layers"], "–");
+    let text = report::table_text(&rows);
+    assert!(text.contains("attn × plan layers"), "{text}");
+    let line = text.lines().find(|l| l.starts_with("plan:p.json")).expect("the plan's line");
+    assert!(line.contains("2.80") && line.contains("4.00"), "{line}");
+    // A per-layer time missing for a changed layer: no number rather than a wrong one.
+    let mut short = rows.clone();
+    short[0].cost.attention_by_layer_s.truncate(1);
+    let t = table_after(&report::render(&short, &meta()), "### gemma3 · emma · tokens 4096");
+    assert!(!t["plan:p.json"].contains_key("attn × plan layers"), "{:?}", t["plan:p.json"]);
+    // Without plan rows the column is absent.
+    let md = report::render(&all_rows(), &meta());
+    assert!(!md.contains("| attn × plan layers"));
+    assert!(!report::table_text(&all_rows()).contains("plan layers"));
 }
 
 /// A method that cannot run a model's attention (a causal-only method on the bidirectional

@@ -67,6 +67,19 @@ pub struct AttnStats {
     pub by_layer: BTreeMap<usize, Duration>,
 }
 
+impl AttnStats {
+    /// Seconds inside attention calls per layer, indexed by layer (0 for a layer that made no
+    /// call).
+    pub fn layer_seconds(&self) -> Vec<f64> {
+        let n = self.by_layer.keys().next_back().map_or(0, |&l| l + 1);
+        let mut v = vec![0.0; n];
+        for (&l, t) in &self.by_layer {
+            v[l] = t.as_secs_f64();
+        }
+        v
+    }
+}
+
 /// One attention of one layer, in the model's layout.
 #[derive(Debug, Clone, Copy)]
 pub struct AttnInput<'a> {

@@ -147,6 +147,12 @@ impl AttentionPlan {
         self.default.is_exact() && self.overrides.iter().all(|o| o.choice.is_exact())
     }
 
+    /// The layers (of `layers`, each with `heads` query heads) where some head runs a method
+    /// other than exact, in order.
+    pub fn changed_layers(&self, layers: usize, heads: usize) -> Vec<usize> {
+        (0..layers).filter(|&l| (0..heads).any(|h| !self.choice(l, h).is_exact())).collect()
+    }
+
     /// A short description: the default, and how many overrides.
     pub fn label(&self) -> String {
         if self.overrides.is_empty() {
@@ -232,6 +238,20 @@ mod tests {
         assert_eq!(p.choice(2, 0).method, "a");
         assert_eq!(p.choice(2, 1).method, "b");
         assert!(!p.is_exact());
+        assert_eq!(p.changed_layers(3, 2), vec![2]);
+        // Exact overrides on every head of layer 2 change nothing.
+        let mut q = AttentionPlan::exact();
+        for h in 0..2 {
+            q.overrides.push(Override {
+                layer: 2,
+                head: Some(h),
+                choice: Choice::exact(),
+                score: None,
+            });
+        }
+        assert!(q.changed_layers(3, 2).is_empty());
+        assert_eq!(AttentionPlan::uniform(Choice::method("a")).changed_layers(3, 2), vec![0, 1, 2]);
+        assert!(AttentionPlan::exact().changed_layers(3, 2).is_empty());
         assert!(p.validate(3, 2).is_ok());
         assert!(p.validate(2, 2).is_err());
     }
