@@ -15,6 +15,12 @@
 //!    `error ≤ max_error`; when none is cheaper than exact, the head stays exact. Its scores are
 //!    written beside the choice in the plan file.
 //!
+//!    Or, under a **speed budget** (`speedup`): the plan whose summed cost is at most exact's
+//!    over `speedup` and whose summed head error is smallest — a multiple-choice knapsack,
+//!    solved greedily on each head's lower convex hull of (cost, error), steepest error drop per
+//!    unit of cost first, then topped up with any single change that still fits (see
+//!    [`choose_budget`]). The quality bounds do not apply in this mode.
+//!
 //! **Cheapest** is measured in pairs weighted by what a pair costs each candidate on this
 //! machine: every call is timed, and a candidate's weight is its seconds per pair summed over
 //! all heads, over exact attention's seconds per pair summed the same way (sums over hundreds of
@@ -47,6 +53,9 @@ pub struct SearchConfig {
     pub threads: usize,
     /// Layers to search (the others stay exact and are not recorded); `None` = all.
     pub layers: Option<std::collections::BTreeSet<usize>>,
+    /// A speed budget instead of the quality bounds: the searched heads' summed cost at most
+    /// exact's over this factor, with the smallest summed error ([`choose_budget`]).
+    pub speedup: Option<f64>,
 }
 
 impl Default for SearchConfig {
@@ -57,6 +66,7 @@ impl Default for SearchConfig {
             candidates: Vec::new(),
             threads: rayon::current_num_threads(),
             layers: None,
+            speedup: None,
         }
     }
 }
@@ -163,6 +173,23 @@ impl SearchOutcome {
         p as f64 / e.max(1) as f64
     }
 
+    /// Weighted cost of the plan's choices (pairs × cost weight; exact: its pairs) over exact's
+    /// pairs: what a speed budget bounds.
+    pub fn weighted_ratio(&self) -> f64 {
+        let (mut c, mut e) = (0.0, 0.0);
+        for h in &self.heads {
+            e += h.exact_pairs as f64;
+            c += h.chosen.map_or(h.exact_pairs as f64, |i| weighted(&h.scores[i], &self.weights));
+        }
+        c / e.max(1.0)
+    }
+
+    /// Mean over heads of the chosen candidate's relative output error (exact: 0).
+    pub fn mean_error(&self) -> f64 {
+        let s: f64 = self.heads.iter().map(|h| h.chosen.map_or(0.0, |i| h.scores[i].error)).sum();
+        s / self.heads.len().max(1) as f64
+    }
+
     /// Measured attention time of the plan's choices over exact's, summed over heads (single
     /// timings: indicative).
     pub fn time_ratio(&self) -> f64 {
@@ -202,12 +229,7 @@ pub fn search(
     if tokens.len() < 2 {
         return Err(EvalError::Data("plan search needs at least 2 calibration tokens".into()));
     }
-    if !(cfg.target_recall > 0.0 && cfg.target_recall <= 1.0) || cfg.max_error.is_nan() {
-        return Err(EvalError::Data(format!(
-            "target recall must be in (0, 1] and max error a number (got {}, {})",
-            cfg.target_recall, cfg.max_error
-        )));
-    }
+    check(cfg)?;
     let candidates = if cfg.candidates.is_empty() {
         default_candidates(tokens.len())
     } else {
@@ -232,9 +254,46 @@ pub fn search(
         on_head(i + 1, total);
     }
     let weights = weights(&heads);
+    let plan = select(&mut heads, cfg, &weights)?;
+    Ok(SearchOutcome { plan, heads, skipped, tokens: tokens.len(), weights })
+}
+
+/// Checks the selection settings.
+fn check(cfg: &SearchConfig) -> Result<(), EvalError> {
+    if !(cfg.target_recall > 0.0 && cfg.target_recall <= 1.0) || cfg.max_error.is_nan() {
+        return Err(EvalError::Data(format!(
+            "target recall must be in (0, 1] and max error a number (got {}, {})",
+            cfg.target_recall, cfg.max_error
+        )));
+    }
+    if let Some(x) = cfg.speedup {
+        if !(x.is_finite() && x >= 1.0) {
+            return Err(EvalError::Data(format!("speed-up budget must be a number ≥ 1 (got {x})")));
+        }
+    }
+    Ok(())
+}
+
+/// Chooses for every head (by the quality bounds, or under the speed budget when
+/// `cfg.speedup` is set), records the choice in `heads`, and builds the plan: exact by default,
+/// one override with its scores per head that is not exact.
+///
+/// # Errors
+/// Bad settings; a speed budget no combination of the candidates reaches; a candidate spec that
+/// does not parse.
+pub fn select(
+    heads: &mut [HeadResult],
+    cfg: &SearchConfig,
+    weights: &BTreeMap<String, f64>,
+) -> Result<AttentionPlan, EvalError> {
+    check(cfg)?;
+    let chosen: Vec<Option<usize>> = match cfg.speedup {
+        Some(x) => choose_budget(heads, weights, x)?,
+        None => heads.iter().map(|h| choose(h, cfg, weights)).collect(),
+    };
     let mut plan = AttentionPlan::exact();
-    for r in &mut heads {
-        r.chosen = choose(r, cfg, &weights);
+    for (r, c) in heads.iter_mut().zip(chosen) {
+        r.chosen = c;
         if let Some(k) = r.chosen {
             let s = &r.scores[k];
             let choice = Choice::parse(&s.spec)?;
@@ -252,7 +311,7 @@ pub fn search(
             });
         }
     }
-    Ok(SearchOutcome { plan, heads, skipped, tokens: tokens.len(), weights })
+    Ok(plan)
 }
 
 fn score_head(
@@ -317,6 +376,61 @@ fn score_head(
     Ok(HeadResult { layer: c.layer, head: c.head, exact_pairs, exact_time_s, scores, chosen: None })
 }
 
+/// The heads of a scores file written by `attn plan --scores` (JSON lines: one candidate on
+/// one head per line, the heads in order), to choose again without measuring: every line's
+/// `layer`, `head`, `candidate`, `recall`, `recall_min`, `error` (null = not a number),
+/// `pairs`, `exact_pairs`, `time_s` and `exact_time_s`. The choices are not read back.
+///
+/// # Errors
+/// [`EvalError::Data`] naming the line for a line that does not parse or lacks a field, and
+/// for a file with no line.
+pub fn read_scores(text: &str) -> Result<Vec<HeadResult>, EvalError> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        layer: usize,
+        head: usize,
+        candidate: String,
+        recall: Option<f64>,
+        recall_min: Option<f64>,
+        error: Option<f64>,
+        pairs: u64,
+        exact_pairs: u64,
+        time_s: f64,
+        exact_time_s: f64,
+    }
+    let mut heads: Vec<HeadResult> = Vec::new();
+    for (n, l) in text.lines().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        let x: Line = serde_json::from_str(l)
+            .map_err(|e| EvalError::Data(format!("scores line {}: {e}", n + 1)))?;
+        let score = Score {
+            spec: x.candidate,
+            recall: x.recall.unwrap_or(f64::NAN),
+            recall_min: x.recall_min.unwrap_or(f64::NAN),
+            error: x.error.unwrap_or(f64::NAN),
+            pairs: x.pairs,
+            time_s: x.time_s,
+        };
+        match heads.last_mut() {
+            Some(h) if h.layer == x.layer && h.head == x.head => h.scores.push(score),
+            _ => heads.push(HeadResult {
+                layer: x.layer,
+                head: x.head,
+                exact_pairs: x.exact_pairs,
+                exact_time_s: x.exact_time_s,
+                scores: vec![score],
+                chosen: None,
+            }),
+        }
+    }
+    if heads.is_empty() {
+        return Err(EvalError::Data("the scores file has no line".into()));
+    }
+    Ok(heads)
+}
+
 /// Seconds per pair of each candidate, over all heads, relative to exact's.
 pub fn weights(heads: &[HeadResult]) -> BTreeMap<String, f64> {
     let (mut et, mut ep) = (0.0, 0u64);
@@ -357,6 +471,124 @@ pub fn choose(
         })
         .min_by(|a, b| cost(a.1).total_cmp(&cost(b.1)))
         .map(|(i, _)| i)
+}
+
+/// The weighted cost of a score: its pairs × its candidate's weight (1 when unknown).
+fn weighted(s: &Score, weights: &BTreeMap<String, f64>) -> f64 {
+    s.pairs as f64 * weights.get(&s.spec).copied().unwrap_or(1.0)
+}
+
+/// Choices under a speed budget: the summed weighted cost of all heads at most their summed
+/// exact pairs over `speedup`, with the smallest summed relative output error (exact: cost its
+/// pairs, error 0). Candidates with a non-finite error are never chosen.
+///
+/// Greedy on the multiple-choice knapsack: every head starts at its cheapest option; the steps
+/// along each head's lower convex hull of (cost, error) are taken steepest error drop per unit
+/// of cost first, as long as they fit (a head whose next step does not fit takes no later
+/// step); then, while some single change of one head to another option fits the remaining
+/// budget and lowers the error, the one that lowers it most is made.
+///
+/// # Errors
+/// [`EvalError::Data`] when even the cheapest option of every head exceeds the budget (the
+/// message says the largest speed-up the candidates reach).
+pub fn choose_budget(
+    heads: &[HeadResult],
+    weights: &BTreeMap<String, f64>,
+    speedup: f64,
+) -> Result<Vec<Option<usize>>, EvalError> {
+    // Per head, its options: (cost, error, choice), exact first.
+    let options: Vec<Vec<(f64, f64, Option<usize>)>> = heads
+        .iter()
+        .map(|h| {
+            let mut o = vec![(h.exact_pairs as f64, 0.0, None)];
+            for (i, s) in h.scores.iter().enumerate() {
+                let c = weighted(s, weights);
+                if s.error.is_finite() && c.is_finite() {
+                    o.push((c, s.error, Some(i)));
+                }
+            }
+            o
+        })
+        .collect();
+    let exact_total: f64 = heads.iter().map(|h| h.exact_pairs as f64).sum();
+    let budget = exact_total / speedup;
+    // Each head's lower convex hull, from its cheapest option (lowest error among equals) to its
+    // most accurate one: indices into its options.
+    let hulls: Vec<Vec<usize>> = options
+        .iter()
+        .map(|o| {
+            let mut idx: Vec<usize> = (0..o.len()).collect();
+            idx.sort_by(|&a, &b| o[a].0.total_cmp(&o[b].0).then(o[a].1.total_cmp(&o[b].1)));
+            let mut hull: Vec<usize> = Vec::new();
+            for i in idx {
+                // Keep only options that lower the error (the others are dominated).
+                if hull.last().is_some_and(|&l| o[i].1 >= o[l].1) {
+                    continue;
+                }
+                // Pop while the last hull point lies on or above the chord to the new one.
+                while hull.len() >= 2 {
+                    let (a, b) = (o[hull[hull.len() - 2]], o[hull[hull.len() - 1]]);
+                    let c = o[i];
+                    let cross = (b.0 - a.0) * (c.1 - a.1) - (b.1 - a.1) * (c.0 - a.0);
+                    if cross <= 0.0 {
+                        hull.pop();
+                    } else {
+                        break;
+                    }
+                }
+                hull.push(i);
+            }
+            hull
+        })
+        .collect();
+    let mut at: Vec<usize> = hulls.iter().map(|h| h[0]).collect();
+    let mut total: f64 = at.iter().enumerate().map(|(h, &i)| options[h][i].0).sum();
+    if total > budget * (1.0 + 1e-12) {
+        return Err(EvalError::Data(format!(
+            "no plan reaches a {speedup}× speed-up with these candidates: the cheapest option of \
+             every head reaches {:.2}× (in weighted pairs)",
+            exact_total / total
+        )));
+    }
+    // Hull steps, steepest error drop per unit of cost first (ties: head, then position).
+    let mut steps: Vec<(f64, usize, usize)> = Vec::new();
+    for (h, hull) in hulls.iter().enumerate() {
+        for j in 1..hull.len() {
+            let (a, b) = (options[h][hull[j - 1]], options[h][hull[j]]);
+            steps.push(((a.1 - b.1) / (b.0 - a.0).max(f64::MIN_POSITIVE), h, j));
+        }
+    }
+    steps.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
+    let mut blocked = vec![false; heads.len()];
+    for &(_, h, j) in &steps {
+        if blocked[h] || at[h] != hulls[h][j - 1] {
+            continue;
+        }
+        let delta = options[h][hulls[h][j]].0 - options[h][at[h]].0;
+        if total + delta <= budget {
+            total += delta;
+            at[h] = hulls[h][j];
+        } else {
+            blocked[h] = true;
+        }
+    }
+    // Top-up: the single change that fits and lowers the error most, until none does.
+    loop {
+        let mut best: Option<(f64, usize, usize)> = None;
+        for (h, o) in options.iter().enumerate() {
+            let (c0, e0, _) = o[at[h]];
+            for (i, &(c, e, _)) in o.iter().enumerate() {
+                let gain = e0 - e;
+                if gain > 0.0 && total - c0 + c <= budget && best.map_or(true, |b| gain > b.0) {
+                    best = Some((gain, h, i));
+                }
+            }
+        }
+        let Some((_, h, i)) = best else { break };
+        total += options[h][i].0 - options[h][at[h]].0;
+        at[h] = i;
+    }
+    Ok(at.iter().enumerate().map(|(h, &i)| options[h][i].2).collect())
 }
 
 /// Exact attention probabilities of a recorded head, and those of the method `spec` (computed by

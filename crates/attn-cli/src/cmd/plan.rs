@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use attn_eval::search::{search, SearchConfig};
+use attn_eval::search::{read_scores, search, select, weights, SearchConfig, SearchOutcome};
 use clap::Args;
 
 use crate::config::Runtime;
@@ -17,11 +17,15 @@ candidate method (with its budget) then runs on every head and is scored by the 
 it keeps (recall: mean over rows of exp(lse_method − lse_exact)), its relative output error, and \
 the (query, key) pairs it scores, each call timed. Each head gets the cheapest candidate \
 (pairs × the candidate's seconds-per-pair over exact's, summed over all heads) with recall ≥ \
---target-recall and error ≤ --max-error, else exact. The plan file (JSON, versioned) holds the \
-scores beside each choice; `attn eval --plan FILE` and `attn perplexity --method @FILE` run it.
+--target-recall and error ≤ --max-error, else exact. With --speedup X instead: the choices whose \
+summed cost is at most exact's over X with the smallest summed output error (the quality bounds \
+do not apply). --from-scores FILE chooses again from a file --scores wrote, without running the \
+model. The plan file (JSON, versioned) holds the scores beside each choice; `attn eval --plan \
+FILE` and `attn perplexity --method @FILE` run it.
 Calibrate on a different text than the one you evaluate on (default: Persuasion; eval: Emma).
 Examples:
-  attn plan --model smollm2 --tokens 8192 --out plan.json
+  attn plan --model smollm2 --tokens 8192 --out plan.json --scores scores.jsonl
+  attn plan --from-scores scores.jsonl --speedup 4 --out plan-4x.json
   attn plan --model smollm2 --tokens 4096 --candidate vertical-slash:vertical=128,slash=256 \\
       --candidate streaming:sink=64,window=1024 --target-recall 0.9 --out plan.json")]
 pub struct PlanArgs {
@@ -40,6 +44,14 @@ pub struct PlanArgs {
     /// Largest relative output error (Frobenius) a chosen method may have on a head
     #[arg(long, default_value_t = 0.1)]
     pub max_error: f64,
+    /// Speed budget instead of the quality bounds: the searched heads' summed cost (pairs ×
+    /// each candidate's cost weight) at most exact's over this factor, smallest summed error
+    #[arg(long, value_name = "X")]
+    pub speedup: Option<f64>,
+    /// Choose from the scores file an earlier `attn plan --scores` wrote instead of measuring
+    /// (no model run; --model, --text, --tokens, --candidate and --layers are not used)
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["candidate", "layers"])]
+    pub from_scores: Option<PathBuf>,
     /// Candidate method spec, repeatable [default: budget ladders of streaming, a-shape,
     /// vertical-slash and block-sparse, plus every other registered approximate method]
     #[arg(long)]
@@ -59,47 +71,31 @@ pub struct PlanArgs {
 }
 
 pub fn run(a: &PlanArgs, rt: &Runtime) -> Result<()> {
-    let text = if std::path::Path::new(&a.text).exists() {
-        std::fs::read_to_string(&a.text).with_context(|| format!("reading {}", a.text))?
-    } else {
-        attn_models::corpus::text(&a.text)
-            .with_context(|| format!("`{}` is neither a file nor a corpus name", a.text))?
-    };
-    let model = attn_models::model::load(&a.model)?.into_decoder()?;
-    if a.tokens < 2 || a.tokens > model.config.context {
-        bail!("--tokens must be in 2..={} (the model's context)", model.config.context);
-    }
-    let input = attn_eval::lm::LmInput::new(&model, &text, a.tokens, 0)?;
-    let tokens = &input.windows[0];
     let cfg = SearchConfig {
         target_recall: a.target_recall,
         max_error: a.max_error,
         candidates: a.candidate.clone(),
         threads: rt.threads_used(),
         layers: (!a.layers.is_empty()).then(|| a.layers.iter().copied().collect()),
+        speedup: a.speedup,
     };
-    if let Some(l) = a.layers.iter().find(|&&l| l >= model.config.layers.len()) {
-        bail!("--layers: layer {l} out of range (the model has {})", model.config.layers.len());
-    }
-    let bar = if a.quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "plan search [{bar:30}] {pos}/{len} heads {elapsed_precise} (eta {eta})",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b
+    let (outcome, source) = match &a.from_scores {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let mut heads =
+                read_scores(&text).with_context(|| format!("scores file {}", path.display()))?;
+            let weights = weights(&heads);
+            let plan = select(&mut heads, &cfg, &weights)?;
+            let outcome = SearchOutcome { plan, heads, skipped: Vec::new(), tokens: 0, weights };
+            (outcome, format!("the scores in {}", path.display()))
+        }
+        None => {
+            let outcome = measure(a, &cfg)?;
+            let source = format!("{} tokens of {}", outcome.tokens, a.text);
+            (outcome, source)
+        }
     };
-    eprintln!("{}: exact forward over {} tokens, recording every head", a.model, tokens.len());
-    let outcome = search(&model, tokens, &cfg, |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
-    bar.finish_and_clear();
     outcome.plan.save(&a.out)?;
     if let Some(path) = &a.scores {
         let mut s = String::new();
@@ -120,14 +116,11 @@ pub fn run(a: &PlanArgs, rt: &Runtime) -> Result<()> {
     for (spec, why, n) in &outcome.skipped {
         eprintln!("candidate {spec} could not run on {n} heads: {why}");
     }
-    println!(
-        "{} heads on {} tokens of {}: target recall {}, max error {}",
-        outcome.heads.len(),
-        outcome.tokens,
-        a.text,
-        a.target_recall,
-        a.max_error
-    );
+    let rule = match a.speedup {
+        Some(x) => format!("speed budget {x}× (smallest summed error)"),
+        None => format!("target recall {}, max error {}", a.target_recall, a.max_error),
+    };
+    println!("{} heads on {source}: {rule}", outcome.heads.len());
     println!("cost weight per candidate (seconds per pair over exact's):");
     for (spec, w) in &outcome.weights {
         println!("  {spec:<44} {w:>6.2}");
@@ -138,11 +131,55 @@ pub fn run(a: &PlanArgs, rt: &Runtime) -> Result<()> {
     }
     println!("scored pairs vs exact on the calibration tokens: {:.1} %", 100.0 * outcome.density());
     println!(
+        "weighted cost vs exact (what --speedup budgets): {:.1} %; mean head error {:.4}",
+        100.0 * outcome.weighted_ratio(),
+        outcome.mean_error()
+    );
+    println!(
         "attention time of the chosen calls vs exact (single timings, indicative): {:.1} %",
         100.0 * outcome.time_ratio()
     );
     println!("wrote {}", a.out.display());
     Ok(())
+}
+
+/// Runs the model over the calibration tokens and scores every candidate on every head.
+fn measure(a: &PlanArgs, cfg: &SearchConfig) -> Result<SearchOutcome> {
+    let text = if std::path::Path::new(&a.text).exists() {
+        std::fs::read_to_string(&a.text).with_context(|| format!("reading {}", a.text))?
+    } else {
+        attn_models::corpus::text(&a.text)
+            .with_context(|| format!("`{}` is neither a file nor a corpus name", a.text))?
+    };
+    let model = attn_models::model::load(&a.model)?.into_decoder()?;
+    if a.tokens < 2 || a.tokens > model.config.context {
+        bail!("--tokens must be in 2..={} (the model's context)", model.config.context);
+    }
+    let input = attn_eval::lm::LmInput::new(&model, &text, a.tokens, 0)?;
+    let tokens = &input.windows[0];
+    if let Some(l) = a.layers.iter().find(|&&l| l >= model.config.layers.len()) {
+        bail!("--layers: layer {l} out of range (the model has {})", model.config.layers.len());
+    }
+    let bar = if a.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "plan search [{bar:30}] {pos}/{len} heads {elapsed_precise} (eta {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b
+    };
+    eprintln!("{}: exact forward over {} tokens, recording every head", a.model, tokens.len());
+    let outcome = search(&model, tokens, cfg, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    Ok(outcome)
 }
 
 /// `attn capture`.
