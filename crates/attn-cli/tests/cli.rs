@@ -737,3 +737,48 @@ fn run_per_token_bad_shapes_and_options_fail_with_typed_messages() {
     let err = without(&["--method", "gated-deltanet"], "gated-deltanet", &["--beta", s(&beta)]);
     assert!(err.contains("need a forced --method"), "{err}");
 }
+
+#[test]
+fn plan_rechooses_from_a_scores_file_under_a_speed_budget() {
+    let d = dir("plan-scores");
+    // Two heads of 1000 exact pairs; one fast candidate (weight 1: its seconds per pair equal
+    // exact's) with two budgets.
+    let line = |layer: usize, cand: &str, pairs: u64, error: f64| {
+        format!(
+            "{{\"layer\":{layer},\"head\":0,\"candidate\":\"{cand}\",\"recall\":0.9,\
+             \"recall_min\":0.5,\"error\":{error},\"pairs\":{pairs},\"exact_pairs\":1000,\
+             \"time_s\":{t},\"exact_time_s\":1.0,\"chosen\":false}}\n",
+            t = pairs as f64 / 1000.0
+        )
+    };
+    let text = [
+        line(0, "streaming:sink=4,window=64", 100, 0.4),
+        line(0, "streaming:sink=4,window=256", 400, 0.1),
+        line(1, "streaming:sink=4,window=64", 100, 0.3),
+        line(1, "streaming:sink=4,window=256", 400, 0.05),
+    ]
+    .concat();
+    let scores = d.join("scores.jsonl");
+    std::fs::write(&scores, text).unwrap();
+    let out = d.join("plan.json");
+    // 2×: 1000 weighted pairs for both heads: the wider window on both (800 pairs).
+    let o = ok(&["plan", "--from-scores", s(&scores), "--speedup", "2", "--out", s(&out)]);
+    assert!(o.contains("speed budget 2×") && o.contains("weighted cost vs exact"), "{o}");
+    let plan = attn_models::AttentionPlan::load(&out).expect("plan");
+    for l in 0..2 {
+        assert_eq!(plan.choice(l, 0).label(), "streaming:sink=4,window=256");
+    }
+    // 4×: 500 pairs: the wider window only where it lowers the error most (head 0: 0.3 less).
+    ok(&["plan", "--from-scores", s(&scores), "--speedup", "4", "--out", s(&out)]);
+    let plan = attn_models::AttentionPlan::load(&out).expect("plan");
+    assert_eq!(plan.choice(0, 0).label(), "streaming:sink=4,window=256");
+    assert_eq!(plan.choice(1, 0).label(), "streaming:sink=4,window=64");
+    // Bad budgets and files are clean errors.
+    let e = fails(&["plan", "--from-scores", s(&scores), "--speedup", "20", "--out", s(&out)]);
+    assert!(e.contains("10.00×"), "{e}");
+    let e = fails(&["plan", "--from-scores", s(&scores), "--speedup", "0", "--out", s(&out)]);
+    assert!(e.contains("≥ 1"), "{e}");
+    std::fs::write(&scores, "{\"layer\": 0}\n").unwrap();
+    let e = fails(&["plan", "--from-scores", s(&scores), "--out", s(&out)]);
+    assert!(e.contains("line 1"), "{e}");
+}

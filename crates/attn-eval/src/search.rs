@@ -376,6 +376,27 @@ fn score_head(
     Ok(HeadResult { layer: c.layer, head: c.head, exact_pairs, exact_time_s, scores, chosen: None })
 }
 
+/// Every score of every head as JSON lines (`attn plan --scores`): one candidate on one head
+/// per line, with the head's exact pairs and time and whether it was chosen; [`read_scores`]
+/// reads it back.
+pub fn write_scores(heads: &[HeadResult]) -> String {
+    let mut s = String::new();
+    for h in heads {
+        for (i, c) in h.scores.iter().enumerate() {
+            let line = serde_json::json!({
+                "layer": h.layer, "head": h.head, "candidate": c.spec,
+                "recall": c.recall, "recall_min": c.recall_min, "error": c.error,
+                "pairs": c.pairs, "exact_pairs": h.exact_pairs,
+                "time_s": c.time_s, "exact_time_s": h.exact_time_s,
+                "chosen": h.chosen == Some(i),
+            });
+            s.push_str(&line.to_string());
+            s.push('\n');
+        }
+    }
+    s
+}
+
 /// The heads of a scores file written by `attn plan --scores` (JSON lines: one candidate on
 /// one head per line, the heads in order), to choose again without measuring: every line's
 /// `layer`, `head`, `candidate`, `recall`, `recall_min`, `error` (null = not a number),

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use attn_eval::lm::{self, LmInput};
 use attn_eval::needle::{self, NeedleInput};
 use attn_eval::retrieval::TaskKind;
-use attn_eval::search::{choose, search, HeadResult, Score, SearchConfig};
+use attn_eval::search::{
+    choose, choose_budget, read_scores, search, select, write_scores, HeadResult, Score,
+    SearchConfig,
+};
 use attn_models::decoder::Decoder;
 use attn_models::{AttentionPlan, Choice};
 
@@ -49,6 +52,160 @@ fn choose_takes_the_cheapest_weighted_candidate_that_meets_both_bounds() {
     assert_eq!(choose(&h, &cfg, &w), None);
 }
 
+/// A head with `exact_pairs` 1000 and the given (spec, pairs, error) candidates.
+fn head(layer: usize, cands: &[(&str, u64, f64)]) -> HeadResult {
+    HeadResult {
+        layer,
+        head: 0,
+        exact_pairs: 1000,
+        exact_time_s: 1.0,
+        scores: cands.iter().map(|&(n, p, e)| score(n, 0.5, e, p, 0.1)).collect(),
+        chosen: None,
+    }
+}
+
+/// Cost (weight 1) and summed error of a choice per head.
+fn cost_error(heads: &[HeadResult], ch: &[Option<usize>]) -> (f64, f64) {
+    heads.iter().zip(ch).fold((0.0, 0.0), |(c, e), (h, k)| match k {
+        Some(i) => (c + h.scores[*i].pairs as f64, e + h.scores[*i].error),
+        None => (c + h.exact_pairs as f64, e),
+    })
+}
+
+/// The best choice by trying every combination (exact included): (summed error, choice).
+fn brute_force(heads: &[HeadResult], budget: f64) -> f64 {
+    let mut best = f64::INFINITY;
+    let n: Vec<usize> = heads.iter().map(|h| h.scores.len() + 1).collect();
+    let total: usize = n.iter().product();
+    for mut code in 0..total {
+        let ch: Vec<Option<usize>> = n
+            .iter()
+            .map(|&k| {
+                let d = code % k;
+                code /= k;
+                d.checked_sub(1)
+            })
+            .collect();
+        let (c, e) = cost_error(heads, &ch);
+        if c <= budget {
+            best = best.min(e);
+        }
+    }
+    best
+}
+
+#[test]
+fn speed_budget_picks_the_smallest_error_that_fits() {
+    let heads = vec![
+        head(0, &[("a1", 100, 0.5), ("a2", 300, 0.1), ("a3", 600, 0.05)]),
+        head(1, &[("b1", 100, 0.3), ("b2", 500, 0.02)]),
+    ];
+    let w = BTreeMap::new();
+    // 2×: 1000 weighted pairs for both heads. Best: a2 + b2 (800 pairs, error 0.12).
+    let ch = choose_budget(&heads, &w, 2.0).expect("fits");
+    assert_eq!(ch, vec![Some(1), Some(1)]);
+    assert!((cost_error(&heads, &ch).1 - brute_force(&heads, 1000.0)).abs() < 1e-12);
+    // 1×: exact everywhere is the only zero-error choice, and it fits.
+    assert_eq!(choose_budget(&heads, &w, 1.0).expect("fits"), vec![None, None]);
+    // 10×: only the cheapest of each (200 pairs) fits.
+    assert_eq!(choose_budget(&heads, &w, 10.0).expect("fits"), vec![Some(0), Some(0)]);
+    // 20×: nothing fits; the message says what the cheapest reaches.
+    let e = choose_budget(&heads, &w, 20.0).unwrap_err().to_string();
+    assert!(e.contains("10.00×"), "{e}");
+    // A weight of 3 on b2 makes it cost 1500: no longer within 2× beside a2.
+    let w3: BTreeMap<String, f64> = [("b2".to_string(), 3.0)].into();
+    let ch = choose_budget(&heads, &w3, 2.0).expect("fits");
+    assert_ne!(ch[1], Some(1), "{ch:?}");
+    // A non-finite error is never chosen, however cheap.
+    let nan = vec![head(0, &[("x", 1, f64::NAN), ("y", 400, 0.2)])];
+    assert_eq!(choose_budget(&nan, &w, 2.0).expect("fits"), vec![Some(1)]);
+    // Bad budgets are typed errors.
+    let cfg = SearchConfig { speedup: Some(0.5), ..SearchConfig::default() };
+    assert!(select(&mut heads.clone(), &cfg, &w).is_err());
+    let cfg = SearchConfig { speedup: Some(f64::NAN), ..SearchConfig::default() };
+    assert!(select(&mut heads.clone(), &cfg, &w).is_err());
+}
+
+#[test]
+fn speed_budget_fits_and_no_single_change_improves_it() {
+    // Random instances against the brute-force optimum: always within the budget, never
+    // improvable by changing one head, and close to the optimum.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut sum_greedy, mut sum_best) = (0.0, 0.0);
+    for _ in 0..200 {
+        let heads: Vec<HeadResult> = (0..4)
+            .map(|l| {
+                let c: Vec<(String, u64, f64)> = (0..4)
+                    .map(|i| (format!("c{i}"), 20 + next() % 900, (next() % 1000) as f64 / 1000.0))
+                    .collect();
+                let c: Vec<(&str, u64, f64)> =
+                    c.iter().map(|(n, p, e)| (n.as_str(), *p, *e)).collect();
+                head(l, &c)
+            })
+            .collect();
+        let x = 1.0 + (next() % 400) as f64 / 100.0;
+        let budget = 4000.0 / x;
+        let w = BTreeMap::new();
+        let Ok(ch) = choose_budget(&heads, &w, x) else {
+            // Only when even the cheapest options exceed the budget.
+            let cheapest: f64 = heads
+                .iter()
+                .map(|h| h.scores.iter().map(|s| s.pairs).min().unwrap().min(1000) as f64)
+                .sum();
+            assert!(cheapest > budget);
+            continue;
+        };
+        let (c, e) = cost_error(&heads, &ch);
+        assert!(c <= budget * (1.0 + 1e-12), "over budget: {c} > {budget}");
+        for (h, hr) in heads.iter().enumerate() {
+            for alt in std::iter::once(None).chain((0..hr.scores.len()).map(Some)) {
+                let mut other = ch.clone();
+                other[h] = alt;
+                let (c2, e2) = cost_error(&heads, &other);
+                assert!(c2 > budget || e2 >= e - 1e-12, "one change improves {ch:?} → {other:?}");
+            }
+        }
+        let best = brute_force(&heads, budget);
+        assert!(e >= best - 1e-12);
+        sum_greedy += e;
+        sum_best += best;
+    }
+    // Greedy is not always optimal, but close on average.
+    assert!(sum_greedy <= 1.1 * sum_best + 1e-9, "{sum_greedy} vs {sum_best}");
+}
+
+#[test]
+fn scores_files_round_trip_and_bad_lines_are_named() {
+    let mut heads = vec![
+        head(3, &[("streaming:sink=4,window=64", 100, 0.2), ("hyper", 300, f64::NAN)]),
+        head(5, &[("a-shape:sink=4,local=64", 120, 0.1)]),
+    ];
+    heads[0].chosen = Some(0);
+    let text = write_scores(&heads);
+    assert_eq!(text.lines().count(), 3);
+    let back = read_scores(&text).expect("reads");
+    assert_eq!(back.len(), 2);
+    for (a, b) in heads.iter().zip(&back) {
+        assert_eq!((a.layer, a.head, a.exact_pairs), (b.layer, b.head, b.exact_pairs));
+        assert_eq!(a.scores.len(), b.scores.len());
+        for (x, y) in a.scores.iter().zip(&b.scores) {
+            assert_eq!((&x.spec, x.pairs), (&y.spec, y.pairs));
+            assert!(x.error == y.error || (x.error.is_nan() && y.error.is_nan()));
+        }
+        assert_eq!(b.chosen, None, "choices are made again, not read back");
+    }
+    let bad = format!("{}{{\"layer\": 1}}\n", text);
+    let e = read_scores(&bad).unwrap_err().to_string();
+    assert!(e.contains("line 4"), "{e}");
+    assert!(read_scores("\n").is_err());
+}
+
 #[test]
 fn searched_plan_runs_what_it_chose_and_exact_where_nothing_qualifies() {
     let m = smollm2();
@@ -61,6 +218,7 @@ fn searched_plan_runs_what_it_chose_and_exact_where_nothing_qualifies() {
         candidates: vec![cand.clone()],
         threads: 2,
         layers: None,
+        speedup: None,
     };
     let mut seen = 0;
     let out = search(&m, &t, &loose, |done, total| {
@@ -85,6 +243,10 @@ fn searched_plan_runs_what_it_chose_and_exact_where_nothing_qualifies() {
         let s = o.score.as_ref().expect("score");
         assert!(s.contains_key("recall") && s.contains_key("error") && s.contains_key("density"));
     }
+    // Chosen again from its scores file, with the same bounds: the same plan.
+    let mut again = read_scores(&write_scores(&out.heads)).expect("scores");
+    let w = attn_eval::search::weights(&again);
+    assert_eq!(select(&mut again, &loose, &w).expect("select"), out.plan);
     // Saved and loaded, it round-trips.
     let dir = std::env::temp_dir().join(format!("attn-search-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use attn_eval::search::{read_scores, search, select, weights, SearchConfig, SearchOutcome};
+use attn_eval::search::{
+    read_scores, search, select, weights, write_scores, SearchConfig, SearchOutcome,
+};
 use clap::Args;
 
 use crate::config::Runtime;
@@ -98,19 +100,7 @@ pub fn run(a: &PlanArgs, rt: &Runtime) -> Result<()> {
     };
     outcome.plan.save(&a.out)?;
     if let Some(path) = &a.scores {
-        let mut s = String::new();
-        for h in &outcome.heads {
-            for (i, c) in h.scores.iter().enumerate() {
-                s.push_str(&serde_json::to_string(&serde_json::json!({
-                    "layer": h.layer, "head": h.head, "candidate": c.spec,
-                    "recall": c.recall, "recall_min": c.recall_min, "error": c.error,
-                    "pairs": c.pairs, "exact_pairs": h.exact_pairs,
-                    "time_s": c.time_s, "exact_time_s": h.exact_time_s,
-                    "chosen": h.chosen == Some(i),
-                }))?);
-                s.push('\n');
-            }
-        }
+        let s = write_scores(&outcome.heads);
         std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))?;
     }
     for (spec, why, n) in &outcome.skipped {
