@@ -600,7 +600,7 @@ pub fn choose_budget(
             let (c0, e0, _) = o[at[h]];
             for (i, &(c, e, _)) in o.iter().enumerate() {
                 let gain = e0 - e;
-                if gain > 0.0 && total - c0 + c <= budget && best.map_or(true, |b| gain > b.0) {
+                if gain > 0.0 && total - c0 + c <= budget && best.is_none_or(|b| gain > b.0) {
                     best = Some((gain, h, i));
                 }
             }
