@@ -90,6 +90,24 @@ impl Linear {
 /// one parallel product.
 const SPLIT_ROWS: usize = 64;
 
+/// Columns per thread from which [`matmul_bt`] splits the columns between threads when they
+/// outnumber the rows four to one.
+const SPLIT_COLS: usize = 256;
+
+/// `dst = lhs·rhs` with the columns split into `parts` sequential products run in parallel.
+fn column_parts(dst: MatMut<'_, f32>, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>, parts: usize) {
+    if parts <= 1 {
+        matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, faer::Par::Seq);
+        clean_upper_state();
+        return;
+    }
+    let left = parts / 2;
+    let mid = dst.ncols() * left / parts;
+    let (dl, dr) = dst.split_at_col_mut(mid);
+    let (rl, rr) = rhs.split_at_col(mid);
+    rayon::join(|| column_parts(dl, lhs, rl, left), || column_parts(dr, lhs, rr, parts - left));
+}
+
 /// `y[n, m] = x[n, k]·wᵀ` for a row-major `w: [m, k]` (read transposed, no copy).
 pub fn matmul_bt(x: &[f32], n: usize, k: usize, w: &[f32], m: usize, y: &mut [f32], th: Threads) {
     if n == 0 || m == 0 {
@@ -101,6 +119,16 @@ pub fn matmul_bt(x: &[f32], n: usize, k: usize, w: &[f32], m: usize, y: &mut [f3
         let dst = MatMut::from_row_major_slice_mut(y, n, m);
         matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, par);
     };
+    if th.0 > 1 && m >= 4 * n && m >= th.0 * SPLIT_COLS {
+        // Far more output columns than rows (the vocabulary logits of a block of rows): split
+        // the columns, so that each thread packs only its share of `w` (splitting the rows
+        // would have every thread pack all of it, which costs as much as the product here).
+        let lhs = MatRef::from_row_major_slice(x, n, k);
+        let rhs = MatRef::from_row_major_slice(w, m, k).transpose();
+        let dst = MatMut::from_row_major_slice_mut(y, n, m);
+        column_parts(dst, lhs, rhs, th.0);
+        return;
+    }
     if th.0 > 1 && n >= th.0 * SPLIT_ROWS {
         // Enough rows for every thread: one sequential product per block of rows, with no
         // synchronisation inside the product (faer's parallel product waits at barriers between
