@@ -773,6 +773,24 @@ fn plan_rechooses_from_a_scores_file_under_a_speed_budget() {
     let plan = attn_models::AttentionPlan::load(&out).expect("plan");
     assert_eq!(plan.choice(0, 0).label(), "streaming:sink=4,window=256");
     assert_eq!(plan.choice(1, 0).label(), "streaming:sink=4,window=64");
+    // Only the narrow window allowed: it on both heads, whatever the budget allows.
+    ok(&[
+        "plan",
+        "--from-scores",
+        s(&scores),
+        "--speedup",
+        "2",
+        "--candidate",
+        "streaming:window=64,sink=4",
+        "--out",
+        s(&out),
+    ]);
+    let plan = attn_models::AttentionPlan::load(&out).expect("plan");
+    for l in 0..2 {
+        assert_eq!(plan.choice(l, 0).label(), "streaming:sink=4,window=64");
+    }
+    let e = fails(&["plan", "--from-scores", s(&scores), "--candidate", "hyper", "--out", s(&out)]);
+    assert!(e.contains("not in the scores file"), "{e}");
     // Bad budgets and files are clean errors.
     let e = fails(&["plan", "--from-scores", s(&scores), "--speedup", "20", "--out", s(&out)]);
     assert!(e.contains("10.00×"), "{e}");

@@ -51,8 +51,9 @@ pub struct PlanArgs {
     #[arg(long, value_name = "X")]
     pub speedup: Option<f64>,
     /// Choose from the scores file an earlier `attn plan --scores` wrote instead of measuring
-    /// (no model run; --model, --text, --tokens, --candidate and --layers are not used)
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["candidate", "layers"])]
+    /// (no model run; --model, --text and --tokens are not used; --candidate keeps only those
+    /// candidates of the file)
+    #[arg(long, value_name = "FILE", conflicts_with = "layers")]
     pub from_scores: Option<PathBuf>,
     /// Candidate method spec, repeatable [default: budget ladders of streaming, a-shape,
     /// vertical-slash and block-sparse, plus every other registered approximate method]
@@ -87,6 +88,9 @@ pub fn run(a: &PlanArgs, rt: &Runtime) -> Result<()> {
                 .with_context(|| format!("reading {}", path.display()))?;
             let mut heads =
                 read_scores(&text).with_context(|| format!("scores file {}", path.display()))?;
+            if !a.candidate.is_empty() {
+                keep_candidates(&mut heads, &a.candidate)?;
+            }
             let weights = weights(&heads);
             let plan = select(&mut heads, &cfg, &weights)?;
             let outcome = SearchOutcome { plan, heads, skipped: Vec::new(), tokens: 0, weights };
@@ -130,6 +134,24 @@ pub fn run(a: &PlanArgs, rt: &Runtime) -> Result<()> {
         100.0 * outcome.time_ratio()
     );
     println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+/// Keeps only the scores of `wanted` candidates (compared as parsed specs); every wanted one
+/// must be in the file.
+fn keep_candidates(heads: &mut [attn_eval::search::HeadResult], wanted: &[String]) -> Result<()> {
+    let norm = |spec: &str| attn_models::Choice::parse(spec).map(|c| c.label());
+    let wanted: Vec<String> = wanted.iter().map(|w| norm(w)).collect::<Result<_, _>>()?;
+    for w in &wanted {
+        let present =
+            heads.iter().flat_map(|h| &h.scores).any(|s| norm(&s.spec).ok().as_ref() == Some(w));
+        if !present {
+            bail!("--candidate {w}: not in the scores file");
+        }
+    }
+    for h in heads.iter_mut() {
+        h.scores.retain(|s| norm(&s.spec).is_ok_and(|l| wanted.contains(&l)));
+    }
     Ok(())
 }
 
