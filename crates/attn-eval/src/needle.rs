@@ -164,10 +164,14 @@ fn argmax(x: &[f32]) -> u32 {
 /// Accuracy of `run` and its agreement with the exact run (same decoded answer), and its cost.
 pub fn compare(exact: &NeedleRun, run: &NeedleRun) -> (Quality, Cost) {
     let n = run.scores.len().max(1) as f64;
-    let same = exact.outputs.iter().zip(&run.outputs).filter(|(a, b)| a == b).count();
+    let same_as_exact: Vec<bool> =
+        exact.outputs.iter().zip(&run.outputs).map(|(a, b)| a == b).collect();
+    let same = same_as_exact.iter().filter(|&&s| s).count();
     let q = Quality {
         accuracy: Some(run.scores.iter().sum::<f64>() / n),
         top1_agreement: Some(same as f64 / n),
+        sample_scores: run.scores.clone(),
+        same_as_exact,
         ..Quality::default()
     };
     let c = Cost {

@@ -97,6 +97,13 @@ pub struct Quality {
     /// Exact-match accuracy (retrieval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accuracy: Option<f64>,
+    /// Score of each sample in `[0, 1]`, in sample order (retrieval): which samples a method
+    /// answered, to compare with exact's sample by sample.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sample_scores: Vec<f64>,
+    /// Per sample: whether the decoded answer is the same string as exact's (retrieval).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub same_as_exact: Vec<bool>,
     /// Per (layer, head): relative Frobenius error of the attention output to exact (fidelity);
     /// `[layer][head]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

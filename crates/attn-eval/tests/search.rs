@@ -299,6 +299,9 @@ fn passkey_prefill_with_exact_equals_itself_and_scores_answers() {
     let (q, c) = needle::compare(&exact, &flash);
     assert_eq!(q.top1_agreement, Some(1.0), "{:?} vs {:?}", exact.outputs, flash.outputs);
     assert_eq!(q.accuracy, Some(exact.scores.iter().sum::<f64>() / 2.0));
+    // Sample by sample: the method's scores, and whether each answer is exact's string.
+    assert_eq!(q.sample_scores, flash.scores);
+    assert_eq!(q.same_as_exact, vec![true, true]);
     for (sc, out) in exact.scores.iter().zip(&exact.outputs) {
         assert!((0.0..=1.0).contains(sc));
         assert!(!out.contains('\n'), "decoding stops at a newline: {out:?}");
