@@ -481,7 +481,7 @@ pub fn choose(
     cfg: &SearchConfig,
     weights: &BTreeMap<String, f64>,
 ) -> Option<usize> {
-    let cost = |s: &Score| s.pairs as f64 * weights.get(&s.spec).copied().unwrap_or(1.0);
+    let cost = |s: &Score| weighted(s, weights);
     h.scores
         .iter()
         .enumerate()

@@ -142,15 +142,18 @@ pub fn run(a: &PlanArgs, rt: &Runtime) -> Result<()> {
 fn keep_candidates(heads: &mut [attn_eval::search::HeadResult], wanted: &[String]) -> Result<()> {
     let norm = |spec: &str| attn_models::Choice::parse(spec).map(|c| c.label());
     let wanted: Vec<String> = wanted.iter().map(|w| norm(w)).collect::<Result<_, _>>()?;
-    for w in &wanted {
-        let present =
-            heads.iter().flat_map(|h| &h.scores).any(|s| norm(&s.spec).ok().as_ref() == Some(w));
-        if !present {
-            bail!("--candidate {w}: not in the scores file");
-        }
-    }
+    let mut seen = vec![false; wanted.len()];
     for h in heads.iter_mut() {
-        h.scores.retain(|s| norm(&s.spec).is_ok_and(|l| wanted.contains(&l)));
+        h.scores.retain(|s| {
+            let i = norm(&s.spec).ok().and_then(|l| wanted.iter().position(|w| *w == l));
+            if let Some(i) = i {
+                seen[i] = true;
+            }
+            i.is_some()
+        });
+    }
+    if let Some(i) = seen.iter().position(|&s| !s) {
+        bail!("--candidate {}: not in the scores file", wanted[i]);
     }
     Ok(())
 }
