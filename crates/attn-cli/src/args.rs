@@ -187,6 +187,23 @@ pub struct BenchArgs {
     /// records along D (their logits add) [default: every record in the file]
     #[arg(long, value_name = "KEYS", value_delimiter = ',', requires = "qkv")]
     pub qkv_heads: Vec<String>,
+
+    /// With --qkv, how rows past the recorded length get their positions: `repeat` copies the
+    /// recorded rows as they are (their RoPE repeats every S_rec rows, so each tile sees the
+    /// previous tiles at the relative positions of its own rows); `rope` rotates the copy in
+    /// tile m by m·S_rec more positions (the record's RoPE, from the capture metadata), so
+    /// every pair's rotation matches its true distance in the tiled sequence
+    #[arg(long, value_enum, default_value = "repeat", requires = "qkv")]
+    pub qkv_tiling: TilingArg,
+}
+
+/// How `--qkv` records are extended past their length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TilingArg {
+    /// Copy the rows as recorded
+    Repeat,
+    /// Copy the rows and re-apply the record's RoPE at their new positions
+    Rope,
 }
 
 /// Axis order of the arrays in the files.

@@ -288,7 +288,14 @@ impl BenchConfig {
             }
         };
         let real = match &a.qkv {
-            Some(f) => Some(crate::real::RealInputs::load(f, &a.qkv_heads)?),
+            Some(f) => Some(crate::real::RealInputs::load(
+                f,
+                &a.qkv_heads,
+                match a.qkv_tiling {
+                    crate::args::TilingArg::Repeat => crate::real::Tiling::Repeat,
+                    crate::args::TilingArg::Rope => crate::real::Tiling::Rope,
+                },
+            )?),
             None => None,
         };
         Ok(Self { cases, skipped, timing, warmup: a.warmup, dtype, recall: a.recall, real })

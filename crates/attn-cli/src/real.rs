@@ -6,6 +6,15 @@
 //!   keys and values alike. The positional encoding (RoPE) was applied at capture time, so a
 //!   tiled sequence repeats the same relative structure every `S_rec` rows: local bands, sinks
 //!   at each tile start, the same columns. Benchmarks must say so.
+//!   - `repeat` (default): the rows as recorded. A query in tile m scores the same-offset key of
+//!     every earlier tile exactly as its own: each tile is an exact copy at every distance that
+//!     is a multiple of `S_rec`.
+//!   - `rope`: the queries and keys of tile `m` are rotated by `m·S_rec` more positions with the
+//!     record's RoPE (pairs and frequencies from the capture metadata). RoPE rotates a row at
+//!     position `p` by `p·θ_i` per pair, and rotations add, so row `i` of the record becomes the
+//!     row a model would have produced at position `i + m·S_rec` from the same pre-RoPE vector:
+//!     within a tile the logits are the record's, across tiles each pair's rotation matches its
+//!     true distance. (Still a repeat of the same content, not a longer text.)
 //! - **Joined heads**: `L3.H0.B0+L3.H1.B0` concatenates two records along `D` (a `D = 128` head
 //!   from two `D = 64` heads); the queries are multiplied by `√(D_joined) · scale_rec`, so that
 //!   the benchmark's default scale `1/√D_joined` gives logits equal to the **sum** of the parts'
@@ -27,6 +36,68 @@ pub struct RealHead {
     pub q: Vec<f32>,
     pub k: Vec<f32>,
     pub v: Vec<f32>,
+    /// The RoPE of each joined part: `(first feature, rotation)`; `None` where the file has no
+    /// RoPE metadata for the part.
+    pub rope: Vec<(usize, Option<Rotary>)>,
+}
+
+/// A record's rotary embedding (capture metadata `rope`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rotary {
+    /// Pairs `(2i, 2i+1)` when true, `(i, i + rot_dim/2)` otherwise.
+    pub interleaved: bool,
+    /// Radians per position of each pair.
+    pub inv_freq: Vec<f64>,
+}
+
+impl Rotary {
+    fn from_json(j: &serde_json::Value) -> Option<Self> {
+        let interleaved = match j.get("pairs")?.as_str()? {
+            "interleaved" => true,
+            "half" => false,
+            _ => return None,
+        };
+        let inv_freq = j
+            .get("inv_freq")?
+            .as_array()?
+            .iter()
+            .map(|x| x.as_f64())
+            .collect::<Option<Vec<_>>>()?;
+        let rot_dim = j.get("rot_dim")?.as_u64()? as usize;
+        (rot_dim == 2 * inv_freq.len()).then_some(Self { interleaved, inv_freq })
+    }
+
+    /// Rotates `x` (one head's features, starting at this part's first one) by `shift`
+    /// positions.
+    fn rotate(&self, x: &mut [f32], cs: &[(f64, f64)]) {
+        let half = self.inv_freq.len();
+        for (i, &(c, s)) in cs.iter().enumerate() {
+            let (a, b) = if self.interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+            let (x0, x1) = (f64::from(x[a]), f64::from(x[b]));
+            x[a] = (x0 * c - x1 * s) as f32;
+            x[b] = (x0 * s + x1 * c) as f32;
+        }
+    }
+
+    /// `(cos, sin)` of each pair's angle after `shift` positions.
+    fn table(&self, shift: usize) -> Vec<(f64, f64)> {
+        self.inv_freq
+            .iter()
+            .map(|&f| {
+                let (s, c) = (shift as f64 * f).sin_cos();
+                (c, s)
+            })
+            .collect()
+    }
+}
+
+/// How records are extended past their length (`attn bench --qkv-tiling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tiling {
+    /// The rows as recorded.
+    Repeat,
+    /// Queries and keys of tile `m` rotated by `m·S_rec` positions with the record's RoPE.
+    Rope,
 }
 
 /// Every head a benchmark case cycles through.
@@ -34,29 +105,34 @@ pub struct RealHead {
 pub struct RealInputs {
     pub file: PathBuf,
     pub heads: Vec<RealHead>,
+    pub tiling: Tiling,
 }
 
 impl RealInputs {
     /// Reads `file`; `select` lists record keys (`L3.H0.B0`, joined with `+`), empty = every
     /// record in the file.
-    pub fn load(file: &Path, select: &[String]) -> Result<Self> {
+    ///
+    /// With [`Tiling::Rope`] every record needs RoPE metadata (files from `attn capture` carry
+    /// it).
+    pub fn load(file: &Path, select: &[String], tiling: Tiling) -> Result<Self> {
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| anyhow!("{}: not a valid .safetensors file ({e})", file.display()))?;
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .map_err(|e| anyhow!("{}: not a valid .safetensors file ({e})", file.display()))?;
-        let scales: BTreeMap<String, f64> = meta
+        let records: BTreeMap<String, serde_json::Value> = meta
             .metadata()
             .as_ref()
             .map(|m| {
                 m.iter()
-                    .filter_map(|(k, v)| {
-                        let j: serde_json::Value = serde_json::from_str(v).ok()?;
-                        Some((k.clone(), j.get("scale")?.as_f64()?))
-                    })
+                    .filter_map(|(k, v)| Some((k.clone(), serde_json::from_str(v).ok()?)))
                     .collect()
             })
             .unwrap_or_default();
+        let scales: BTreeMap<String, f64> = records
+            .iter()
+            .filter_map(|(k, j)| Some((k.clone(), j.get("scale")?.as_f64()?)))
+            .collect();
         let mut keys: Vec<String> = select.to_vec();
         if keys.is_empty() {
             let mut all: Vec<String> = st
@@ -104,7 +180,29 @@ impl RealInputs {
                     v.2
                 );
                 let scale = scales.get(*p).copied().unwrap_or(1.0 / (q.2 as f64).sqrt());
-                recs.push((q, k, v, scale));
+                let rope = match records.get(*p).and_then(|j| j.get("rope")) {
+                    None => None,
+                    Some(j) => Some(Rotary::from_json(j).ok_or_else(|| {
+                        anyhow!("{}: {p}: unreadable `rope` metadata {j}", file.display())
+                    })?),
+                };
+                if tiling == Tiling::Rope {
+                    match &rope {
+                        None => bail!(
+                            "{}: {p} has no RoPE metadata, so --qkv-tiling rope cannot move it \
+                             (re-capture it with this version of `attn capture`)",
+                            file.display()
+                        ),
+                        Some(r) if 2 * r.inv_freq.len() > q.2 => bail!(
+                            "{}: {p}: RoPE rotates {} features of a {}-feature head",
+                            file.display(),
+                            2 * r.inv_freq.len(),
+                            q.2
+                        ),
+                        Some(_) => {}
+                    }
+                }
+                recs.push((q, k, v, scale, rope));
             }
             let s = recs[0].0 .1;
             if recs.iter().any(|r| r.0 .1 != s) {
@@ -120,9 +218,11 @@ impl RealInputs {
                 q: vec![0.0; s * d],
                 k: vec![0.0; s * d],
                 v: vec![0.0; s * dv],
+                rope: Vec::new(),
             };
             let (mut off, mut offv) = (0, 0);
-            for (q, k, v, scale) in &recs {
+            for (q, k, v, scale, rope) in &recs {
+                h.rope.push((off, rope.clone()));
                 // Logits of the joined head at scale 1/√d are the sum of the parts' logits.
                 let mul = ((d as f64).sqrt() * scale) as f32;
                 for i in 0..s {
@@ -139,7 +239,7 @@ impl RealInputs {
             }
             heads.push(h);
         }
-        Ok(Self { file: file.to_path_buf(), heads })
+        Ok(Self { file: file.to_path_buf(), heads, tiling })
     }
 
     /// `[1, H, S, D]` q, k, v tiled from the heads (head `h` uses record `h mod n`).
@@ -154,12 +254,31 @@ impl RealInputs {
                 r.d,
                 r.dv
             );
+            let mut tables: Vec<Vec<(f64, f64)>> = Vec::new();
             for i in 0..s {
-                let src = i % r.s;
+                let (tile, src) = (i / r.s, i % r.s);
                 let dst = hi * s + i;
                 out[0][dst * d..(dst + 1) * d].copy_from_slice(&r.q[src * d..(src + 1) * d]);
                 out[1][dst * d..(dst + 1) * d].copy_from_slice(&r.k[src * d..(src + 1) * d]);
                 out[2][dst * dv..(dst + 1) * dv].copy_from_slice(&r.v[src * dv..(src + 1) * dv]);
+                if self.tiling == Tiling::Rope && tile > 0 {
+                    if src == 0 {
+                        tables = r
+                            .rope
+                            .iter()
+                            .map(|(_, rot)| {
+                                rot.as_ref().map_or(Vec::new(), |x| x.table(tile * r.s))
+                            })
+                            .collect();
+                    }
+                    for ((off, rot), cs) in r.rope.iter().zip(&tables) {
+                        if let Some(rot) = rot {
+                            for t in out[..2].iter_mut() {
+                                rot.rotate(&mut t[dst * d + off..(dst + 1) * d], cs);
+                            }
+                        }
+                    }
+                }
             }
         }
         Ok(out)
@@ -169,9 +288,10 @@ impl RealInputs {
     pub fn describe(&self) -> String {
         let labels: Vec<&str> = self.heads.iter().map(|h| h.label.as_str()).collect();
         format!(
-            "real inputs from {} ({} recorded rows, tiled): {}",
+            "real inputs from {} ({} recorded rows, tiled{}): {}",
             self.file.display(),
             self.heads[0].s,
+            if self.tiling == Tiling::Rope { " with RoPE at the true positions" } else { "" },
             labels.join(", ")
         )
     }
@@ -232,7 +352,7 @@ mod tests {
     #[test]
     fn records_are_tiled_along_the_sequence() {
         let (path, data) = file(3, "tiled");
-        let r = RealInputs::load(&path, &[]).unwrap();
+        let r = RealInputs::load(&path, &[], Tiling::Repeat).unwrap();
         assert_eq!(r.heads.len(), 2);
         assert_eq!(r.heads[0].label, "L0.H0.B0");
         let [q, k, v] = r.tiled(1, 7, 2, 2).unwrap();
@@ -247,13 +367,106 @@ mod tests {
         }
         // A shape whose D differs from the record's is refused.
         assert!(r.tiled(2, 4, 2, 2).is_err(), "head 1 has D = 3");
-        assert!(RealInputs::load(&path, &["L9.H0.B0".into()]).is_err());
+        assert!(RealInputs::load(&path, &["L9.H0.B0".into()], Tiling::Repeat).is_err());
+    }
+
+    /// Rotates `x` (half-split pairs over `inv_freq`, or interleaved) to position `pos`, in f64.
+    fn rope_at(x: &[f64], inv_freq: &[f64], interleaved: bool, pos: usize) -> Vec<f64> {
+        let mut y = x.to_vec();
+        let half = inv_freq.len();
+        for (i, f) in inv_freq.iter().enumerate() {
+            let (a, b) = if interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+            let (s, c) = (pos as f64 * f).sin_cos();
+            y[a] = x[a] * c - x[b] * s;
+            y[b] = x[a] * s + x[b] * c;
+        }
+        y
+    }
+
+    #[test]
+    fn rope_tiling_puts_every_row_at_its_true_position() {
+        // Pre-RoPE rows x_i (D = 6, 4 rotated features + 2 plain); the record holds them rotated
+        // to positions 0..3, as a model would. Tiled with `rope`, benchmark row P must be
+        // x_{P mod 3} rotated to P, for queries and keys, in both pair styles; values unchanged.
+        let (s, d) = (3usize, 6usize);
+        let inv = [0.9f64, 0.013];
+        for (interleaved, pairs) in [(false, "half"), (true, "interleaved")] {
+            let dir =
+                std::env::temp_dir().join(format!("attn-real-{}-rope-{pairs}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("qkv.safetensors");
+            let pre = |t: usize, i: usize| -> Vec<f64> {
+                (0..d).map(|c| ((t * 31 + i * 7 + c * 3) % 11) as f64 - 5.0).collect()
+            };
+            let rec = |t: usize| -> Vec<f32> {
+                (0..s)
+                    .flat_map(|i| {
+                        let x = pre(t, i);
+                        let mut y = if t < 2 {
+                            rope_at(&x[..4], &inv, interleaved, i)
+                        } else {
+                            x[..4].to_vec()
+                        };
+                        y.extend_from_slice(&x[4..]);
+                        y.into_iter().map(|v| v as f32)
+                    })
+                    .collect()
+            };
+            let data: Vec<Vec<f32>> = (0..3).map(rec).collect();
+            let bytes: Vec<Vec<u8>> =
+                data.iter().map(|x| x.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+            let views: Vec<(String, TensorView)> = ["q", "k", "v"]
+                .iter()
+                .zip(&bytes)
+                .map(|(t, b)| {
+                    let v = TensorView::new(safetensors::Dtype::F32, vec![s, d], b).unwrap();
+                    (format!("L2.H0.B0.{t}"), v)
+                })
+                .collect();
+            let rope = format!(
+                "{{\"scale\":{},\"rope\":{{\"pairs\":\"{pairs}\",\"rot_dim\":4,\"inv_freq\":[0.9,0.013]}}}}",
+                1.0 / (d as f64).sqrt()
+            );
+            let meta: std::collections::HashMap<String, String> =
+                [("L2.H0.B0".to_string(), rope)].into_iter().collect();
+            safetensors::serialize_to_file(views, &Some(meta), &path).unwrap();
+
+            let r = RealInputs::load(&path, &[], Tiling::Rope).unwrap();
+            let out = r.tiled(1, 8, d, d).unwrap();
+            for pos in 0..8 {
+                for (t, o) in out.iter().enumerate() {
+                    let x = pre(t, pos % s);
+                    let mut want = if t < 2 {
+                        rope_at(&x[..4], &inv, interleaved, pos)
+                    } else {
+                        x[..4].to_vec()
+                    };
+                    want.extend_from_slice(&x[4..]);
+                    for c in 0..d {
+                        let got = f64::from(o[pos * d + c]);
+                        assert!(
+                            (got - want[c]).abs() < 1e-4,
+                            "{pairs} t{t} pos {pos} c{c}: {got} vs {}",
+                            want[c]
+                        );
+                    }
+                }
+            }
+            // `repeat` leaves the rows as recorded.
+            let rep =
+                RealInputs::load(&path, &[], Tiling::Repeat).unwrap().tiled(1, 8, d, d).unwrap();
+            assert_eq!(rep[1][6 * d..7 * d], data[1][..d]);
+        }
+        // A file without RoPE metadata cannot be moved.
+        let (path, _) = file(3, "norope");
+        let e = RealInputs::load(&path, &[], Tiling::Rope).unwrap_err().to_string();
+        assert!(e.contains("no RoPE metadata"), "{e}");
     }
 
     #[test]
     fn joined_heads_add_their_scaled_logits() {
         let (path, data) = file(2, "joined");
-        let r = RealInputs::load(&path, &["L0.H0.B0+L1.H1.B0".into()]).unwrap();
+        let r = RealInputs::load(&path, &["L0.H0.B0+L1.H1.B0".into()], Tiling::Repeat).unwrap();
         let h = &r.heads[0];
         assert_eq!((h.d, h.dv), (5, 5));
         let [q, k, _] = r.tiled(1, 2, 5, 5).unwrap();

@@ -8,6 +8,7 @@ use std::path::Path;
 use attn::{Inputs, Params, Problem, TensorRef};
 
 use crate::error::{ModelError, Result};
+use crate::ops::RopeStyle;
 
 /// What to record.
 #[derive(Debug, Clone, Default)]
@@ -20,6 +21,10 @@ pub struct Capture {
     pub max_bytes: usize,
     /// What was recorded, in call order.
     pub items: Vec<Captured>,
+    /// The RoPE each recorded layer applied before the call (set by the caller that knows the
+    /// model; written to the file's metadata so that readers can move records to other
+    /// positions).
+    pub rope: BTreeMap<usize, RopeMeta>,
     bytes: usize,
 }
 
@@ -82,12 +87,22 @@ impl Capture {
             }
             // JSON (readers such as `attn bench --qkv` take the scale from it); `null` where the
             // model left a parameter at its default, the mask as its debug text.
-            let record = serde_json::json!({
+            let mut record = serde_json::json!({
                 "scale": c.params.scale,
                 "softcap": c.params.softcap,
                 "mask": format!("{:?}", c.params.mask),
                 "q_offset": c.params.q_offset,
             });
+            if let Some(r) = self.rope.get(&c.layer) {
+                record["rope"] = serde_json::json!({
+                    "pairs": match r.style {
+                        RopeStyle::Interleaved => "interleaved",
+                        RopeStyle::HalfSplit => "half",
+                    },
+                    "rot_dim": r.rot_dim,
+                    "inv_freq": r.inv_freq,
+                });
+            }
             meta.insert(key, record.to_string());
         }
         let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
@@ -101,6 +116,25 @@ impl Capture {
         let meta: std::collections::HashMap<String, String> = meta.into_iter().collect();
         safetensors::serialize_to_file(views, &Some(meta), path)
             .map_err(|e| ModelError::io(path, std::io::Error::other(e.to_string())))
+    }
+}
+
+/// The rotary embedding a layer applied to its queries and keys (row `t` of a record at
+/// position `q_offset + t`): pairs of features rotated by `position · inv_freq[i]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeMeta {
+    /// Which features pair up.
+    pub style: RopeStyle,
+    /// Rotated features per head (the first `rot_dim`).
+    pub rot_dim: usize,
+    /// Radians per position of each pair.
+    pub inv_freq: Vec<f64>,
+}
+
+impl RopeMeta {
+    /// The metadata of `rope`.
+    pub fn of(rope: &crate::ops::Rope) -> Self {
+        Self { style: rope.style, rot_dim: rope.rot_dim, inv_freq: rope.inv_freq().to_vec() }
     }
 }
 

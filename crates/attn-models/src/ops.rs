@@ -416,6 +416,11 @@ impl Rope {
         Self { style, rot_dim, inv_freq }
     }
 
+    /// The frequencies `θ^(−2i/rot_dim)/scale`, one per rotated pair (radians per position).
+    pub fn inv_freq(&self) -> &[f64] {
+        &self.inv_freq
+    }
+
     /// Rotates every head of `x: [n, heads·head_dim]` whose row `t` sits at position `pos0 + t`.
     pub fn apply(&self, x: &mut [f32], heads: usize, head_dim: usize, pos0: usize) {
         let n = x.len() / (heads * head_dim).max(1);

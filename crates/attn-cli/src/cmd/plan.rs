@@ -202,8 +202,8 @@ fn measure(a: &PlanArgs, cfg: &SearchConfig) -> Result<SearchOutcome> {
 #[command(after_long_help = "\
 Runs the model with exact attention over the first --tokens tokens of --text and writes the Q, K \
 and V every chosen (layer, head) saw (after RoPE and norms) to one .safetensors file: tensors \
-L{layer}.H{head}.B0.{q,k,v} of shape [S, D], each record's scale, softcap, mask and offset in the \
-metadata. `attn bench --qkv FILE` times methods on them; `attn run --q FILE:L3.H0.B0.q …` runs one.
+L{layer}.H{head}.B0.{q,k,v} of shape [S, D], each record's scale, softcap, mask, offset and RoPE \
+(pairs, frequencies) in the metadata. `attn bench --qkv FILE` times methods on them; `attn run --q FILE:L3.H0.B0.q …` runs one.
 Example:
   attn capture --model smollm2 --text emma --tokens 8192 --layers 3,15,27 --heads 0,4 --out qkv.safetensors")]
 pub struct CaptureArgs {
@@ -253,6 +253,10 @@ pub fn capture(a: &CaptureArgs, rt: &Runtime) -> Result<()> {
     let set = |v: &[usize]| (!v.is_empty()).then(|| v.iter().copied().collect());
     let mut cap = attn_models::Capture::new(set(&a.layers), set(&a.heads));
     cap.max_bytes = a.max_mib << 20;
+    cap.rope = (0..layers)
+        .filter(|&l| cap.wants_layer(l))
+        .map(|l| (l, attn_models::capture::RopeMeta::of(&model.config.layers[l].rope)))
+        .collect();
     let mut ctx = attn_models::RunCtx::exact();
     ctx.threads = rt.threads_used();
     ctx.capture = Some(cap);
