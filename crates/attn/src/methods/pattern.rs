@@ -246,6 +246,41 @@ pub fn dot_fixed(a: &[f32], b: &[f32]) -> f32 {
     acc[0]
 }
 
+/// [`dot_fixed`] of four rows `a[0..4]` with one `b`, bit for bit: the same products and sums in
+/// the same order, with `b` read once for all four and four independent sum chains.
+#[inline(always)]
+pub fn dot_fixed4(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
+    let n = a.iter().map(|x| x.len()).min().unwrap_or(0).min(b.len());
+    let mut acc = [[0.0f32; 16]; 4];
+    let full = n / 16 * 16;
+    let mut c = 0;
+    while c < full {
+        let y = &b[c..c + 16];
+        for (acc, x) in acc.iter_mut().zip(&a) {
+            let x = &x[c..c + 16];
+            for l in 0..16 {
+                acc[l] += x[l] * y[l];
+            }
+        }
+        c += 16;
+    }
+    for (acc, x) in acc.iter_mut().zip(&a) {
+        for (l, (x, y)) in x[full..n].iter().zip(&b[full..n]).enumerate() {
+            acc[l] += x * y;
+        }
+    }
+    acc.map(|mut acc| {
+        let mut w = 16;
+        while w > 1 {
+            w /= 2;
+            for l in 0..w {
+                acc[l] += acc[l + w];
+            }
+        }
+        acc[0]
+    })
+}
+
 /// Indices of the `k` largest `scores`, ties broken by the smaller index (spec §0.4.6),
 /// returned ascending.
 pub fn top_k(scores: &[f32], k: usize) -> Vec<u32> {
@@ -262,4 +297,30 @@ pub fn top_k(scores: &[f32], k: usize) -> Vec<u32> {
     }
     idx.sort_unstable();
     idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_fixed4_has_the_bits_of_dot_fixed() {
+        // Lengths with and without a remainder; values of mixed magnitude so that the order of
+        // the sums shows in the last bits.
+        let mut seed = 0x9e37_79b9_u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed as f32 / u32::MAX as f32 - 0.5) * 10f32.powi((seed % 7) as i32 - 3)
+        };
+        for n in [0usize, 1, 7, 16, 33, 64, 128, 130] {
+            let rows: Vec<Vec<f32>> = (0..4).map(|_| (0..n).map(|_| next()).collect()).collect();
+            let b: Vec<f32> = (0..n).map(|_| next()).collect();
+            let got = dot_fixed4([&rows[0], &rows[1], &rows[2], &rows[3]], &b);
+            for (r, g) in rows.iter().zip(got) {
+                assert_eq!(g.to_bits(), dot_fixed(r, &b).to_bits(), "n = {n}");
+            }
+        }
+    }
 }

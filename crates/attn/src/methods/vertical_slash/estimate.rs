@@ -6,7 +6,7 @@
 use super::{VerticalSlash, MIN_SLASH, MIN_VERTICAL};
 use crate::dispatch::Inputs;
 use crate::error::Result;
-use crate::methods::pattern::{dot_fixed, top_k};
+use crate::methods::pattern::{dot_fixed, dot_fixed4, top_k};
 use crate::methods::sdpa::tile::SharedMut;
 use crate::par::Par;
 use crate::params::Resolved;
@@ -171,9 +171,26 @@ impl Kernel for ScoreJobs<'_> {
                         &krow
                     }
                 };
+                // Four rows at a time share the key (the same bits as one by one).
+                let d = self.d;
+                let mut dots = [0.0f32; 4];
                 for (r, m) in mx.iter_mut().enumerate() {
+                    if r % 4 == 0 {
+                        dots = if r + 4 <= l {
+                            let q = |i: usize| &self.q[(r + i) * d..(r + i + 1) * d];
+                            dot_fixed4([q(0), q(1), q(2), q(3)], k)
+                        } else {
+                            std::array::from_fn(|i| {
+                                if r + i < l {
+                                    dot_fixed(&self.q[(r + i) * d..(r + i + 1) * d], k)
+                                } else {
+                                    0.0
+                                }
+                            })
+                        };
+                    }
                     let z = if j as i64 <= self.pos[r] {
-                        self.scale * dot_fixed(&self.q[r * self.d..(r + 1) * self.d], k)
+                        self.scale * dots[r % 4]
                     } else {
                         f32::NEG_INFINITY
                     };

@@ -4,9 +4,11 @@
 //! Per key/value head, K is packed once transposed (`Kᵀ: [D][ldk]`, zero past `S_kv`) and V once
 //! row-major (`[ldk][dv_pad]`), so a key chunk starting at *any* key is a strided panel of `Kᵀ`
 //! (key blocks of MInference's conversion start anywhere) and a contiguous run of V rows. Columns
-//! are gathered [`CHUNK`] at a time into a small panel of the same shape. Patterns of one query
-//! row per block (SEA's per-row lists) run a one-row micro-block and, when they list columns,
-//! gather them from a row-major copy of K (one contiguous read per key). A chunk shorter than
+//! are gathered [`CHUNK`] at a time into a small panel of the same shape, each key with one
+//! contiguous read: from the caller's K row when K is f32 with unit stride along D, else from a
+//! row-major copy of K that patterns of one query row per block (SEA's per-row lists, which
+//! gather the most) get; other layouts read one `Kᵀ` line per dimension. Those patterns also run
+//! a one-row micro-block. A chunk shorter than
 //! [`CHUNK`] scores and exponentiates only the vectors that hold its keys.
 //!
 //! A job is one (query head, query block): its `bm` rows are packed block-transposed (`MR` rows
@@ -382,25 +384,31 @@ fn worker_loop<S: Simd, const MR: usize, const NV: usize>(sh: &Shared, wk: &mut 
             for part in cols[a..z].chunks(CHUNK) {
                 let n = part.len();
                 pairs += (nrows * n) as u64;
-                if sh.kr.is_empty() {
-                    for dd in 0..d {
-                        let src = &sh.kt[dd * ldk..(dd + 1) * ldk];
-                        let dst = &mut wk.kg[dd * CHUNK..(dd + 1) * CHUNK];
-                        for (t, &c) in part.iter().enumerate() {
-                            dst[t] = src[c as usize];
+                // A key is one contiguous read where one exists: the row-major copy, else the
+                // caller's row when K is f32 with unit stride along D (the values the packing
+                // copied); otherwise one `Kᵀ` line per dimension.
+                for (t, &c) in part.iter().enumerate() {
+                    let c = c as usize;
+                    let row = if sh.kr.is_empty() {
+                        sh.inputs.k.row_f32(sh.b, sh.hk, c)
+                    } else {
+                        Some(&sh.kr[c * d..(c + 1) * d])
+                    };
+                    match row {
+                        Some(src) => {
+                            for (dd, &x) in src.iter().enumerate() {
+                                wk.kg[dd * CHUNK + t] = x;
+                            }
                         }
-                        dst[n..].fill(0.0);
-                    }
-                } else {
-                    for (t, &c) in part.iter().enumerate() {
-                        let src = &sh.kr[c as usize * d..(c as usize + 1) * d];
-                        for (dd, &x) in src.iter().enumerate() {
-                            wk.kg[dd * CHUNK + t] = x;
+                        None => {
+                            for dd in 0..d {
+                                wk.kg[dd * CHUNK + t] = sh.kt[dd * ldk + c];
+                            }
                         }
                     }
-                    for dd in 0..d {
-                        wk.kg[dd * CHUNK + n..(dd + 1) * CHUNK].fill(0.0);
-                    }
+                }
+                for dd in 0..d {
+                    wk.kg[dd * CHUNK + n..(dd + 1) * CHUNK].fill(0.0);
                 }
                 for (t, &c) in part.iter().enumerate() {
                     let c = c as usize;
