@@ -457,8 +457,11 @@ fn chunk<S: Simd, const MR: usize, const NV: usize>(
     // maximum and sum are bitwise what the whole chunk gives.
     let nk = n.div_ceil(S::LANES);
     let width = nk * S::LANES;
-    // 1. S = Q Kᵀ, every micro-block against the chunk's key vectors, NV at a time.
+    // 1. S = Q Kᵀ, every micro-block against the chunk's key vectors, NV at a time. A last
+    // micro-block of at most 4 rows (64 = 10·6 + 4) runs a 4-row kernel: no padded row is
+    // scored or multiplied (each row's arithmetic is the same in either kernel).
     for mb in 0..nblocks {
+        let tail = MR > 4 && nrows - mb * MR <= 4;
         let mut v0 = 0;
         while v0 < nk {
             let nv = NV.min(nk - v0);
@@ -467,11 +470,15 @@ fn chunk<S: Simd, const MR: usize, const NV: usize>(
             unsafe {
                 let (q, kp) = (wk.q.as_ptr().add(mb * MR * d), k.add(v0 * S::LANES));
                 let sp = wk.s.as_mut_ptr().add(mb * MR * CHUNK + v0 * S::LANES);
-                match nv {
-                    1 => s_panel::<S, MR, 1>(q, d, kp, ldk, sp),
-                    2 => s_panel::<S, MR, 2>(q, d, kp, ldk, sp),
-                    3 => s_panel::<S, MR, 3>(q, d, kp, ldk, sp),
-                    _ => s_panel::<S, MR, NV>(q, d, kp, ldk, sp),
+                match (tail, nv) {
+                    (false, 1) => s_panel::<S, MR, 1, MR>(q, d, kp, ldk, sp),
+                    (false, 2) => s_panel::<S, MR, 2, MR>(q, d, kp, ldk, sp),
+                    (false, 3) => s_panel::<S, MR, 3, MR>(q, d, kp, ldk, sp),
+                    (false, _) => s_panel::<S, MR, NV, MR>(q, d, kp, ldk, sp),
+                    (true, 1) => s_panel::<S, 4, 1, MR>(q, d, kp, ldk, sp),
+                    (true, 2) => s_panel::<S, 4, 2, MR>(q, d, kp, ldk, sp),
+                    (true, 3) => s_panel::<S, 4, 3, MR>(q, d, kp, ldk, sp),
+                    (true, _) => s_panel::<S, 4, NV, MR>(q, d, kp, ldk, sp),
                 }
             }
             v0 += nv;
@@ -522,11 +529,15 @@ fn chunk<S: Simd, const MR: usize, const NV: usize>(
                 let o = wk.o.as_mut_ptr().add(mb * MR * dv_pad);
                 let s = wk.s.as_ptr().add(mb * MR * CHUNK);
                 let chk = wk.partial[mb];
-                match nv {
-                    1 => pv_block::<S, MR, 1>(s, al, v, dv_pad, n, o, dv_pad, c0, chk),
-                    2 => pv_block::<S, MR, 2>(s, al, v, dv_pad, n, o, dv_pad, c0, chk),
-                    3 => pv_block::<S, MR, 3>(s, al, v, dv_pad, n, o, dv_pad, c0, chk),
-                    _ => pv_block::<S, MR, NV>(s, al, v, dv_pad, n, o, dv_pad, c0, chk),
+                match (MR > 4 && rows <= 4, nv) {
+                    (false, 1) => pv_block::<S, MR, 1>(s, al, v, dv_pad, n, o, dv_pad, c0, chk),
+                    (false, 2) => pv_block::<S, MR, 2>(s, al, v, dv_pad, n, o, dv_pad, c0, chk),
+                    (false, 3) => pv_block::<S, MR, 3>(s, al, v, dv_pad, n, o, dv_pad, c0, chk),
+                    (false, _) => pv_block::<S, MR, NV>(s, al, v, dv_pad, n, o, dv_pad, c0, chk),
+                    (true, 1) => pv_block::<S, 4, 1>(s, al, v, dv_pad, n, o, dv_pad, c0, chk),
+                    (true, 2) => pv_block::<S, 4, 2>(s, al, v, dv_pad, n, o, dv_pad, c0, chk),
+                    (true, 3) => pv_block::<S, 4, 3>(s, al, v, dv_pad, n, o, dv_pad, c0, chk),
+                    (true, _) => pv_block::<S, 4, NV>(s, al, v, dv_pad, n, o, dv_pad, c0, chk),
                 }
             }
             col += nv;
@@ -534,10 +545,10 @@ fn chunk<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
-/// `s[r, 0..W] = Σ_d q[d, r] · k[d·ldk + 0..W]` for `MR` rows (`q` block-transposed `[D][MR]`,
-/// `W = NV·lanes`, `s` row stride [`CHUNK`]).
+/// `s[r, 0..W] = Σ_d q[d, r] · k[d·ldk + 0..W]` for `MR` rows (`q` block-transposed `[D][QS]`,
+/// `QS ≥ MR`; `W = NV·lanes`, `s` row stride [`CHUNK`]).
 #[inline(always)]
-unsafe fn s_panel<S: Simd, const MR: usize, const NV: usize>(
+unsafe fn s_panel<S: Simd, const MR: usize, const NV: usize, const QS: usize>(
     q: *const f32,
     d: usize,
     k: *const f32,
@@ -553,7 +564,7 @@ unsafe fn s_panel<S: Simd, const MR: usize, const NV: usize>(
                 *x = S::load(kr.add(v * S::LANES));
             }
             for (r, a) in acc.iter_mut().enumerate() {
-                let qb = S::splat(*q.add(dd * MR + r));
+                let qb = S::splat(*q.add(dd * QS + r));
                 for v in 0..NV {
                     a[v] = S::fma(qb, kv[v], a[v]);
                 }
