@@ -236,6 +236,12 @@ pub fn dot_fixed(a: &[f32], b: &[f32]) -> f32 {
     for (l, (x, y)) in ar.iter().zip(br).enumerate() {
         acc[l] += x * y;
     }
+    tree_sum(acc)
+}
+
+/// The 16 partial sums of [`dot_fixed`] added in its fixed tree (halves, then quarters, …).
+#[inline(always)]
+fn tree_sum(mut acc: [f32; 16]) -> f32 {
     let mut w = 16;
     while w > 1 {
         w /= 2;
@@ -269,16 +275,7 @@ pub fn dot_fixed4(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
             acc[l] += x * y;
         }
     }
-    acc.map(|mut acc| {
-        let mut w = 16;
-        while w > 1 {
-            w /= 2;
-            for l in 0..w {
-                acc[l] += acc[l + w];
-            }
-        }
-        acc[0]
-    })
+    acc.map(tree_sum)
 }
 
 /// Indices of the `k` largest `scores`, ties broken by the smaller index (spec §0.4.6),
