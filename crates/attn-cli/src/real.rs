@@ -67,8 +67,8 @@ impl Rotary {
         (rot_dim == 2 * inv_freq.len()).then_some(Self { interleaved, inv_freq })
     }
 
-    /// Rotates `x` (one head's features, starting at this part's first one) by `shift`
-    /// positions.
+    /// Rotates `x` (one head's features, starting at this part's first one) by the angles of
+    /// `cs`, a [`Rotary::table`].
     fn rotate(&self, x: &mut [f32], cs: &[(f64, f64)]) {
         let half = self.inv_freq.len();
         for (i, &(c, s)) in cs.iter().enumerate() {
