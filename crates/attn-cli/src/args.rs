@@ -165,6 +165,13 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub warmup: usize,
 
+    /// Time the methods of each shape in turns, one call of each per round (after every
+    /// method's first call and warm-ups), instead of all of one method's calls in a row, so
+    /// that a drift of the machine (its clock under sustained load, other tenants) falls on
+    /// every method alike. Needs --reps (the rounds)
+    #[arg(long, requires = "reps")]
+    pub interleave: bool,
+
     /// Element type of the inputs (accumulation is f32 whatever the input)
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,

@@ -188,6 +188,8 @@ pub struct BenchConfig {
     pub recall: bool,
     /// Real recorded heads instead of random inputs.
     pub real: Option<crate::real::RealInputs>,
+    /// Time the methods of a shape in rounds (`--interleave`).
+    pub interleave: bool,
 }
 
 /// The default grid: B = 1, H = 8, S ∈ {1k, 4k, 16k}, D ∈ {64, 128} (the main measurement until
@@ -298,7 +300,16 @@ impl BenchConfig {
             )?),
             None => None,
         };
-        Ok(Self { cases, skipped, timing, warmup: a.warmup, dtype, recall: a.recall, real })
+        Ok(Self {
+            cases,
+            skipped,
+            timing,
+            warmup: a.warmup,
+            dtype,
+            recall: a.recall,
+            real,
+            interleave: a.interleave,
+        })
     }
 }
 

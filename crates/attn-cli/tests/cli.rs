@@ -216,6 +216,43 @@ fn bench_first_case_heap_is_its_own() {
     assert!(heap < 16 << 20, "first case heap {heap} B");
 }
 
+/// `--interleave`: the methods of a shape are timed in rounds; every case still gets its own
+/// record with the asked number of timed calls, the same numbers of pairs and the same recall as
+/// when timed one after another (the calls are the same, only their order changes).
+#[test]
+fn bench_interleave_times_each_method_per_round() {
+    let run = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let args = [
+            "bench",
+            "--causal",
+            "--shape",
+            "b1,h2,s256,d32",
+            "--shape",
+            "b1,h1,s128,d16",
+            "--method",
+            "sdpa-flash,streaming:sink=4,window=32,block-sparse:top_k=2",
+            "--reps",
+            "3",
+            "--recall",
+            "--json",
+        ];
+        let out = ok(&[&args[..], extra].concat());
+        serde_json::from_str::<serde_json::Value>(&out).unwrap().as_array().unwrap().clone()
+    };
+    let (plain, rounds) = (run(&[]), run(&["--interleave"]));
+    assert_eq!(rounds.len(), 6);
+    for (a, b) in plain.iter().zip(&rounds) {
+        for key in ["method", "shape", "computed_pairs", "mass_recall_mean", "rel_error"] {
+            assert_eq!(a[key], b[key], "{key}: {a} vs {b}");
+        }
+        assert_eq!(b["reps"], 3);
+        assert!(b["best_s"].as_f64().unwrap() <= b["median_s"].as_f64().unwrap());
+    }
+    // Rounds are --reps, so --interleave needs it.
+    let err = fails(&["bench", "--shape", "s64", "--interleave"]);
+    assert!(err.contains("--reps"), "{err}");
+}
+
 #[test]
 fn bench_rejects_bad_options() {
     assert!(fails(&["bench", "--shape", "b1,h8,d64"]).contains("give s"));

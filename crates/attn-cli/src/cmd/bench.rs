@@ -7,6 +7,10 @@
 //! a repetition measures the kernel, not the allocator. The library's scratch pool is emptied
 //! before the first call, so each case's memory is measured cold; per-thread buffers that live
 //! as long as the thread (faer's GEMM packing space) are set up before the first case.
+//!
+//! With `--interleave` the methods of one shape and mask share one set of inputs: each makes its
+//! first call (memory) and warm-ups in turn, then the timed calls go in rounds, one call of each
+//! method per round, so that a slow drift of the machine falls on every method alike.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -124,28 +128,48 @@ pub fn run(cfg: &BenchConfig, rt: &Runtime) -> Result<()> {
 
     let mut records = Vec::new();
     let mut failures = 0;
+    // With --interleave, the cases of one shape and mask are timed together, in rounds.
+    let mut groups: Vec<Vec<&BenchCase>> = Vec::new();
     for case in &cfg.cases {
-        let mask = if case.causal { "causal" } else { "none" };
-        pb.set_message(format!("{} {} {mask}", case.method.spec(), case.shape.label()));
-        match measure(case, cfg, rt) {
-            Ok(r) => {
-                if table {
-                    pb.suspend(|| print_row(&r))?;
-                }
-                records.push(r);
-            }
-            Err(e) => {
-                pb.suspend(|| {
-                    eprintln!(
-                        "error: {} on {} {mask}: {e:#}",
-                        case.method.spec(),
-                        case.shape.label()
-                    )
-                });
-                failures += 1;
-            }
+        match groups
+            .iter_mut()
+            .find(|g| cfg.interleave && g[0].shape == case.shape && g[0].causal == case.causal)
+        {
+            Some(g) => g.push(case),
+            None => groups.push(vec![case]),
         }
-        pb.inc(1);
+    }
+    for group in groups {
+        let head = group[0];
+        let mask = if head.causal { "causal" } else { "none" };
+        let names: Vec<String> = group.iter().map(|c| c.method.spec()).collect();
+        pb.set_message(format!("{} {} {mask}", names.join(", "), head.shape.label()));
+        let results = if group.len() == 1 {
+            vec![measure(head, cfg, rt)]
+        } else {
+            measure_interleaved(&group, cfg, rt)
+        };
+        for (case, result) in group.iter().zip(results) {
+            match result {
+                Ok(r) => {
+                    if table {
+                        pb.suspend(|| print_row(&r))?;
+                    }
+                    records.push(r);
+                }
+                Err(e) => {
+                    pb.suspend(|| {
+                        eprintln!(
+                            "error: {} on {} {mask}: {e:#}",
+                            case.method.spec(),
+                            case.shape.label()
+                        )
+                    });
+                    failures += 1;
+                }
+            }
+            pb.inc(1);
+        }
     }
     pb.finish_and_clear();
     rt.write_json(&records)?;
@@ -180,11 +204,76 @@ fn print_row(r: &Record) -> Result<()> {
 }
 
 fn measure(case: &BenchCase, cfg: &BenchConfig, rt: &Runtime) -> Result<Record> {
+    let (q, k, v) = case_inputs(case, cfg, rt)?;
+    let inputs = Inputs { q: q.view()?, k: k.view()?, v: v.view()? };
+    let mut live = start(case, &inputs, cfg, rt)?;
+    match cfg.timing {
+        Timing::Reps(n) => {
+            while live.times.len() < n {
+                live.call(&inputs, rt)?;
+            }
+        }
+        Timing::MinTime(min) => {
+            while live.times.len() < MIN_REPS || live.times.iter().sum::<Duration>() < min {
+                live.call(&inputs, rt)?;
+            }
+        }
+    }
+    finish(case, live, &inputs, cfg, rt)
+}
+
+/// The cases of one shape and mask (`--interleave`): one set of inputs; each method's first call
+/// (memory) and warm-ups in turn; then rounds of one timed call per method. A method that
+/// fails drops out of the rounds with its error.
+fn measure_interleaved(
+    cases: &[&BenchCase],
+    cfg: &BenchConfig,
+    rt: &Runtime,
+) -> Vec<Result<Record>> {
+    interleaved(cases, cfg, rt).unwrap_or_else(|e| {
+        let msg = format!("{e:#}");
+        cases.iter().map(|_| Err(anyhow::anyhow!("{msg}"))).collect()
+    })
+}
+
+fn interleaved(
+    cases: &[&BenchCase],
+    cfg: &BenchConfig,
+    rt: &Runtime,
+) -> Result<Vec<Result<Record>>> {
+    let (q, k, v) = case_inputs(cases[0], cfg, rt)?;
+    let inputs = Inputs { q: q.view()?, k: k.view()?, v: v.view()? };
+    let mut lives: Vec<Result<Live>> =
+        cases.iter().map(|case| start(case, &inputs, cfg, rt)).collect();
+    let rounds = match cfg.timing {
+        Timing::Reps(n) => n,
+        Timing::MinTime(_) => MIN_REPS,
+    };
+    for _ in 0..rounds {
+        for live in lives.iter_mut() {
+            let failed = match live {
+                Ok(l) if l.times.len() < rounds => l.call(&inputs, rt).err(),
+                _ => None,
+            };
+            if let Some(e) = failed {
+                *live = Err(e);
+            }
+        }
+    }
+    Ok(cases.iter().zip(lives).map(|(case, live)| finish(case, live?, &inputs, cfg, rt)).collect())
+}
+
+/// Seeded random inputs of the case's shape, or the real records tiled to it (`--qkv`). Every
+/// method of a shape gets the same values (streams 1, 2, 3).
+fn case_inputs(
+    case: &BenchCase,
+    cfg: &BenchConfig,
+    rt: &Runtime,
+) -> Result<(HostTensor, HostTensor, HostTensor)> {
     let shape = case.shape;
     shape.ensure_inputs_fit(cfg.dtype)?;
     let [qs, ks, vs] = shape.qkv_shapes();
-    // Streams 1, 2, 3: every method sees the same q, k, v for a shape.
-    let (q, k, v) = match &cfg.real {
+    Ok(match &cfg.real {
         None => (
             HostTensor::random(qs, cfg.dtype, rt.seed, 1),
             HostTensor::random(ks, cfg.dtype, rt.seed, 2),
@@ -203,12 +292,38 @@ fn measure(case: &BenchCase, cfg: &BenchConfig, rt: &Runtime) -> Result<Record> 
                 HostTensor::from_f32(v, vs, cfg.dtype),
             )
         }
-    };
-    let inputs = Inputs { q: q.view()?, k: k.view()?, v: v.view()? };
+    })
+}
+
+/// A prepared method with its output buffers, its first call's measurements and its timed calls
+/// so far.
+struct Live {
+    prepared: attn::Prepared,
+    o: Vec<f32>,
+    lse: Vec<f32>,
+    stats: attn::Stats,
+    peak_extra_bytes: Option<usize>,
+    peak_alloc_bytes: usize,
+    times: Vec<Duration>,
+}
+
+impl Live {
+    /// One timed call into the live buffers.
+    fn call(&mut self, inputs: &Inputs, rt: &Runtime) -> Result<()> {
+        let t = Instant::now();
+        self.prepared.run(inputs, rt.par(), OutputMut { o: &mut self.o, lse: &mut self.lse })?;
+        self.times.push(t.elapsed());
+        Ok(())
+    }
+}
+
+/// Prepares the case's method, makes the first call (which measures memory; it is the first
+/// timed call when `--warmup 0`) and the remaining warm-up calls.
+fn start(case: &BenchCase, inputs: &Inputs, cfg: &BenchConfig, rt: &Runtime) -> Result<Live> {
     let params = if case.causal { Params::causal() } else { Params::default() };
     let par = rt.par();
     let prefs = Prefs { method: Some(case.method.spec()), par, ..Prefs::default() };
-    let prepared = attn::prepare(&inputs, &params, &prefs)?;
+    let prepared = attn::prepare(inputs, &params, &prefs)?;
     let p = prepared.problem;
 
     // Memory of the first call: everything it allocates (output, LSE, scratch) counts. The
@@ -221,7 +336,7 @@ fn measure(case: &BenchCase, cfg: &BenchConfig, rt: &Runtime) -> Result<Record> 
     let mut o = vec![0f32; p.out_len()];
     let mut lse = vec![0f32; p.lse_len()];
     let t = Instant::now();
-    let stats = prepared.run(&inputs, par, OutputMut { o: &mut o, lse: &mut lse })?;
+    let stats = prepared.run(inputs, par, OutputMut { o: &mut o, lse: &mut lse })?;
     let first = t.elapsed();
     let peak_alloc_bytes = alloc::peak_bytes().saturating_sub(heap_before);
     let peak_extra_bytes = match (rss_ok, rss_before, memory::peak_rss_bytes()) {
@@ -229,32 +344,30 @@ fn measure(case: &BenchCase, cfg: &BenchConfig, rt: &Runtime) -> Result<Record> 
         _ => None,
     };
     ensure_finite(&o).context("the first call wrote non-finite outputs")?;
-
-    let mut call = || -> Result<Duration> {
-        let t = Instant::now();
-        prepared.run(&inputs, par, OutputMut { o: &mut o, lse: &mut lse })?;
-        Ok(t.elapsed())
-    };
-    let mut times = Vec::new();
+    let mut live =
+        Live { prepared, o, lse, stats, peak_extra_bytes, peak_alloc_bytes, times: Vec::new() };
     if cfg.warmup == 0 {
-        times.push(first);
+        live.times.push(first);
     }
     for _ in 1..cfg.warmup {
-        call()?;
+        live.call(inputs, rt)?;
+        live.times.pop();
     }
-    match cfg.timing {
-        Timing::Reps(n) => {
-            while times.len() < n {
-                times.push(call()?);
-            }
-        }
-        Timing::MinTime(min) => {
-            while times.len() < MIN_REPS || times.iter().sum::<Duration>() < min {
-                times.push(call()?);
-            }
-        }
-    }
+    Ok(live)
+}
 
+/// The record of a case from its timed calls (and, with `--recall`, one untimed exact call).
+fn finish(
+    case: &BenchCase,
+    live: Live,
+    inputs: &Inputs,
+    cfg: &BenchConfig,
+    rt: &Runtime,
+) -> Result<Record> {
+    let Live { prepared, o, lse, stats, peak_extra_bytes, peak_alloc_bytes, mut times } = live;
+    let p = prepared.problem;
+    let par = rt.par();
+    let params = if case.causal { Params::causal() } else { Params::default() };
     times.sort();
     let median = median(&times);
     let best = times[0].as_secs_f64();
@@ -262,17 +375,17 @@ fn measure(case: &BenchCase, cfg: &BenchConfig, rt: &Runtime) -> Result<Record> 
     let allowed = attn::Stats::exact(&prepared.params).computed_pairs;
     let recall = if cfg.recall && case.method.exactness() == attn::Exactness::Approximate {
         let exact = Prefs { method: Some("sdpa-flash".into()), par, ..Prefs::default() };
-        let want = attn::prepare(&inputs, &params, &exact)?;
+        let want = attn::prepare(inputs, &params, &exact)?;
         let mut lse_exact = vec![0f32; p.lse_len()];
         let mut o_exact = vec![0f32; o.len()];
-        want.run(&inputs, par, OutputMut { o: &mut o_exact, lse: &mut lse_exact })?;
+        want.run(inputs, par, OutputMut { o: &mut o_exact, lse: &mut lse_exact })?;
         Some((mass_recall(&lse, &lse_exact), rel_error(&o, &o_exact)))
     } else {
         None
     };
     Ok(Record {
         method: case.method.spec(),
-        shape: shape.label(),
+        shape: case.shape.label(),
         b: p.b,
         h: p.h,
         h_kv: p.h_kv,
