@@ -24,6 +24,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use attn_models::capture::RopeMeta;
+use attn_models::ops::Rope;
 
 /// One benchmark head: q, k, v `[S_rec, D]`.
 #[derive(Debug, Clone)]
@@ -36,59 +38,9 @@ pub struct RealHead {
     pub q: Vec<f32>,
     pub k: Vec<f32>,
     pub v: Vec<f32>,
-    /// The RoPE of each joined part: `(first feature, rotation)`; `None` where the file has no
-    /// RoPE metadata for the part.
-    pub rope: Vec<(usize, Option<Rotary>)>,
-}
-
-/// A record's rotary embedding (capture metadata `rope`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rotary {
-    /// Pairs `(2i, 2i+1)` when true, `(i, i + rot_dim/2)` otherwise.
-    pub interleaved: bool,
-    /// Radians per position of each pair.
-    pub inv_freq: Vec<f64>,
-}
-
-impl Rotary {
-    fn from_json(j: &serde_json::Value) -> Option<Self> {
-        let interleaved = match j.get("pairs")?.as_str()? {
-            "interleaved" => true,
-            "half" => false,
-            _ => return None,
-        };
-        let inv_freq = j
-            .get("inv_freq")?
-            .as_array()?
-            .iter()
-            .map(|x| x.as_f64())
-            .collect::<Option<Vec<_>>>()?;
-        let rot_dim = j.get("rot_dim")?.as_u64()? as usize;
-        (rot_dim == 2 * inv_freq.len()).then_some(Self { interleaved, inv_freq })
-    }
-
-    /// Rotates `x` (one head's features, starting at this part's first one) by the angles of
-    /// `cs`, a [`Rotary::table`].
-    fn rotate(&self, x: &mut [f32], cs: &[(f64, f64)]) {
-        let half = self.inv_freq.len();
-        for (i, &(c, s)) in cs.iter().enumerate() {
-            let (a, b) = if self.interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
-            let (x0, x1) = (f64::from(x[a]), f64::from(x[b]));
-            x[a] = (x0 * c - x1 * s) as f32;
-            x[b] = (x0 * s + x1 * c) as f32;
-        }
-    }
-
-    /// `(cos, sin)` of each pair's angle after `shift` positions.
-    fn table(&self, shift: usize) -> Vec<(f64, f64)> {
-        self.inv_freq
-            .iter()
-            .map(|&f| {
-                let (s, c) = (shift as f64 * f).sin_cos();
-                (c, s)
-            })
-            .collect()
-    }
+    /// The RoPE of each joined part: `(first feature, features, rotation)`; `None` where the
+    /// file has no RoPE metadata for the part.
+    pub rope: Vec<(usize, usize, Option<Rope>)>,
 }
 
 /// How records are extended past their length (`attn bench --qkv-tiling`).
@@ -182,7 +134,7 @@ impl RealInputs {
                 let scale = scales.get(*p).copied().unwrap_or(1.0 / (q.2 as f64).sqrt());
                 let rope = match records.get(*p).and_then(|j| j.get("rope")) {
                     None => None,
-                    Some(j) => Some(Rotary::from_json(j).ok_or_else(|| {
+                    Some(j) => Some(RopeMeta::from_json(j).ok_or_else(|| {
                         anyhow!("{}: {p}: unreadable `rope` metadata {j}", file.display())
                     })?),
                 };
@@ -193,10 +145,10 @@ impl RealInputs {
                              (re-capture it with this version of `attn capture`)",
                             file.display()
                         ),
-                        Some(r) if 2 * r.inv_freq.len() > q.2 => bail!(
+                        Some(r) if r.rot_dim > q.2 => bail!(
                             "{}: {p}: RoPE rotates {} features of a {}-feature head",
                             file.display(),
-                            2 * r.inv_freq.len(),
+                            r.rot_dim,
                             q.2
                         ),
                         Some(_) => {}
@@ -222,7 +174,7 @@ impl RealInputs {
             };
             let (mut off, mut offv) = (0, 0);
             for (q, k, v, scale, rope) in &recs {
-                h.rope.push((off, rope.clone()));
+                h.rope.push((off, q.2, rope.as_ref().map(RopeMeta::rope)));
                 // Logits of the joined head at scale 1/√d are the sum of the parts' logits.
                 let mul = ((d as f64).sqrt() * scale) as f32;
                 for i in 0..s {
@@ -254,27 +206,24 @@ impl RealInputs {
                 r.d,
                 r.dv
             );
-            let mut tables: Vec<Vec<(f64, f64)>> = Vec::new();
             for i in 0..s {
-                let (tile, src) = (i / r.s, i % r.s);
+                let src = i % r.s;
                 let dst = hi * s + i;
                 out[0][dst * d..(dst + 1) * d].copy_from_slice(&r.q[src * d..(src + 1) * d]);
                 out[1][dst * d..(dst + 1) * d].copy_from_slice(&r.k[src * d..(src + 1) * d]);
                 out[2][dst * dv..(dst + 1) * dv].copy_from_slice(&r.v[src * dv..(src + 1) * dv]);
-                if self.tiling == Tiling::Rope && tile > 0 {
-                    if src == 0 {
-                        tables = r
-                            .rope
-                            .iter()
-                            .map(|(_, rot)| {
-                                rot.as_ref().map_or(Vec::new(), |x| x.table(tile * r.s))
-                            })
-                            .collect();
-                    }
-                    for ((off, rot), cs) in r.rope.iter().zip(&tables) {
-                        if let Some(rot) = rot {
-                            for t in out[..2].iter_mut() {
-                                rot.rotate(&mut t[dst * d + off..(dst + 1) * d], cs);
+            }
+            // Tile m's queries and keys turn by m·S_rec more positions (one table per tile and
+            // part: rotations add).
+            if self.tiling == Tiling::Rope {
+                for tile in 1..s.div_ceil(r.s) {
+                    let rows = hi * s + tile * r.s..hi * s + ((tile + 1) * r.s).min(s);
+                    for (off, width, rope) in &r.rope {
+                        let Some(rope) = rope else { continue };
+                        let table = rope.table(tile * r.s, 1);
+                        for t in out[..2].iter_mut() {
+                            for row in t[rows.start * d..rows.end * d].chunks_mut(d) {
+                                table.apply(&mut row[*off..off + width], 1, *width);
                             }
                         }
                     }

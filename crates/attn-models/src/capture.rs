@@ -94,14 +94,7 @@ impl Capture {
                 "q_offset": c.params.q_offset,
             });
             if let Some(r) = self.rope.get(&c.layer) {
-                record["rope"] = serde_json::json!({
-                    "pairs": match r.style {
-                        RopeStyle::Interleaved => "interleaved",
-                        RopeStyle::HalfSplit => "half",
-                    },
-                    "rot_dim": r.rot_dim,
-                    "inv_freq": r.inv_freq,
-                });
+                record["rope"] = r.to_json();
             }
             meta.insert(key, record.to_string());
         }
@@ -135,6 +128,40 @@ impl RopeMeta {
     /// The metadata of `rope`.
     pub fn of(rope: &crate::ops::Rope) -> Self {
         Self { style: rope.style, rot_dim: rope.rot_dim, inv_freq: rope.inv_freq().to_vec() }
+    }
+
+    /// The RoPE it describes.
+    pub fn rope(&self) -> crate::ops::Rope {
+        crate::ops::Rope::from_inv_freq(self.style, self.inv_freq.clone())
+    }
+
+    /// The record's `rope` metadata: `{"pairs": "half" | "interleaved", "rot_dim", "inv_freq"}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "pairs": match self.style {
+                RopeStyle::Interleaved => "interleaved",
+                RopeStyle::HalfSplit => "half",
+            },
+            "rot_dim": self.rot_dim,
+            "inv_freq": self.inv_freq,
+        })
+    }
+
+    /// Reads [`RopeMeta::to_json`]'s form; `None` when a field is missing or inconsistent.
+    pub fn from_json(j: &serde_json::Value) -> Option<Self> {
+        let style = match j.get("pairs")?.as_str()? {
+            "interleaved" => RopeStyle::Interleaved,
+            "half" => RopeStyle::HalfSplit,
+            _ => return None,
+        };
+        let inv_freq = j
+            .get("inv_freq")?
+            .as_array()?
+            .iter()
+            .map(|x| x.as_f64())
+            .collect::<Option<Vec<_>>>()?;
+        let rot_dim = usize::try_from(j.get("rot_dim")?.as_u64()?).ok()?;
+        (rot_dim == 2 * inv_freq.len()).then_some(Self { style, rot_dim, inv_freq })
     }
 }
 

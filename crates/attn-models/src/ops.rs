@@ -416,6 +416,12 @@ impl Rope {
         Self { style, rot_dim, inv_freq }
     }
 
+    /// A RoPE with the given frequencies (radians per position of each pair; `rot_dim` is twice
+    /// their number), as recorded by [`Rope::inv_freq`].
+    pub fn from_inv_freq(style: RopeStyle, inv_freq: Vec<f64>) -> Self {
+        Self { style, rot_dim: 2 * inv_freq.len(), inv_freq }
+    }
+
     /// The frequencies `θ^(−2i/rot_dim)/scale`, one per rotated pair (radians per position).
     pub fn inv_freq(&self) -> &[f64] {
         &self.inv_freq
