@@ -299,6 +299,8 @@ fn case_inputs(
 /// so far.
 struct Live {
     prepared: attn::Prepared,
+    /// The call's parameters (the mask of the case), for the exact call of `--recall`.
+    params: Params,
     o: Vec<f32>,
     lse: Vec<f32>,
     stats: attn::Stats,
@@ -344,8 +346,16 @@ fn start(case: &BenchCase, inputs: &Inputs, cfg: &BenchConfig, rt: &Runtime) -> 
         _ => None,
     };
     ensure_finite(&o).context("the first call wrote non-finite outputs")?;
-    let mut live =
-        Live { prepared, o, lse, stats, peak_extra_bytes, peak_alloc_bytes, times: Vec::new() };
+    let mut live = Live {
+        prepared,
+        params,
+        o,
+        lse,
+        stats,
+        peak_extra_bytes,
+        peak_alloc_bytes,
+        times: Vec::new(),
+    };
     if cfg.warmup == 0 {
         live.times.push(first);
     }
@@ -364,10 +374,10 @@ fn finish(
     cfg: &BenchConfig,
     rt: &Runtime,
 ) -> Result<Record> {
-    let Live { prepared, o, lse, stats, peak_extra_bytes, peak_alloc_bytes, mut times } = live;
+    let Live { prepared, params, o, lse, stats, peak_extra_bytes, peak_alloc_bytes, mut times } =
+        live;
     let p = prepared.problem;
     let par = rt.par();
-    let params = if case.causal { Params::causal() } else { Params::default() };
     times.sort();
     let median = median(&times);
     let best = times[0].as_secs_f64();
