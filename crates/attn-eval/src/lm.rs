@@ -2,8 +2,8 @@
 //! distribution to the exact run, top-1 agreement, and loss by position bucket, on the same
 //! tokens for the exact baseline and each method.
 //!
-//! Memory stays O(S): the exact run keeps only its final hidden states (`S × hidden` floats);
-//! logits of both runs are recomputed block by block when they are compared.
+//! Memory stays O(S): each run keeps only its final hidden states (`S × hidden` floats); logits
+//! are computed block by block when the runs are compared, exact's once for all of them.
 
 use rayon::prelude::*;
 use std::time::Instant;
@@ -165,7 +165,8 @@ pub fn run(
     })
 }
 
-/// Quality of `run` (and its cost) against the exact run on the same input.
+/// Quality of `run` (and its cost) against the exact run on the same input: [`compare_all`]
+/// with one run.
 pub fn compare(
     model: &Decoder,
     input: &LmInput,
@@ -173,84 +174,12 @@ pub fn compare(
     run: &LmRun,
     threads: usize,
 ) -> (Quality, Cost) {
-    let (hd, vocab) = (model.config.hidden, model.config.vocab);
-    let th = attn_models::ops::Threads(threads);
-    let (mut nll, mut kl, mut agree, mut n) = (0f64, 0f64, 0usize, 0usize);
-    let per_window = input.windows.first().map_or(1, |w| w.len() - 1).max(1);
-    let nb = input.buckets.max(1);
-    let mut bucket_sum = vec![0f64; nb];
-    let mut bucket_n = vec![0usize; nb];
-    for (wi, w) in input.windows.iter().enumerate() {
-        let targets = &w[1..];
-        let (he, hm) = (&exact.hidden[wi], &run.hidden[wi]);
-        const BLOCK: usize = 128;
-        // Logits only from the first counted target on.
-        let first = input.first_scored(wi) / BLOCK * BLOCK;
-        for start in (first..targets.len()).step_by(BLOCK) {
-            let end = (start + BLOCK).min(targets.len());
-            let (xe, xm) = (&he[start * hd..end * hd], &hm[start * hd..end * hd]);
-            let le = model.logits_block(xe, th);
-            // The same hidden states bit for bit (exact against itself, an exact twin): the
-            // same logits, not computed twice.
-            let same = xe.iter().zip(xm).all(|(a, b)| a.to_bits() == b.to_bits());
-            let lm_own = if same { Vec::new() } else { model.logits_block(xm, th) };
-            let lm: &[f32] = if same { &le } else { &lm_own };
-            // Per position (in parallel over the block's rows: each one's numbers do not depend
-            // on the others), then summed in position order, as one thread would.
-            let scored = input.first_scored(wi).max(start)..end;
-            let per_row: Vec<(f64, f64, bool)> = scored
-                .clone()
-                .into_par_iter()
-                .map_init(Vec::new, |buf: &mut Vec<f64>, t| {
-                    let i = t - start;
-                    let (re, rm) =
-                        (&le[i * vocab..(i + 1) * vocab], &lm[i * vocab..(i + 1) * vocab]);
-                    if same {
-                        // The method's logits are exact's: its loss is exact's, KL 0.
-                        let (lse_e, _) = lse_argmax(re, None);
-                        return (lse_e - f64::from(re[targets[t] as usize]), 0.0, true);
-                    }
-                    // Exact's exponentials are kept for its probabilities: two exponential
-                    // passes per position instead of three.
-                    let (lse_e, arg_e) = lse_argmax(re, Some(buf));
-                    let (lse_m, arg_m) = lse_argmax(rm, None);
-                    let loss = lse_m - f64::from(rm[targets[t] as usize]);
-                    // KL(exact ‖ method) = Σ p_e (log p_e − log p_m), p_e = e_i / Σ e.
-                    let z: f64 = buf.iter().sum();
-                    let mut k = 0f64;
-                    for ((&a, &b), &e) in re.iter().zip(rm).zip(buf.iter()) {
-                        let lpe = f64::from(a) - lse_e;
-                        k += e / z * (lpe - (f64::from(b) - lse_m));
-                    }
-                    (loss, k, arg_e == arg_m)
-                })
-                .collect();
-            for (t, (loss, k, same)) in scored.zip(per_row) {
-                nll += loss;
-                let b = (t * nb / per_window).min(nb - 1);
-                bucket_sum[b] += loss;
-                bucket_n[b] += 1;
-                kl += k.max(0.0);
-                agree += usize::from(same);
-                n += 1;
-            }
-        }
-    }
-    let n_f = n.max(1) as f64;
-    let loss_by_position = (0..nb)
-        .filter(|&b| bucket_n[b] > 0)
-        .map(|b| {
-            (b * per_window / nb, (b + 1) * per_window / nb, bucket_sum[b] / bucket_n[b] as f64)
-        })
-        .collect();
-    let quality = Quality {
-        perplexity: Some((nll / n_f).exp()),
-        kl_to_exact: Some(kl / n_f),
-        top1_agreement: Some(agree as f64 / n_f),
-        loss_by_position,
-        ..Quality::default()
-    };
-    let cost = Cost {
+    compare_all(model, input, exact, &[run], threads).1.remove(0)
+}
+
+/// The cost of `run` on `input`: its times and pairs as the run measured them.
+pub fn cost(input: &LmInput, run: &LmRun) -> Cost {
+    Cost {
         prefill_s: Some(run.prefill_s),
         attention_s: Some(run.attention_s),
         attention_by_layer_s: run.attention_by_layer_s.clone(),
@@ -258,13 +187,170 @@ pub fn compare(
         scored_pairs: Some(run.computed_pairs),
         tokens_per_s: Some(input.predicted() as f64 / run.prefill_s.max(1e-9)),
         ..Cost::default()
-    };
-    (quality, cost)
+    }
 }
 
-/// Log-sum-exp and first argmax of a row of logits; with `keep`, also its exponentials
-/// `exp(x_i − max)` (their sum is `exp(lse − max)`).
-fn lse_argmax(r: &[f32], keep: Option<&mut Vec<f64>>) -> (f64, usize) {
+/// Running sums of one run's comparison.
+struct Tally {
+    nll: f64,
+    kl: f64,
+    agree: usize,
+    n: usize,
+    bucket_sum: Vec<f64>,
+    bucket_n: Vec<usize>,
+}
+
+impl Tally {
+    fn new(nb: usize) -> Self {
+        Self { nll: 0.0, kl: 0.0, agree: 0, n: 0, bucket_sum: vec![0.0; nb], bucket_n: vec![0; nb] }
+    }
+
+    fn add(&mut self, bucket: usize, loss: f64, kl: f64, same: bool) {
+        self.nll += loss;
+        self.bucket_sum[bucket] += loss;
+        self.bucket_n[bucket] += 1;
+        self.kl += kl.max(0.0);
+        self.agree += usize::from(same);
+        self.n += 1;
+    }
+
+    fn quality(&self, per_window: usize) -> Quality {
+        let nb = self.bucket_sum.len();
+        let n_f = self.n.max(1) as f64;
+        let loss_by_position = (0..nb)
+            .filter(|&b| self.bucket_n[b] > 0)
+            .map(|b| {
+                let mean = self.bucket_sum[b] / self.bucket_n[b] as f64;
+                (b * per_window / nb, (b + 1) * per_window / nb, mean)
+            })
+            .collect();
+        Quality {
+            perplexity: Some((self.nll / n_f).exp()),
+            kl_to_exact: Some(self.kl / n_f),
+            top1_agreement: Some(self.agree as f64 / n_f),
+            loss_by_position,
+            ..Quality::default()
+        }
+    }
+}
+
+/// Exact's own quality and the quality (and cost) of each of `runs` against the exact run on
+/// the same input.
+///
+/// Logits are compared block by block. Exact's logits, its log-sum-exp, argmax and
+/// exponentials of a block are computed once and serve every run, so each run costs one
+/// logits product and one exponential pass over the vocabulary per position (the runs'
+/// hidden states are what the caller holds, `S × hidden` floats each). A run whose hidden states
+/// equal exact's bit for bit in a block gets exact's numbers for it without logits. The
+/// numbers do not depend on how many runs are compared together.
+pub fn compare_all(
+    model: &Decoder,
+    input: &LmInput,
+    exact: &LmRun,
+    runs: &[&LmRun],
+    threads: usize,
+) -> (Quality, Vec<(Quality, Cost)>) {
+    let (hd, vocab) = (model.config.hidden, model.config.vocab);
+    let th = attn_models::ops::Threads(threads);
+    let per_window = input.windows.first().map_or(1, |w| w.len() - 1).max(1);
+    let nb = input.buckets.max(1);
+    let mut exact_tally = Tally::new(nb);
+    let mut tallies: Vec<Tally> = runs.iter().map(|_| Tally::new(nb)).collect();
+    // Exact's exponentials `exp(x − max)` of the block's counted rows, f64 (as the KL sums).
+    let mut ebuf: Vec<f64> = Vec::new();
+    for (wi, w) in input.windows.iter().enumerate() {
+        let targets = &w[1..];
+        let he = &exact.hidden[wi];
+        const BLOCK: usize = 128;
+        // Logits only from the first counted target on.
+        let first = input.first_scored(wi) / BLOCK * BLOCK;
+        for start in (first..targets.len()).step_by(BLOCK) {
+            let end = (start + BLOCK).min(targets.len());
+            let xe = &he[start * hd..end * hd];
+            let le = model.logits_block(xe, th);
+            let scored = input.first_scored(wi).max(start)..end;
+            let bucket = |t: usize| (t * nb / per_window).min(nb - 1);
+            // Exact's rows (in parallel: each row's numbers do not depend on the others).
+            ebuf.resize(scored.len() * vocab, 0.0);
+            let stats: Vec<(f64, usize, f64)> = ebuf
+                .par_chunks_mut(vocab)
+                .zip(scored.clone().into_par_iter())
+                .map(|(buf, t)| {
+                    let i = t - start;
+                    lse_argmax_into(&le[i * vocab..(i + 1) * vocab], buf)
+                })
+                .collect();
+            for (t, &(lse_e, _, _)) in scored.clone().zip(&stats) {
+                let loss = lse_e - f64::from(le[(t - start) * vocab + targets[t] as usize]);
+                exact_tally.add(bucket(t), loss, 0.0, true);
+            }
+            for (run, tally) in runs.iter().zip(tallies.iter_mut()) {
+                let xm = &run.hidden[wi][start * hd..end * hd];
+                // The same hidden states bit for bit (exact against itself, an exact twin): the
+                // same logits, so exact's loss and KL 0, without computing them.
+                if xe.iter().zip(xm).all(|(a, b)| a.to_bits() == b.to_bits()) {
+                    for (t, &(lse_e, _, _)) in scored.clone().zip(&stats) {
+                        let loss = lse_e - f64::from(le[(t - start) * vocab + targets[t] as usize]);
+                        tally.add(bucket(t), loss, 0.0, true);
+                    }
+                    continue;
+                }
+                let lm = model.logits_block(xm, th);
+                let per_row: Vec<(f64, f64, bool)> = scored
+                    .clone()
+                    .into_par_iter()
+                    .zip(ebuf.par_chunks(vocab))
+                    .zip(stats.par_iter())
+                    .map(|((t, ex), &(lse_e, arg_e, z))| {
+                        let i = t - start;
+                        let (re, rm) =
+                            (&le[i * vocab..(i + 1) * vocab], &lm[i * vocab..(i + 1) * vocab]);
+                        let (lse_m, arg_m) = lse_argmax(rm);
+                        let loss = lse_m - f64::from(rm[targets[t] as usize]);
+                        // KL(exact ‖ method) = Σ p_e (log p_e − log p_m), p_e = e_i / Σ e.
+                        let mut k = 0f64;
+                        for ((&a, &b), &e) in re.iter().zip(rm).zip(ex) {
+                            let lpe = f64::from(a) - lse_e;
+                            k += e / z * (lpe - (f64::from(b) - lse_m));
+                        }
+                        (loss, k, arg_e == arg_m)
+                    })
+                    .collect();
+                // Summed in position order, as one thread would.
+                for (t, (loss, k, same)) in scored.clone().zip(per_row) {
+                    tally.add(bucket(t), loss, k, same);
+                }
+            }
+        }
+    }
+    let results = runs
+        .iter()
+        .zip(&tallies)
+        .map(|(run, tally)| (tally.quality(per_window), cost(input, run)))
+        .collect();
+    (exact_tally.quality(per_window), results)
+}
+
+/// Log-sum-exp and first argmax of a row of logits.
+fn lse_argmax(r: &[f32]) -> (f64, usize) {
+    let (m, arg) = max_argmax(r);
+    let s: f64 = r.iter().map(|&v| f64::from(v - m).exp()).sum();
+    (f64::from(m) + s.ln(), arg)
+}
+
+/// [`lse_argmax`], keeping the exponentials `exp(x_i − max)` in `buf` (`buf.len() == r.len()`)
+/// and returning their sum (summed in the same order) third.
+fn lse_argmax_into(r: &[f32], buf: &mut [f64]) -> (f64, usize, f64) {
+    let (m, arg) = max_argmax(r);
+    for (e, &v) in buf.iter_mut().zip(r) {
+        *e = f64::from(v - m).exp();
+    }
+    let s: f64 = buf.iter().sum();
+    (f64::from(m) + s.ln(), arg, s)
+}
+
+/// Row maximum and its first index.
+fn max_argmax(r: &[f32]) -> (f32, usize) {
     let (mut arg, mut m) = (0, f32::NEG_INFINITY);
     for (i, &v) in r.iter().enumerate() {
         if v > m {
@@ -272,13 +358,5 @@ fn lse_argmax(r: &[f32], keep: Option<&mut Vec<f64>>) -> (f64, usize) {
             arg = i;
         }
     }
-    let s: f64 = match keep {
-        Some(buf) => {
-            buf.clear();
-            buf.extend(r.iter().map(|&v| f64::from(v - m).exp()));
-            buf.iter().sum()
-        }
-        None => r.iter().map(|&v| f64::from(v - m).exp()).sum(),
-    };
-    (f64::from(m) + s.ln(), arg)
+    (m, arg)
 }

@@ -310,15 +310,42 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome, EvalError> {
                 let (exact, rss) =
                     peak_rss_after(|| lm::run(&m, &input, &AttentionPlan::exact(), cfg.threads));
                 let exact = exact?;
-                let (q, mut c) = lm::compare(&m, &input, &exact, &exact, cfg.threads);
-                c.peak_rss_bytes = rss;
-                out.record(&mk, (q, c), &todo, |plan| {
-                    let (r, rss) = peak_rss_after(|| lm::run(&m, &input, plan, cfg.threads));
-                    let (q, mut c) = lm::compare(&m, &input, &exact, &r?, cfg.threads);
-                    c.peak_rss_bytes = rss;
-                    c.plan_layers = plan_layers(plan, m.config.layers.len(), m.config.heads);
-                    Ok((q, c))
-                })?;
+                let exact_cost = Cost { peak_rss_bytes: rss, ..lm::cost(&input, &exact) };
+                // The methods' runs are kept (their final hidden states) and compared with exact
+                // in batches, exact's logits computed once per batch.
+                let layers = (m.config.layers.len(), m.config.heads);
+                out.record_batched(
+                    &mk,
+                    exact_cost,
+                    &todo,
+                    |plan, held| {
+                        let (r, rss) = peak_rss_after(|| lm::run(&m, &input, plan, cfg.threads));
+                        Ok(Kept {
+                            run: r?,
+                            // The process's peak less the earlier runs of the batch it holds.
+                            rss: rss.map(|b| b.saturating_sub(held as u64)),
+                            plan_layers: plan_layers(plan, layers.0, layers.1),
+                        })
+                    },
+                    |k| k.run.hidden.iter().map(|h| 4 * h.len()).sum(),
+                    |kept| {
+                        let runs: Vec<&lm::LmRun> = kept.iter().map(|k| &k.run).collect();
+                        let (eq, rows) = lm::compare_all(&m, &input, &exact, &runs, cfg.threads);
+                        let rows = rows
+                            .into_iter()
+                            .zip(kept)
+                            .map(|((q, c), k)| {
+                                let c = Cost {
+                                    peak_rss_bytes: k.rss,
+                                    plan_layers: k.plan_layers.clone(),
+                                    ..c
+                                };
+                                (q, c)
+                            })
+                            .collect();
+                        (eq, rows)
+                    },
+                )?;
             }
             Task::Embed { model } => {
                 let m = attn_models::model::load(model)?.into_encoder()?;
@@ -429,6 +456,17 @@ fn plan_layers(plan: &AttentionPlan, layers: usize, heads: usize) -> Vec<usize> 
 }
 
 /// Builds a row: method label, status, error, quality, cost.
+/// Bytes of kept runs (their hidden states) after which [`Recorder::record_batched`] compares
+/// the batch with exact: exact's logits are computed once per batch.
+const BATCH_BYTES: usize = 1 << 30;
+
+/// A method's LM run kept for the batched comparison, with what its row needs besides.
+struct Kept {
+    run: lm::LmRun,
+    rss: Option<u64>,
+    plan_layers: Vec<usize>,
+}
+
 type MakeRow<'a> = dyn Fn(&str, &str, Option<String>, Quality, Cost) -> Row + 'a;
 
 /// Writes the rows of one comparison as they are measured.
@@ -468,6 +506,75 @@ impl Recorder<'_> {
             };
             self.push(row)?;
             self.bar.inc(1);
+        }
+        Ok(())
+    }
+
+    /// As [`Recorder::record`] for methods whose runs are compared with exact together: each
+    /// method's run (`run_one`, told how many bytes the batch already holds) is kept until the
+    /// kept runs hold [`BATCH_BYTES`] (`held`), then `compare` gives exact's quality and one
+    /// `(quality, cost)` per kept run, in order. The exact row (`exact_cost`, and its quality
+    /// from the first comparison) comes first; a failed run becomes its row at its place.
+    #[allow(clippy::too_many_arguments)] // the pieces of one batched comparison
+    fn record_batched<K>(
+        &mut self,
+        mk: &MakeRow<'_>,
+        exact_cost: Cost,
+        todo: &[&MethodSpec],
+        mut run_one: impl FnMut(&AttentionPlan, usize) -> Result<K, EvalError>,
+        held: impl Fn(&K) -> usize,
+        mut compare: impl FnMut(&[K]) -> (Quality, Vec<(Quality, Cost)>),
+    ) -> Result<(), EvalError> {
+        self.bar.inc(1);
+        let mut exact_done = !self.write_exact;
+        let mut next = 0;
+        while next < todo.len() || !exact_done {
+            // One batch: runs (or the rows of failed ones) in todo order.
+            let mut kept: Vec<K> = Vec::new();
+            let mut slots: Vec<Result<&MethodSpec, Row>> = Vec::new();
+            let mut bytes = 0;
+            while next < todo.len() && bytes < BATCH_BYTES {
+                let spec = todo[next];
+                next += 1;
+                self.bar.set_message(spec.label.clone());
+                match run_one(&spec.plan, bytes) {
+                    Ok(k) => {
+                        bytes += held(&k);
+                        kept.push(k);
+                        slots.push(Ok(spec));
+                    }
+                    Err(e) => {
+                        let (status, why) = match not_applicable(&e) {
+                            Some(why) => (NOT_APPLICABLE, why),
+                            None => ("failed", e.to_string()),
+                        };
+                        let row =
+                            mk(&spec.label, status, Some(why), Quality::default(), Cost::default());
+                        slots.push(Err(row));
+                    }
+                }
+                self.bar.inc(1);
+            }
+            let mut compared = Vec::new().into_iter();
+            if !kept.is_empty() || !exact_done {
+                self.bar.set_message("comparing with exact");
+                let (exact_q, rows) = compare(&kept);
+                if !exact_done {
+                    self.push(mk("exact", "ok", None, exact_q, exact_cost.clone()))?;
+                    exact_done = true;
+                }
+                compared = rows.into_iter();
+            }
+            for slot in slots {
+                let row = match slot {
+                    Ok(spec) => {
+                        let (q, c) = compared.next().expect("one comparison per kept run");
+                        mk(&spec.label, "ok", None, q, c)
+                    }
+                    Err(row) => row,
+                };
+                self.push(row)?;
+            }
         }
         Ok(())
     }
@@ -553,6 +660,104 @@ mod tests {
             let e = MethodSpec::parse(bad).err().unwrap_or_else(|| panic!("{bad} accepted"));
             assert!(e.to_string().contains(says), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn batched_rows_keep_the_method_order_and_compare_each_batch_once() {
+        let path = std::env::temp_dir().join(format!("attn-batched-{}.jsonl", std::process::id()));
+        let mk =
+            |method: &str, status: &str, error: Option<String>, quality: Quality, cost: Cost| Row {
+                schema: SCHEMA_VERSION,
+                task: "lm".into(),
+                model: "m".into(),
+                dataset: "d".into(),
+                method: method.into(),
+                setting: BTreeMap::new(),
+                status: status.into(),
+                error,
+                quality,
+                cost,
+                env: BTreeMap::new(),
+            };
+        let specs: Vec<MethodSpec> = [
+            "streaming:window=8",
+            "streaming:window=16",
+            "streaming:window=24",
+            "streaming:window=32",
+        ]
+        .iter()
+        .map(|s| MethodSpec::parse(s).unwrap())
+        .collect();
+        let todo: Vec<&MethodSpec> = specs.iter().collect();
+        let quality = |x: f64| Quality { perplexity: Some(x), ..Quality::default() };
+        // Each kept run holds just over half the batch bytes, the second run fails: batches
+        // {1st, 3rd} and {4th}.
+        let half = BATCH_BYTES / 2 + 1;
+        let (mut calls, mut held_seen, mut batches) = (0usize, Vec::new(), Vec::new());
+        let mut rows = Vec::new();
+        let bar = indicatif::ProgressBar::hidden();
+        let mut rec = Recorder { results: &path, rows: &mut rows, write_exact: true, bar: &bar };
+        rec.record_batched(
+            &mk,
+            Cost { prefill_s: Some(1.0), ..Cost::default() },
+            &todo,
+            |_, held| {
+                calls += 1;
+                held_seen.push(held);
+                if calls == 2 {
+                    Err(EvalError::Data("boom".into()))
+                } else {
+                    Ok(calls)
+                }
+            },
+            |_| half,
+            |kept: &[usize]| {
+                batches.push(kept.to_vec());
+                let rows = kept.iter().map(|&k| (quality(k as f64), Cost::default())).collect();
+                (quality(batches.len() as f64 * 100.0), rows)
+            },
+        )
+        .unwrap();
+        assert_eq!(held_seen, vec![0, half, half, 0]);
+        assert_eq!(batches, vec![vec![1, 3], vec![4]]);
+        let got: Vec<(&str, &str, Option<f64>)> = rows
+            .iter()
+            .map(|r| (r.method.as_str(), r.status.as_str(), r.quality.perplexity))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("exact", "ok", Some(100.0)), // from the first comparison, with its cost
+                ("streaming:window=8", "ok", Some(1.0)),
+                ("streaming:window=16", "failed", None),
+                ("streaming:window=24", "ok", Some(3.0)),
+                ("streaming:window=32", "ok", Some(4.0)),
+            ]
+        );
+        assert_eq!(rows[0].cost.prefill_s, Some(1.0));
+        let why = rows[2].error.as_deref().unwrap_or_default();
+        assert!(why.contains("boom"), "the failed run's row says why: {why}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 5);
+        std::fs::remove_file(&path).ok();
+        // Nothing left to run but the exact row: one comparison of no runs gives its quality.
+        let mut rows = Vec::new();
+        let mut rec = Recorder { results: &path, rows: &mut rows, write_exact: true, bar: &bar };
+        let mut n = 0;
+        rec.record_batched(
+            &mk,
+            Cost::default(),
+            &[],
+            |_, _| Ok(0usize),
+            |_| 0,
+            |kept| {
+                n += 1;
+                assert!(kept.is_empty());
+                (quality(7.0), Vec::new())
+            },
+        )
+        .unwrap();
+        assert_eq!((n, rows.len(), rows[0].quality.perplexity), (1, 1, Some(7.0)));
+        std::fs::remove_file(&path).ok();
     }
 
     #[test]

@@ -412,3 +412,32 @@ fn strided_windows_score_every_token_once_with_long_context() {
     assert_eq!(q.kl_to_exact, Some(0.0));
     assert!(q.perplexity.unwrap().is_finite());
 }
+
+#[test]
+fn runs_compared_together_get_the_numbers_they_get_alone() {
+    let m = smollm2();
+    let text = attn_models::corpus::text("austen:persuasion").expect("persuasion");
+    // Two windows, the second scoring from its middle (strided), so blocks start mid-window.
+    let input = LmInput::strided(&m, &text, 320, 200, 120).expect("input");
+    let e = lm::run(&m, &input, &AttentionPlan::exact(), 2).expect("exact");
+    let plan = |s: &str| AttentionPlan::uniform(Choice::parse(s).unwrap());
+    let a = lm::run(&m, &input, &plan("streaming:sink=4,window=32"), 2).expect("streaming");
+    let b = lm::run(&m, &input, &plan("sdpa-flash"), 2).expect("flash");
+    let alone: Vec<_> = [&a, &e, &b].iter().map(|r| lm::compare(&m, &input, &e, r, 2)).collect();
+    let (exact_q, together) = lm::compare_all(&m, &input, &e, &[&a, &e, &b], 2);
+    for (i, (x, y)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(x.0, y.0, "run {i}: quality");
+        assert_eq!(x.1.prefill_s, y.1.prefill_s, "run {i}: cost");
+    }
+    // Exact's own quality is what exact against itself gives: KL 0, full agreement.
+    assert_eq!(exact_q, alone[1].0);
+    assert_eq!((exact_q.kl_to_exact, exact_q.top1_agreement), (Some(0.0), Some(1.0)));
+    // The streaming window drops context: a positive KL and a different perplexity.
+    let st = &together[0].0;
+    assert!(st.kl_to_exact.unwrap() > 1e-4, "{st:?}");
+    assert_ne!(st.perplexity, exact_q.perplexity);
+    // With no runs, exact's quality alone.
+    let (only, none) = lm::compare_all(&m, &input, &e, &[], 2);
+    assert!(none.is_empty());
+    assert_eq!(only, exact_q);
+}
