@@ -234,6 +234,11 @@ impl RealInputs {
     }
 
     /// One line for the report.
+    /// Rows of each record (the tile length).
+    pub fn recorded_rows(&self) -> usize {
+        self.heads[0].s
+    }
+
     pub fn describe(&self) -> String {
         let labels: Vec<&str> = self.heads.iter().map(|h| h.label.as_str()).collect();
         format!(

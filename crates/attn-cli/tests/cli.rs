@@ -253,6 +253,64 @@ fn bench_interleave_times_each_method_per_round() {
     assert!(err.contains("--reps"), "{err}");
 }
 
+/// `--qkv` with `--recall` past the recorded length: every approximate record says how much of
+/// the exact attention of the rows past `S_rec` lies at distances `≥ S_rec`, the table says it
+/// once per shape, and the number is that of a plain f64 softmax over the tiled rows.
+#[test]
+fn bench_reports_the_attention_mass_beyond_the_recorded_length() {
+    use safetensors::{tensor::TensorView, Dtype};
+    let d = dir("bench-beyond");
+    let (s_rec, dd, n) = (4usize, 4usize, 12usize);
+    let (q, k, v) = (values(s_rec * dd, 21), values(s_rec * dd, 22), values(s_rec * dd, 23));
+    let bytes = [le_bytes(&q), le_bytes(&k), le_bytes(&v)];
+    let views: Vec<(String, TensorView)> = ["q", "k", "v"]
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| {
+            (format!("L0.H0.B0.{t}"), TensorView::new(Dtype::F32, vec![s_rec, dd], b).unwrap())
+        })
+        .collect();
+    let meta: std::collections::HashMap<String, String> =
+        [("L0.H0.B0".to_string(), "{\"scale\":0.5}".to_string())].into_iter().collect();
+    let file = d.join("rec.safetensors");
+    safetensors::serialize_to_file(views, &Some(meta), &file).unwrap();
+    let args = [
+        "bench",
+        "--causal",
+        "--shape",
+        "b1,h1,s12,d4",
+        "--qkv",
+        s(&file),
+        "--method",
+        "sdpa-flash,streaming:sink=1,window=2",
+        "--reps",
+        "1",
+        "--recall",
+    ];
+    let json: Vec<serde_json::Value> =
+        serde_json::from_str(&ok(&[&args[..], &["--json"]].concat())).unwrap();
+    // Tiled row i is record row i mod S_rec; logits are the record's scale times q·k.
+    let z = |i: usize, j: usize| {
+        0.5 * (0..dd)
+            .map(|t| (q[(i % s_rec) * dd + t] * k[(j % s_rec) * dd + t]) as f64)
+            .sum::<f64>()
+    };
+    let want = (s_rec..n)
+        .map(|i| {
+            let all: f64 = (0..=i).map(|j| z(i, j).exp()).sum();
+            let far: f64 = (0..=i - s_rec).map(|j| z(i, j).exp()).sum();
+            far / all
+        })
+        .sum::<f64>()
+        / (n - s_rec) as f64;
+    assert!(json[0]["mass_beyond_recorded"].is_null(), "exact rows have no recall: {}", json[0]);
+    let got = json[1]["mass_beyond_recorded"].as_f64().expect("streaming row");
+    assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    let table = ok(&args);
+    let line = format!("rows past the recorded 4 put {:.1} %", 100.0 * want);
+    assert_eq!(table.matches(&line).count(), 1, "{table}");
+}
+
 #[test]
 fn bench_rejects_bad_options() {
     assert!(fails(&["bench", "--shape", "b1,h8,d64"]).contains("give s"));

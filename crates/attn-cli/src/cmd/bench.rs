@@ -65,6 +65,11 @@ struct Record {
     /// With `--recall`, for approximate methods: relative Frobenius error of the output to the
     /// exact one, `‖o − o_exact‖ / ‖o_exact‖`.
     rel_error: Option<f64>,
+    /// With `--recall`, for approximate methods on real inputs tiled past their recorded length
+    /// `S_rec` under the causal mask: the mean, over the rows past `S_rec`, of the exact
+    /// attention mass at distances `≥ S_rec`. The recording holds no such distance: this much of
+    /// the tiled attention is what tiling made, not what the model did when it was recorded.
+    mass_beyond_recorded: Option<f64>,
     /// `computed_pairs` over the pairs the mask allows (1 for exact methods; below 1 for sparse
     /// methods, possibly above where block expansion and estimation outweigh the sparsity).
     density: f64,
@@ -127,6 +132,7 @@ pub fn run(cfg: &BenchConfig, rt: &Runtime) -> Result<()> {
     }
 
     let mut records = Vec::new();
+    let mut noted: Vec<String> = Vec::new();
     let mut failures = 0;
     // With --interleave, the cases of one shape and mask are timed together, in rounds.
     let mut groups: Vec<Vec<&BenchCase>> = Vec::new();
@@ -154,6 +160,22 @@ pub fn run(cfg: &BenchConfig, rt: &Runtime) -> Result<()> {
                 Ok(r) => {
                     if table {
                         pb.suspend(|| print_row(&r))?;
+                        // Once per shape: how much of the tiled attention has no counterpart in
+                        // the recording.
+                        if let (Some(x), Some(real)) = (r.mass_beyond_recorded, &cfg.real) {
+                            if !noted.contains(&r.shape) {
+                                let s = real.recorded_rows();
+                                pb.suspend(|| {
+                                    println!(
+                                        "# {}: rows past the recorded {s} put {:.1} % of their exact \
+                                         attention mass at distances ≥ {s} (none in the recording)",
+                                        r.shape,
+                                        100.0 * x
+                                    )
+                                });
+                                noted.push(r.shape.clone());
+                            }
+                        }
                     }
                     records.push(r);
                 }
@@ -389,7 +411,22 @@ fn finish(
         let mut lse_exact = vec![0f32; p.lse_len()];
         let mut o_exact = vec![0f32; o.len()];
         want.run(inputs, par, OutputMut { o: &mut o_exact, lse: &mut lse_exact })?;
-        Some((mass_recall(&lse, &lse_exact), rel_error(&o, &o_exact)))
+        let beyond = match &cfg.real {
+            Some(real) if case.causal && p.s_q > real.recorded_rows() => {
+                // The same exact attention limited to distances below S_rec.
+                let s_rec = real.recorded_rows();
+                let near = Params::default().with_mask(attn::Mask::sliding_window(s_rec));
+                let (mut o_near, mut lse_near) = (vec![0f32; o.len()], vec![0f32; p.lse_len()]);
+                attn::prepare(inputs, &near, &exact)?.run(
+                    inputs,
+                    par,
+                    OutputMut { o: &mut o_near, lse: &mut lse_near },
+                )?;
+                Some(mass_beyond(&lse_near, &lse_exact, p.s_q, s_rec))
+            }
+            _ => None,
+        };
+        Some((mass_recall(&lse, &lse_exact), rel_error(&o, &o_exact), beyond))
     } else {
         None
     };
@@ -420,6 +457,7 @@ fn finish(
         mass_recall_mean: recall.map(|r| r.0 .0),
         mass_recall_min: recall.map(|r| r.0 .1),
         rel_error: recall.map(|r| r.1),
+        mass_beyond_recorded: recall.and_then(|r| r.2),
         density: stats.computed_pairs as f64 / allowed.max(1) as f64,
         inputs: cfg
             .real
@@ -440,6 +478,20 @@ fn mass_recall(lse: &[f32], lse_exact: &[f32]) -> (f64, f64) {
         }
     }
     (sum / n.max(1) as f64, if n == 0 { f64::NAN } else { min })
+}
+
+/// Mean over rows `i ≥ s_rec` of every `[·, s_q]` block of `1 − exp(lse_near − lse)`: the
+/// attention mass outside the nearest `s_rec` keys (rows the mask leaves empty are skipped).
+fn mass_beyond(lse_near: &[f32], lse: &[f32], s_q: usize, s_rec: usize) -> f64 {
+    let (mut sum, mut n) = (0.0f64, 0usize);
+    for (i, (&a, &e)) in lse_near.iter().zip(lse).enumerate() {
+        if i % s_q >= s_rec && e.is_finite() {
+            let near = if a.is_finite() { (a as f64 - e as f64).exp().min(1.0) } else { 0.0 };
+            sum += 1.0 - near;
+            n += 1;
+        }
+    }
+    sum / n.max(1) as f64
 }
 
 /// `‖a − b‖ / ‖b‖` (Frobenius), accumulated in f64.
