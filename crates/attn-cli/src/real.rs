@@ -15,6 +15,11 @@
 //!     row a model would have produced at position `i + m·S_rec` from the same pre-RoPE vector:
 //!     within a tile the logits are the record's, across tiles each pair's rotation matches its
 //!     true distance. (Still a repeat of the same content, not a longer text.)
+//!   - Neither is a long text. Past `S_rec`, queries meet key distances (`rope`) or rotations of
+//!     later positions (`repeat`) that the recording never had; past a model's trained length
+//!     that drives RoPE heads out of their habits (SmolLM2 tiled to 64k with `rope`: 76.5 % of
+//!     the mass of rows past 8192 sits at distances ≥ 8192). `attn bench --recall` reports that
+//!     share (`mass_beyond_recorded`) for every approximate method on tiled inputs.
 //! - **Joined heads**: `L3.H0.B0+L3.H1.B0` concatenates two records along `D` (a `D = 128` head
 //!   from two `D = 64` heads); the queries are multiplied by `√(D_joined) · scale_rec`, so that
 //!   the benchmark's default scale `1/√D_joined` gives logits equal to the **sum** of the parts'
