@@ -11,6 +11,7 @@ pub mod reference;
 use crate::dispatch::{Inputs, OutputMut, ParamInfo, Reason, Stats};
 use crate::error::Result;
 use crate::mask::{Mask, MaskKind};
+use crate::memory::Scratch;
 use crate::methods::pattern::{is_causal, positive, unknown, Exec, SparseConfig};
 use crate::methods::sdpa::flash;
 use crate::par::Par;
@@ -45,21 +46,24 @@ impl Streaming {
     }
 
     /// The sink pass: keys `j < sink` with `j ≤ p_i − window` (outside the band), expressed as a
-    /// causal mask whose query positions are shifted back by `window`.
+    /// causal mask whose query positions are shifted back by `window`. The sinks are one key
+    /// block `[0, sink)` per query block, read in place from the packed keys (as gathered
+    /// columns, the same keys were copied again for every query block).
     fn sinks(&self, p: &Problem, params: &Resolved) -> Result<(Resolved, BlockList)> {
         let mut r = params.clone();
         r.geometry.q_offset -= self.window as i64;
-        let cols: Vec<u32> = (0..self.sink.min(p.s_kv) as u32).collect();
+        let sink = self.sink.min(p.s_kv);
+        let block: &[u32] = if sink > 0 { &[0] } else { &[] };
         let heads = (0..p.b * p.h)
             .map(|_| {
                 let mut hl = HeadList::new();
                 for _ in 0..p.s_q.div_ceil(BM) {
-                    hl.push(&[], &cols);
+                    hl.push(block, &[]);
                 }
                 hl
             })
             .collect();
-        Ok((r, BlockList::new(BM, 1, p.s_q, p.s_kv, heads)?))
+        Ok((r, BlockList::new(BM, sink.max(1), p.s_q, p.s_kv, heads)?))
     }
 }
 
@@ -135,8 +139,9 @@ impl SparseConfig for Streaming {
             OutputMut { o: out.o, lse: out.lse },
         );
         let (sink_params, pattern) = self.sinks(p, params)?;
-        let mut o2 = vec![0.0f32; p.out_len()];
-        let mut lse2 = vec![0.0f32; p.lse_len()];
+        // Pooled (already mapped) buffers: the kernel writes every row of both.
+        let mut o2 = Scratch::take(p.out_len());
+        let mut lse2 = Scratch::take(p.lse_len());
         let sink_pairs = kernel::forward(
             p,
             inputs,

@@ -185,7 +185,15 @@ pub fn forward_at(
     let lse_out = SharedMut(out.lse.as_mut_ptr());
     for b in 0..p.b {
         for hk in 0..p.h_kv {
-            pack(p, inputs, b, hk, &plan, par, &mut kt, &mut vp, &mut kr);
+            // Only the keys some query head of the group lists are packed (a chunk may read up
+            // to CHUNK keys past its start): streaming's sink pass uses its first keys only.
+            let key_end = (hk * p.group()..(hk + 1) * p.group())
+                .map(|h| pattern.head(b * p.h + h).key_end(pattern.bn()))
+                .max()
+                .unwrap_or(0)
+                .min(p.s_kv);
+            let keys = (round_up(key_end, CHUNK) + CHUNK).min(ldk);
+            pack(p, inputs, b, hk, &plan, keys, par, &mut kt, &mut vp, &mut kr);
             let sh = Shared {
                 p,
                 inputs,
@@ -213,8 +221,9 @@ pub fn forward_at(
     pairs.into_inner()
 }
 
-/// Packs `Kᵀ` (`[D][ldk]`) and V (`[ldk][dv_pad]`) of kv head `(b, hk)`, zero past `S_kv`, and
-/// K row-major (`[ldk][D]`) into `kr` when it is not empty.
+/// Packs keys `0..keys` of kv head `(b, hk)` into `Kᵀ` (`[D][ldk]`) and V (`[ldk][dv_pad]`),
+/// zero past `S_kv`, and K row-major (`[ldk][D]`) into `kr` when it is not empty. Keys past
+/// `keys` keep whatever the buffers held: the caller never reads them.
 #[allow(clippy::too_many_arguments)] // one call site; the pieces of one packing step
 fn pack(
     p: &Problem,
@@ -222,6 +231,7 @@ fn pack(
     b: usize,
     hk: usize,
     plan: &Plan,
+    keys: usize,
     par: Par,
     kt: &mut [f32],
     vp: &mut [f32],
@@ -229,7 +239,7 @@ fn pack(
 ) {
     const KEYS: usize = 256; // keys per packing job
     let (d, dv, dv_pad, ldk) = (p.d, p.d_v, plan.dv_pad, plan.ldk);
-    let njobs = ldk.div_ceil(KEYS);
+    let njobs = keys.div_ceil(KEYS);
     let next = AtomicUsize::new(0);
     let (ktp, vpp) = (SharedMut(kt.as_mut_ptr()), SharedMut(vp.as_mut_ptr()));
     let (krp, with_rows) = (SharedMut(kr.as_mut_ptr()), !kr.is_empty());
@@ -240,7 +250,7 @@ fn pack(
             if job >= njobs {
                 break;
             }
-            let (j0, j1) = (job * KEYS, ((job + 1) * KEYS).min(ldk));
+            let (j0, j1) = (job * KEYS, ((job + 1) * KEYS).min(keys));
             // SAFETY: job owns keys [j0, j1): columns j0..j1 of every Kᵀ row and rows j0..j1 of V.
             unsafe {
                 let mut g0 = j0;

@@ -100,6 +100,13 @@ impl HeadList {
     pub fn cols(&self, qb: usize) -> &[u32] {
         &self.cols[self.col_ptr[qb]..self.col_ptr[qb + 1]]
     }
+
+    /// One past the largest key any query block lists (blocks `bn` keys wide), 0 when none.
+    pub fn key_end(&self, bn: usize) -> usize {
+        let blocks = self.blocks.iter().max().map_or(0, |&s| s as usize + bn);
+        let cols = self.cols.iter().max().map_or(0, |&c| c as usize + 1);
+        blocks.max(cols)
+    }
 }
 
 /// Per query head `(b, h)` (index `b·H + h`) a [`HeadList`] over blocks of `bm` query rows; key
