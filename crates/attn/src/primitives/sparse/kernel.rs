@@ -538,19 +538,44 @@ fn chunk<S: Simd, const MR: usize, const NV: usize>(
             unsafe {
                 let o = wk.o.as_mut_ptr().add(mb * MR * dv_pad);
                 let s = wk.s.as_ptr().add(mb * MR * CHUNK);
-                let chk = wk.partial[mb];
-                match (MR > 4 && rows <= 4, nv) {
-                    (false, 1) => pv_block::<S, MR, 1>(s, al, v, dv_pad, n, o, dv_pad, c0, chk),
-                    (false, 2) => pv_block::<S, MR, 2>(s, al, v, dv_pad, n, o, dv_pad, c0, chk),
-                    (false, 3) => pv_block::<S, MR, 3>(s, al, v, dv_pad, n, o, dv_pad, c0, chk),
-                    (false, _) => pv_block::<S, MR, NV>(s, al, v, dv_pad, n, o, dv_pad, c0, chk),
-                    (true, 1) => pv_block::<S, 4, 1>(s, al, v, dv_pad, n, o, dv_pad, c0, chk),
-                    (true, 2) => pv_block::<S, 4, 2>(s, al, v, dv_pad, n, o, dv_pad, c0, chk),
-                    (true, 3) => pv_block::<S, 4, 3>(s, al, v, dv_pad, n, o, dv_pad, c0, chk),
-                    (true, _) => pv_block::<S, 4, NV>(s, al, v, dv_pad, n, o, dv_pad, c0, chk),
+                let tail = MR > 4 && rows <= 4;
+                // The zero-weight check compiled in or out: without it the weights are
+                // broadcast straight from memory.
+                if wk.partial[mb] {
+                    pv_blocks::<S, MR, NV, true>(tail, nv, s, al, v, dv_pad, n, o, c0);
+                } else {
+                    pv_blocks::<S, MR, NV, false>(tail, nv, s, al, v, dv_pad, n, o, c0);
                 }
             }
             col += nv;
+        }
+    }
+}
+
+/// [`pv_block`] for `nv` value vectors of one micro-block (`tail`: its last ≤ 4 rows only).
+#[allow(clippy::too_many_arguments)] // the pieces of one tile step
+#[inline(always)]
+unsafe fn pv_blocks<S: Simd, const MR: usize, const NV: usize, const C: bool>(
+    tail: bool,
+    nv: usize,
+    s: *const f32,
+    al: *const f32,
+    v: *const f32,
+    dv_pad: usize,
+    n: usize,
+    o: *mut f32,
+    c0: usize,
+) {
+    unsafe {
+        match (tail, nv) {
+            (false, 1) => pv_block::<S, MR, 1, C>(s, al, v, dv_pad, n, o, dv_pad, c0),
+            (false, 2) => pv_block::<S, MR, 2, C>(s, al, v, dv_pad, n, o, dv_pad, c0),
+            (false, 3) => pv_block::<S, MR, 3, C>(s, al, v, dv_pad, n, o, dv_pad, c0),
+            (false, _) => pv_block::<S, MR, NV, C>(s, al, v, dv_pad, n, o, dv_pad, c0),
+            (true, 1) => pv_block::<S, 4, 1, C>(s, al, v, dv_pad, n, o, dv_pad, c0),
+            (true, 2) => pv_block::<S, 4, 2, C>(s, al, v, dv_pad, n, o, dv_pad, c0),
+            (true, 3) => pv_block::<S, 4, 3, C>(s, al, v, dv_pad, n, o, dv_pad, c0),
+            (true, _) => pv_block::<S, 4, NV, C>(s, al, v, dv_pad, n, o, dv_pad, c0),
         }
     }
 }
@@ -589,11 +614,11 @@ unsafe fn s_panel<S: Simd, const MR: usize, const NV: usize, const QS: usize>(
 }
 
 /// `o[r, c..c + NV·lanes] = α_r·o[r, ..] + Σ_{j<nk} p[r, j]·v[j·ldv + c..]` for `MR` rows
-/// (`alpha` null: all `α_r = 1`; `p` row stride [`CHUNK`]); `checked` skips keys whose `p` is
+/// (`alpha` null: all `α_r = 1`; `p` row stride [`CHUNK`]); `CHECKED` skips keys whose `p` is
 /// exactly 0 for a row, so a masked key's non-finite value never reaches the row (0·NaN).
 #[allow(clippy::too_many_arguments)] // a register-blocked micro-kernel: raw pointers and strides
 #[inline(always)]
-unsafe fn pv_block<S: Simd, const MR: usize, const NV: usize>(
+unsafe fn pv_block<S: Simd, const MR: usize, const NV: usize, const CHECKED: bool>(
     p: *const f32,
     alpha: *const f32,
     v: *const f32,
@@ -602,7 +627,6 @@ unsafe fn pv_block<S: Simd, const MR: usize, const NV: usize>(
     o: *mut f32,
     ld_o: usize,
     c: usize,
-    checked: bool,
 ) {
     unsafe {
         let mut acc = [[S::splat(0.0); NV]; MR];
@@ -625,7 +649,7 @@ unsafe fn pv_block<S: Simd, const MR: usize, const NV: usize>(
             }
             for (r, a) in acc.iter_mut().enumerate() {
                 let pr = *p.add(r * CHUNK + j);
-                if checked && pr == 0.0 {
+                if CHECKED && pr == 0.0 {
                     continue;
                 }
                 let pb = S::splat(pr);
