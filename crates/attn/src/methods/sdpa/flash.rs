@@ -534,11 +534,33 @@ fn tile_forward<S: Simd, const MR: usize, const NV: usize, const NH: usize>(
                     };
                     let nk = khi - klo;
                     let c0 = col * S::LANES;
-                    match nv {
-                        1 => pv_block::<S, MR, 1>(s, al, v, vstride, nk, o, dv_pad, c0, partial),
-                        2 => pv_block::<S, MR, 2>(s, al, v, vstride, nk, o, dv_pad, c0, partial),
-                        3 => pv_block::<S, MR, 3>(s, al, v, vstride, nk, o, dv_pad, c0, partial),
-                        _ => pv_block::<S, MR, NV>(s, al, v, vstride, nk, o, dv_pad, c0, partial),
+                    // The zero-weight check compiled in only where the mask cuts the block:
+                    // elsewhere the weights are broadcast straight from memory.
+                    match (partial, nv) {
+                        (true, 1) => {
+                            pv_block::<S, MR, 1, true>(s, al, v, vstride, nk, o, dv_pad, c0)
+                        }
+                        (true, 2) => {
+                            pv_block::<S, MR, 2, true>(s, al, v, vstride, nk, o, dv_pad, c0)
+                        }
+                        (true, 3) => {
+                            pv_block::<S, MR, 3, true>(s, al, v, vstride, nk, o, dv_pad, c0)
+                        }
+                        (true, _) => {
+                            pv_block::<S, MR, NV, true>(s, al, v, vstride, nk, o, dv_pad, c0)
+                        }
+                        (false, 1) => {
+                            pv_block::<S, MR, 1, false>(s, al, v, vstride, nk, o, dv_pad, c0)
+                        }
+                        (false, 2) => {
+                            pv_block::<S, MR, 2, false>(s, al, v, vstride, nk, o, dv_pad, c0)
+                        }
+                        (false, 3) => {
+                            pv_block::<S, MR, 3, false>(s, al, v, vstride, nk, o, dv_pad, c0)
+                        }
+                        (false, _) => {
+                            pv_block::<S, MR, NV, false>(s, al, v, vstride, nk, o, dv_pad, c0)
+                        }
                     }
                 }
             }
@@ -586,10 +608,10 @@ unsafe fn s_panel<S: Simd, const MR: usize, const NV: usize>(
 }
 
 /// `o[r, c..c+NV·lanes] = α_r · o[r, ..] + Σ_{j<nk} p[r, j] · v[j, c..]` for `MR` rows
-/// (`alpha` null: all `α_r = 1`); `checked` skips keys whose `p` is exactly 0 for a row.
+/// (`alpha` null: all `α_r = 1`); `CHECKED` skips keys whose `p` is exactly 0 for a row.
 #[allow(clippy::too_many_arguments)] // a register-blocked micro-kernel: raw pointers and strides
 #[inline(always)]
-unsafe fn pv_block<S: Simd, const MR: usize, const NV: usize>(
+unsafe fn pv_block<S: Simd, const MR: usize, const NV: usize, const CHECKED: bool>(
     p: *const f32,
     alpha: *const f32,
     v: *const f32,
@@ -598,7 +620,6 @@ unsafe fn pv_block<S: Simd, const MR: usize, const NV: usize>(
     o: *mut f32,
     ld_o: usize,
     c: usize,
-    checked: bool,
 ) {
     unsafe {
         let mut acc = [[S::splat(0.0); NV]; MR];
@@ -623,7 +644,7 @@ unsafe fn pv_block<S: Simd, const MR: usize, const NV: usize>(
                 let pr = *p.add(r * BC + j);
                 // Masked blocks: a key hidden from this row must not touch it, even when its
                 // value is NaN/∞ (0·NaN would be NaN), e.g. stale slots of a paged cache.
-                if checked && pr == 0.0 {
+                if CHECKED && pr == 0.0 {
                     continue;
                 }
                 let pb = S::splat(pr);
