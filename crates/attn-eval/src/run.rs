@@ -455,7 +455,6 @@ fn plan_layers(plan: &AttentionPlan, layers: usize, heads: usize) -> Vec<usize> 
     }
 }
 
-/// Builds a row: method label, status, error, quality, cost.
 /// Bytes of kept runs (their hidden states) after which [`Recorder::record_batched`] compares
 /// the batch with exact: exact's logits are computed once per batch.
 const BATCH_BYTES: usize = 1 << 30;
@@ -467,6 +466,7 @@ struct Kept {
     plan_layers: Vec<usize>,
 }
 
+/// Builds a row: method label, status, error, quality, cost.
 type MakeRow<'a> = dyn Fn(&str, &str, Option<String>, Quality, Cost) -> Row + 'a;
 
 /// Writes the rows of one comparison as they are measured.
@@ -567,10 +567,16 @@ impl Recorder<'_> {
             }
             for slot in slots {
                 let row = match slot {
-                    Ok(spec) => {
-                        let (q, c) = compared.next().expect("one comparison per kept run");
-                        mk(&spec.label, "ok", None, q, c)
-                    }
+                    Ok(spec) => match compared.next() {
+                        Some((q, c)) => mk(&spec.label, "ok", None, q, c),
+                        None => mk(
+                            &spec.label,
+                            "failed",
+                            Some("the comparison returned no result for this run".into()),
+                            Quality::default(),
+                            Cost::default(),
+                        ),
+                    },
                     Err(row) => row,
                 };
                 self.push(row)?;
