@@ -536,31 +536,10 @@ fn tile_forward<S: Simd, const MR: usize, const NV: usize, const NH: usize>(
                     let c0 = col * S::LANES;
                     // The zero-weight check compiled in only where the mask cuts the block:
                     // elsewhere the weights are broadcast straight from memory.
-                    match (partial, nv) {
-                        (true, 1) => {
-                            pv_block::<S, MR, 1, true>(s, al, v, vstride, nk, o, dv_pad, c0)
-                        }
-                        (true, 2) => {
-                            pv_block::<S, MR, 2, true>(s, al, v, vstride, nk, o, dv_pad, c0)
-                        }
-                        (true, 3) => {
-                            pv_block::<S, MR, 3, true>(s, al, v, vstride, nk, o, dv_pad, c0)
-                        }
-                        (true, _) => {
-                            pv_block::<S, MR, NV, true>(s, al, v, vstride, nk, o, dv_pad, c0)
-                        }
-                        (false, 1) => {
-                            pv_block::<S, MR, 1, false>(s, al, v, vstride, nk, o, dv_pad, c0)
-                        }
-                        (false, 2) => {
-                            pv_block::<S, MR, 2, false>(s, al, v, vstride, nk, o, dv_pad, c0)
-                        }
-                        (false, 3) => {
-                            pv_block::<S, MR, 3, false>(s, al, v, vstride, nk, o, dv_pad, c0)
-                        }
-                        (false, _) => {
-                            pv_block::<S, MR, NV, false>(s, al, v, vstride, nk, o, dv_pad, c0)
-                        }
+                    if partial {
+                        pv_vectors::<S, MR, NV, true>(nv, s, al, v, vstride, nk, o, dv_pad, c0);
+                    } else {
+                        pv_vectors::<S, MR, NV, false>(nv, s, al, v, vstride, nk, o, dv_pad, c0);
                     }
                 }
             }
@@ -603,6 +582,30 @@ unsafe fn s_panel<S: Simd, const MR: usize, const NV: usize>(
                 m = S::max(m, *x);
             }
             S::store(rmax.add(r * S::LANES), m);
+        }
+    }
+}
+
+/// [`pv_block`] for `nv ≤ NV` value vectors.
+#[allow(clippy::too_many_arguments)] // the pieces of one tile step
+#[inline(always)]
+unsafe fn pv_vectors<S: Simd, const MR: usize, const NV: usize, const C: bool>(
+    nv: usize,
+    p: *const f32,
+    alpha: *const f32,
+    v: *const f32,
+    vstride: usize,
+    nk: usize,
+    o: *mut f32,
+    ld_o: usize,
+    c: usize,
+) {
+    unsafe {
+        match nv {
+            1 => pv_block::<S, MR, 1, C>(p, alpha, v, vstride, nk, o, ld_o, c),
+            2 => pv_block::<S, MR, 2, C>(p, alpha, v, vstride, nk, o, ld_o, c),
+            3 => pv_block::<S, MR, 3, C>(p, alpha, v, vstride, nk, o, ld_o, c),
+            _ => pv_block::<S, MR, NV, C>(p, alpha, v, vstride, nk, o, ld_o, c),
         }
     }
 }
