@@ -459,6 +459,10 @@ fn plan_layers(plan: &AttentionPlan, layers: usize, heads: usize) -> Vec<usize> 
 /// the batch with exact: exact's logits are computed once per batch.
 const BATCH_BYTES: usize = 1 << 30;
 
+/// Time after which a batch is compared and written however small it is: rows reach
+/// `results.jsonl` at least this often, so an interrupted eval loses at most this much work.
+const BATCH_TIME: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// A method's LM run kept for the batched comparison, with what its row needs besides.
 struct Kept {
     run: lm::LmRun,
@@ -512,7 +516,8 @@ impl Recorder<'_> {
 
     /// As [`Recorder::record`] for methods whose runs are compared with exact together: each
     /// method's run (`run_one`, told how many bytes the batch already holds) is kept until the
-    /// kept runs hold [`BATCH_BYTES`] (`held`), then `compare` gives exact's quality and one
+    /// kept runs hold [`BATCH_BYTES`] (`held`) or the batch has run for [`BATCH_TIME`], then
+    /// `compare` gives exact's quality and one
     /// `(quality, cost)` per kept run, in order. The exact row (`exact_cost`, and its quality
     /// from the first comparison) comes first; a failed run becomes its row at its place.
     #[allow(clippy::too_many_arguments)] // the pieces of one batched comparison
@@ -532,8 +537,8 @@ impl Recorder<'_> {
             // One batch: runs (or the rows of failed ones) in todo order.
             let mut kept: Vec<K> = Vec::new();
             let mut slots: Vec<Result<&MethodSpec, Row>> = Vec::new();
-            let mut bytes = 0;
-            while next < todo.len() && bytes < BATCH_BYTES {
+            let (mut bytes, started) = (0, std::time::Instant::now());
+            while next < todo.len() && bytes < BATCH_BYTES && started.elapsed() < BATCH_TIME {
                 let spec = todo[next];
                 next += 1;
                 self.bar.set_message(spec.label.clone());
