@@ -208,9 +208,13 @@ impl SparseConfig for VerticalSlash {
                     Exec::Fast => diagonal::scratch_bytes(p, cols, par),
                 };
         }
+        let cols = self.vertical.max(MIN_VERTICAL).min(p.s_kv);
         match exec {
             Exec::Reference => est + 8 * p.s_kv,
-            Exec::Fast => est + kernel::scratch_bytes(p, self.block, par),
+            Exec::Fast => {
+                est + kernel::scratch_bytes(p, self.block, par)
+                    + kernel::column_panel_bytes(p, cols)
+            }
         }
     }
 }

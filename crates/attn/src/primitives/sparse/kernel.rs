@@ -8,7 +8,10 @@
 //! contiguous read: from the caller's K row when K is f32 with unit stride along D, else from a
 //! row-major copy of K that patterns of one query row per block (SEA's per-row lists, which
 //! gather the most) get; other layouts read one `Kᵀ` line per dimension. Those patterns also run
-//! a one-row micro-block. A chunk shorter than
+//! a one-row micro-block. Patterns of several rows per block also get each query head's distinct
+//! columns packed once per call (`ColPanel`): a chunk of columns that is a run of that set (the
+//! vertical columns most query blocks of vertical-slash share) is read in place, not gathered.
+//! A chunk shorter than
 //! [`CHUNK`] scores and exponentiates only the vectors that hold its keys.
 //!
 //! A job is one (query head, query block): its `bm` rows are packed block-transposed (`MR` rows
@@ -19,8 +22,9 @@
 //! 3. `O ← diag(α)·O + P·V` chunk of value columns by chunk.
 //!
 //! Jobs go through an atomic counter, last query blocks first (under a causal mask they see the
-//! most keys); every worker enters the SIMD level itself. Scratch: packed K/V of one kv head plus
-//! per worker a query block, its accumulator, a score tile and a gathered panel.
+//! most keys); every worker enters the SIMD level itself. Scratch: packed K/V of one kv head (and
+//! its query heads' packed columns) plus per worker a query block, its accumulator, a score tile
+//! and a gathered panel.
 
 use super::{union_interval, BlockList, CHUNK};
 use crate::dispatch::{Inputs, OutputMut};
@@ -111,12 +115,70 @@ struct Shared<'a> {
     /// Row-major K (`[ldk][D]`) when one query row per block gathers columns (empty otherwise):
     /// a gathered key is then one contiguous read instead of one `Kᵀ` line per dimension.
     kr: &'a [f32],
+    /// Per query head of the group, its listed columns packed once (blocks of more than one
+    /// query row only; see [`ColPanel`]).
+    colp: &'a [ColPanel],
     plan: Plan,
     qmul: f32,
     next: AtomicUsize,
     pairs: &'a AtomicU64,
     o_out: SharedMut<f32>,
     lse_out: SharedMut<f32>,
+}
+
+/// The distinct columns one query head lists, packed once per call: `Kᵀ` as `[D][ld]` and V as
+/// `[cols][dv_pad]`. A chunk of a query block's columns that is a run of consecutive entries of
+/// `cols` is read in place from here instead of being gathered (most query blocks list the same
+/// vertical columns); other chunks are gathered as before. Same keys, same order: same bits.
+struct ColPanel {
+    cols: Vec<u32>,
+    ld: usize,
+    kt: Scratch, // [D][ld], ld ≥ cols + CHUNK (a chunk reads up to CHUNK keys past its start)
+    v: Scratch,  // [cols][dv_pad]
+}
+
+impl ColPanel {
+    /// Packs `cols` of kv head `(b, hk)` from the packed head (`Kᵀ` `[D][ldk]`, V `[ldk][dv_pad]`).
+    fn new(cols: Vec<u32>, d: usize, dv_pad: usize, kt: &[f32], ldk: usize, vp: &[f32]) -> Self {
+        let ld = round_up(cols.len(), CHUNK) + CHUNK;
+        let mut pk = Scratch::take(d * ld);
+        let mut pv = Scratch::take(cols.len() * dv_pad);
+        for dd in 0..d {
+            let (src, dst) = (&kt[dd * ldk..(dd + 1) * ldk], &mut pk[dd * ld..(dd + 1) * ld]);
+            for (t, &c) in cols.iter().enumerate() {
+                dst[t] = src[c as usize];
+            }
+            dst[cols.len()..].fill(0.0);
+        }
+        for (t, &c) in cols.iter().enumerate() {
+            let c = c as usize;
+            pv[t * dv_pad..(t + 1) * dv_pad].copy_from_slice(&vp[c * dv_pad..(c + 1) * dv_pad]);
+        }
+        Self { cols, ld, kt: pk, v: pv }
+    }
+
+    /// Bytes of the panels of a call whose query heads list at most `cols` distinct columns each.
+    fn bytes(p: &Problem, cols: usize, dv_pad: usize) -> usize {
+        let cols = cols.min(p.s_kv);
+        4 * p.group() * ((round_up(cols, CHUNK) + CHUNK) * p.d + cols * dv_pad)
+    }
+
+    /// Where `part` (ascending, a subset of `cols`) starts in the panel, when it is a run of
+    /// consecutive entries.
+    #[inline]
+    fn run_start(&self, part: &[u32]) -> Option<usize> {
+        let (first, last) = (*part.first()?, *part.last()?);
+        let i0 = self.cols.partition_point(|&c| c < first);
+        (self.cols.get(i0 + part.len() - 1) == Some(&last)).then_some(i0)
+    }
+}
+
+/// Bytes of scratch the packed columns take when each query head of a call lists at most `cols`
+/// distinct key columns (patterns of more than one query row per block; add to
+/// [`scratch_bytes`]).
+pub fn column_panel_bytes(p: &Problem, cols: usize) -> usize {
+    let plan = Plan::new(p, 2, Level::current(), Par::Seq);
+    ColPanel::bytes(p, cols, plan.dv_pad)
 }
 
 /// Sparse attention over `pattern` at the current SIMD level; returns the pairs scored (equal to
@@ -194,6 +256,16 @@ pub fn forward_at(
                 .min(p.s_kv);
             let keys = (round_up(key_end, CHUNK) + CHUNK).min(ldk);
             pack(p, inputs, b, hk, &plan, keys, par, &mut kt, &mut vp, &mut kr);
+            let colp: Vec<ColPanel> = if pattern.bm() > 1 {
+                (hk * p.group()..(hk + 1) * p.group())
+                    .map(|h| {
+                        let cols = pattern.head(b * p.h + h).distinct_cols(p.s_kv);
+                        ColPanel::new(cols, d, dv_pad, &kt, ldk, &vp)
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let sh = Shared {
                 p,
                 inputs,
@@ -204,6 +276,7 @@ pub fn forward_at(
                 kt: &kt,
                 vp: &vp,
                 kr: &kr,
+                colp: &colp,
                 plan,
                 qmul: params.scale * LOG2_E,
                 next: AtomicUsize::new(0),
@@ -391,9 +464,31 @@ fn worker_loop<S: Simd, const MR: usize, const NV: usize>(sh: &Shared, wk: &mut 
                 cols.partition_point(|&c| (c as usize) < ulo),
                 cols.partition_point(|&c| (c as usize) < uhi),
             );
+            let panel = sh.colp.get(job % g);
             for part in cols[a..z].chunks(CHUNK) {
                 let n = part.len();
                 pairs += (nrows * n) as u64;
+                // A run of the head's packed columns: read in place (lanes past `n` hold other
+                // columns or zeros; the mask step sets them to −∞ as for a gathered panel).
+                if let Some((pc, i0)) = panel.and_then(|pc| Some((pc, pc.run_start(part)?))) {
+                    // SAFETY: i0 + CHUNK ≤ ld (the panel's rows hold CHUNK keys past its last
+                    // column); the V panel holds rows i0..i0 + n.
+                    let (k, v) =
+                        unsafe { (pc.kt.as_ptr().add(i0), pc.v.as_ptr().add(i0 * dv_pad)) };
+                    chunk::<S, MR, NV>(
+                        wk,
+                        d,
+                        dv_pad,
+                        nrows,
+                        k,
+                        pc.ld,
+                        v,
+                        n,
+                        Keys::Cols(part),
+                        sh.qmul,
+                    );
+                    continue;
+                }
                 // A key is one contiguous read where one exists: the row-major copy, else the
                 // caller's row when K is f32 with unit stride along D (the values the packing
                 // copied); otherwise one `Kᵀ` line per dimension.

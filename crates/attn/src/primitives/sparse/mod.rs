@@ -101,6 +101,26 @@ impl HeadList {
         &self.cols[self.col_ptr[qb]..self.col_ptr[qb + 1]]
     }
 
+    /// Every column some query block lists, ascending and once each (keys below `s_kv`).
+    pub fn distinct_cols(&self, s_kv: usize) -> Vec<u32> {
+        if self.cols.is_empty() {
+            return Vec::new();
+        }
+        let mut seen = vec![0u64; s_kv.div_ceil(64)];
+        for &c in &self.cols {
+            seen[c as usize / 64] |= 1 << (c % 64);
+        }
+        let mut out = Vec::new();
+        for (w, &bits) in seen.iter().enumerate() {
+            let mut b = bits;
+            while b != 0 {
+                out.push((w * 64) as u32 + b.trailing_zeros());
+                b &= b - 1;
+            }
+        }
+        out
+    }
+
     /// One past the largest key any query block lists (blocks `bn` keys wide), 0 when none.
     pub fn key_end(&self, bn: usize) -> usize {
         let blocks = self.blocks.iter().max().map_or(0, |&s| s as usize + bn);
