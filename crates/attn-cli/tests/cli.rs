@@ -185,6 +185,14 @@ fn bench_writes_json_records() {
         assert_eq!(r["reps"], 2);
         assert_eq!(r["dtype"], "f32");
         assert!(r["best_s"].as_f64().unwrap() <= r["median_s"].as_f64().unwrap());
+        // Every timed call, in call order: the best is their minimum.
+        let calls: Vec<f64> =
+            r["times_s"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(
+            calls.iter().copied().fold(f64::INFINITY, f64::min),
+            r["best_s"].as_f64().unwrap()
+        );
         assert!(r["gflops_best"].as_f64().unwrap() > 0.0);
     }
     let first = &records[0];
@@ -247,6 +255,7 @@ fn bench_interleave_times_each_method_per_round() {
         }
         assert_eq!(b["reps"], 3);
         assert!(b["best_s"].as_f64().unwrap() <= b["median_s"].as_f64().unwrap());
+        assert_eq!(b["times_s"].as_array().map(Vec::len), Some(3), "one time per round: {b}");
     }
     // Rounds are --reps, so --interleave needs it.
     let err = fails(&["bench", "--shape", "s64", "--interleave"]);

@@ -45,6 +45,9 @@ struct Record {
     reps: usize,
     median_s: f64,
     best_s: f64,
+    /// Every timed call's seconds in the order the calls ran (with `--interleave`, one per
+    /// round), so the spread between calls can be read, not only the median and the best.
+    times_s: Vec<f64>,
     /// FLOPs counted per call (halved for causal).
     flops: f64,
     gflops_median: f64,
@@ -400,6 +403,7 @@ fn finish(
         live;
     let p = prepared.problem;
     let par = rt.par();
+    let times_s: Vec<f64> = times.iter().map(|t| t.as_secs_f64()).collect();
     times.sort();
     let median = median(&times);
     let best = times[0].as_secs_f64();
@@ -447,6 +451,7 @@ fn finish(
         reps: times.len(),
         median_s: median,
         best_s: best,
+        times_s,
         flops,
         gflops_median: flops / median / 1e9,
         gflops_best: flops / best / 1e9,
