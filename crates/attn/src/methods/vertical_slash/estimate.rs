@@ -115,20 +115,26 @@ pub fn scores(
         if ch >= nchunks {
             break;
         }
-        for t in ch * KEYS..((ch + 1) * KEYS).min(s_kv) {
-            let (mut v, mut s) = (0.0f32, 0.0f32);
-            for r in 0..l {
-                v += z[r * s_kv + t] * inv[r];
-                // diagonal δ = t: key p_r − t
-                let j = pos[r] - t as i64;
-                if (0..s_kv as i64).contains(&j) {
-                    s += z[r * s_kv + j as usize] * inv[r];
-                }
+        let (t0, t1) = (ch * KEYS, ((ch + 1) * KEYS).min(s_kv));
+        // SAFETY: chunk ch owns entries t0..t1 of a_v and a_s (zero from the allocation).
+        let (v, s) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(avp.get().add(t0), t1 - t0),
+                std::slice::from_raw_parts_mut(asp.get().add(t0), t1 - t0),
+            )
+        };
+        // Row by row (contiguous reads of z), each entry summing over r in ascending order:
+        // the same additions in the same order as one entry at a time.
+        for (r, &ir) in inv.iter().enumerate() {
+            let zr = &z[r * s_kv..(r + 1) * s_kv];
+            for (x, &zz) in v.iter_mut().zip(&zr[t0..t1]) {
+                *x += zz * ir;
             }
-            // SAFETY: chunk ch owns entries t of a_v and a_s.
-            unsafe {
-                *avp.get().add(t) = v;
-                *asp.get().add(t) = s;
+            // Diagonal δ = t holds key p_r − t; it exists for t ∈ [p_r − S_kv + 1, p_r].
+            let lo = (pos[r] - s_kv as i64 + 1).max(t0 as i64);
+            let hi = pos[r].min(t1 as i64 - 1);
+            for t in lo.max(0)..=hi {
+                s[(t as usize) - t0] += zr[(pos[r] - t) as usize] * ir;
             }
         }
     });
