@@ -25,6 +25,11 @@ pub struct RunCtx {
     pub stats: AttnStats,
     /// What to record, if anything.
     pub capture: Option<Capture>,
+    /// The attention calls' output and log-sum-exp buffers, kept from call to call: a fresh
+    /// output per call faulted its pages in inside the timed call (about 7 ms of a 9-head
+    /// SmolLM2 call at 8192 tokens), which an engine reusing its buffers does not pay. Every
+    /// method writes every element (NaN-poisoned in the conformance suite).
+    outputs: (Vec<f32>, Vec<f32>),
 }
 
 impl RunCtx {
@@ -40,6 +45,7 @@ impl RunCtx {
             threads: rayon::current_num_threads(),
             stats: AttnStats::default(),
             capture: None,
+            outputs: (Vec::new(), Vec::new()),
         }
     }
 
@@ -206,7 +212,7 @@ pub fn attention(ctx: &mut RunCtx, a: &AttnInput, params: &Params, out: &mut [f3
                             for t in 0..len {
                                 let src = (hi * len + t) * v_dim;
                                 let dst = (b * s_q + t) * heads * v_dim + h * v_dim;
-                                out[dst..dst + v_dim].copy_from_slice(&o.o[src..src + v_dim]);
+                                out[dst..dst + v_dim].copy_from_slice(&o[src..src + v_dim]);
                             }
                         }
                     }
@@ -219,7 +225,7 @@ pub fn attention(ctx: &mut RunCtx, a: &AttnInput, params: &Params, out: &mut [f3
                             for t in 0..s_q {
                                 let src = ((b * n + hi) * s_q + t) * v_dim;
                                 let dst = (b * s_q + t) * heads * v_dim + h * v_dim;
-                                out[dst..dst + v_dim].copy_from_slice(&o.o[src..src + v_dim]);
+                                out[dst..dst + v_dim].copy_from_slice(&o[src..src + v_dim]);
                             }
                         }
                     }
@@ -244,14 +250,16 @@ fn takes_padding(choice: &Choice) -> bool {
         .map_or(true, |m| m.capabilities().masks.contains(&attn::MaskKind::KeyPadding))
 }
 
-fn call(
-    ctx: &mut RunCtx,
+/// Runs one attention call into the context's reused output buffers and adds its time and pairs
+/// to the totals; returns the output `[B, H, S_q, D_v]`.
+fn call<'c>(
+    ctx: &'c mut RunCtx,
     choice: &Choice,
     q: TensorRef,
     k: TensorRef,
     v: TensorRef,
     params: &Params,
-) -> Result<attn::Output> {
+) -> Result<&'c [f32]> {
     if choice.is_exact() && !choice.params.is_empty() {
         return Err(ModelError::Invalid(format!(
             "`{}`: exact attention takes no parameters (name a method to tune it)",
@@ -263,16 +271,37 @@ fn call(
         par: attn::Par::Rayon(ctx.threads.max(1)),
         ..Prefs::default()
     };
+    let inputs = attn::Inputs { q, k, v };
     let t = Instant::now();
-    let o = attn::attend(q, k, v, params, &prefs)?;
+    let prepared = attn::prepare(&inputs, params, &prefs)?;
+    let p = prepared.problem;
+    let (o, lse) = &mut ctx.outputs;
+    grow(o, p.out_len(), "attention output")?;
+    grow(lse, p.lse_len(), "attention log-sum-exp")?;
+    let out = attn::OutputMut { o: &mut o[..p.out_len()], lse: &mut lse[..p.lse_len()] };
+    let stats = prepared.run(&inputs, prefs.par, out)?;
     let dt = t.elapsed();
     ctx.stats.time += dt;
     ctx.stats.calls += 1;
-    ctx.stats.computed_pairs += o.stats.computed_pairs;
-    let e = ctx.stats.by_method.entry(o.method.to_string()).or_default();
+    ctx.stats.computed_pairs += stats.computed_pairs;
+    let e = ctx.stats.by_method.entry(prepared.selection.chosen.name().to_string()).or_default();
     e.0 += 1;
     e.1 += dt;
-    Ok(o)
+    Ok(&ctx.outputs.0[..p.out_len()])
+}
+
+/// Lengthens `buf` to at least `n` elements (never shortens it: the next larger call reuses the
+/// mapped pages); a failed allocation is a typed error.
+fn grow(buf: &mut Vec<f32>, n: usize, what: &str) -> Result<()> {
+    if buf.len() < n {
+        buf.try_reserve_exact(n - buf.len()).map_err(|_| attn::Error::MemoryBudget {
+            op: format!("allocate {what}"),
+            needed: 4 * n,
+            budget: 0,
+        })?;
+        buf.resize(n, 0.0);
+    }
+    Ok(())
 }
 
 /// (query, key) pairs a mask allows for `heads` heads of `batch` sequences.
