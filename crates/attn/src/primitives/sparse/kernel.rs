@@ -468,60 +468,49 @@ fn worker_loop<S: Simd, const MR: usize, const NV: usize>(sh: &Shared, wk: &mut 
             for part in cols[a..z].chunks(CHUNK) {
                 let n = part.len();
                 pairs += (nrows * n) as u64;
-                // A run of the head's packed columns: read in place (lanes past `n` hold other
-                // columns or zeros; the mask step sets them to −∞ as for a gathered panel).
-                if let Some((pc, i0)) = panel.and_then(|pc| Some((pc, pc.run_start(part)?))) {
+                // A run of the head's packed columns is read in place (lanes past `n` hold other
+                // columns or zeros; the mask step sets them to −∞ as for a gathered panel); other
+                // chunks are gathered into the worker's panel.
+                let run = panel.and_then(|pc| Some((pc, pc.run_start(part)?)));
+                let (k, ld, v) = if let Some((pc, i0)) = run {
                     // SAFETY: i0 + CHUNK ≤ ld (the panel's rows hold CHUNK keys past its last
                     // column); the V panel holds rows i0..i0 + n.
-                    let (k, v) =
-                        unsafe { (pc.kt.as_ptr().add(i0), pc.v.as_ptr().add(i0 * dv_pad)) };
-                    chunk::<S, MR, NV>(
-                        wk,
-                        d,
-                        dv_pad,
-                        nrows,
-                        k,
-                        pc.ld,
-                        v,
-                        n,
-                        Keys::Cols(part),
-                        sh.qmul,
-                    );
-                    continue;
-                }
-                // A key is one contiguous read where one exists: the row-major copy, else the
-                // caller's row when K is f32 with unit stride along D (the values the packing
-                // copied); otherwise one `Kᵀ` line per dimension.
-                for (t, &c) in part.iter().enumerate() {
-                    let c = c as usize;
-                    let row = if sh.kr.is_empty() {
-                        sh.inputs.k.row_f32(sh.b, sh.hk, c)
-                    } else {
-                        Some(&sh.kr[c * d..(c + 1) * d])
-                    };
-                    match row {
-                        Some(src) => {
-                            for (dd, &x) in src.iter().enumerate() {
-                                wk.kg[dd * CHUNK + t] = x;
+                    unsafe { (pc.kt.as_ptr().add(i0), pc.ld, pc.v.as_ptr().add(i0 * dv_pad)) }
+                } else {
+                    // A key is one contiguous read where one exists: the row-major copy, else the
+                    // caller's row when K is f32 with unit stride along D (the values the packing
+                    // copied); otherwise one `Kᵀ` line per dimension.
+                    for (t, &c) in part.iter().enumerate() {
+                        let c = c as usize;
+                        let row = if sh.kr.is_empty() {
+                            sh.inputs.k.row_f32(sh.b, sh.hk, c)
+                        } else {
+                            Some(&sh.kr[c * d..(c + 1) * d])
+                        };
+                        match row {
+                            Some(src) => {
+                                for (dd, &x) in src.iter().enumerate() {
+                                    wk.kg[dd * CHUNK + t] = x;
+                                }
                             }
-                        }
-                        None => {
-                            for dd in 0..d {
-                                wk.kg[dd * CHUNK + t] = sh.kt[dd * ldk + c];
+                            None => {
+                                for dd in 0..d {
+                                    wk.kg[dd * CHUNK + t] = sh.kt[dd * ldk + c];
+                                }
                             }
                         }
                     }
-                }
-                for dd in 0..d {
-                    wk.kg[dd * CHUNK + n..(dd + 1) * CHUNK].fill(0.0);
-                }
-                for (t, &c) in part.iter().enumerate() {
-                    let c = c as usize;
-                    wk.vg[t * dv_pad..(t + 1) * dv_pad]
-                        .copy_from_slice(&sh.vp[c * dv_pad..(c + 1) * dv_pad]);
-                }
-                let (k, v) = (wk.kg.as_ptr(), wk.vg.as_ptr());
-                chunk::<S, MR, NV>(wk, d, dv_pad, nrows, k, CHUNK, v, n, Keys::Cols(part), sh.qmul);
+                    for dd in 0..d {
+                        wk.kg[dd * CHUNK + n..(dd + 1) * CHUNK].fill(0.0);
+                    }
+                    for (t, &c) in part.iter().enumerate() {
+                        let c = c as usize;
+                        wk.vg[t * dv_pad..(t + 1) * dv_pad]
+                            .copy_from_slice(&sh.vp[c * dv_pad..(c + 1) * dv_pad]);
+                    }
+                    (wk.kg.as_ptr(), CHUNK, wk.vg.as_ptr())
+                };
+                chunk::<S, MR, NV>(wk, d, dv_pad, nrows, k, ld, v, n, Keys::Cols(part), sh.qmul);
             }
         }
         // Finished rows. SAFETY: row (b, h, i) belongs to this job alone.
