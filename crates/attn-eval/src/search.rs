@@ -121,6 +121,10 @@ pub struct Score {
     pub recall: f64,
     /// Smallest row recall.
     pub recall_min: f64,
+    /// With a retrieval calibration prompt ([`search_with_retrieval`]): mean recall over its
+    /// last [`RETRIEVAL_ROWS`] rows (the question, which has to reach back to the needle);
+    /// `None` without one.
+    pub retrieval_recall: Option<f64>,
     /// Relative Frobenius output error.
     pub error: f64,
     /// Pairs it scored.
@@ -224,8 +228,39 @@ pub fn search(
     model: &Decoder,
     tokens: &[u32],
     cfg: &SearchConfig,
+    on_head: impl FnMut(usize, usize),
+) -> Result<SearchOutcome, EvalError> {
+    search_with_retrieval(model, tokens, None, cfg, on_head)
+}
+
+/// Rows at the end of a retrieval calibration prompt whose recall is scored
+/// ([`Score::retrieval_recall`]): the question and the answer prefix.
+pub const RETRIEVAL_ROWS: usize = 32;
+
+/// [`search`], plus a retrieval prompt (a passkey or needle sample, token ids): one more exact
+/// forward records every head on it, every candidate runs on those records too, and a head's
+/// choice must also keep `target_recall` of the exact mass on the prompt's last
+/// [`RETRIEVAL_ROWS`] rows. A method that keeps most of a text's mass can still drop the few
+/// far keys a question must reach (on SmolLM2 at 8k, plans chosen on text alone lost a passkey
+/// in three); MInference calibrates its patterns on a retrieval example for the same reason.
+///
+/// # Errors
+/// As [`search`]; also a retrieval prompt shorter than [`RETRIEVAL_ROWS`] + 1 tokens.
+pub fn search_with_retrieval(
+    model: &Decoder,
+    tokens: &[u32],
+    retrieval: Option<&[u32]>,
+    cfg: &SearchConfig,
     mut on_head: impl FnMut(usize, usize),
 ) -> Result<SearchOutcome, EvalError> {
+    if let Some(r) = retrieval {
+        if r.len() <= RETRIEVAL_ROWS {
+            return Err(EvalError::Data(format!(
+                "the retrieval prompt needs more than {RETRIEVAL_ROWS} tokens (got {})",
+                r.len()
+            )));
+        }
+    }
     if tokens.len() < 2 {
         return Err(EvalError::Data("plan search needs at least 2 calibration tokens".into()));
     }
@@ -245,12 +280,33 @@ pub fn search(
     model.forward(tokens, &mut cache, &mut ctx, ForwardOpts::default())?;
     let captured = ctx.capture.take().map(|c| c.items).unwrap_or_default();
     drop(cache);
+    let mut on_retrieval = match retrieval {
+        Some(r) => {
+            let mut ctx = RunCtx::exact();
+            ctx.threads = cfg.threads;
+            ctx.capture = Some(Capture::new(cfg.layers.clone(), None));
+            let mut cache = KvCache::default();
+            model.forward(r, &mut cache, &mut ctx, ForwardOpts::default())?;
+            ctx.capture.take().map(|c| c.items).unwrap_or_default()
+        }
+        None => Vec::new(),
+    }
+    .into_iter();
 
     let total = captured.len();
     let mut heads = Vec::with_capacity(total);
     let mut skipped: Vec<(String, String, usize)> = Vec::new();
     for (i, c) in captured.into_iter().enumerate() {
-        heads.push(score_head(&c, &candidates, cfg, &mut skipped)?);
+        let mut h = score_head(&c, &candidates, cfg, &mut skipped)?;
+        if retrieval.is_some() {
+            // Both forwards record the same (layer, head) sequence.
+            let r = on_retrieval.next().filter(|r| (r.layer, r.head) == (c.layer, c.head));
+            let r = r.ok_or_else(|| {
+                EvalError::Data("the retrieval prompt recorded other heads than the text".into())
+            })?;
+            score_retrieval(&r, &mut h, cfg)?;
+        }
+        heads.push(h);
         on_head(i + 1, total);
     }
     let weights = weights(&heads);
@@ -300,6 +356,9 @@ pub fn select(
             let mut score = BTreeMap::new();
             score.insert("recall".to_string(), s.recall);
             score.insert("recall_min".to_string(), s.recall_min);
+            if let Some(r) = s.retrieval_recall {
+                score.insert("retrieval_recall".to_string(), r);
+            }
             score.insert("error".to_string(), s.error);
             score.insert("density".to_string(), s.pairs as f64 / r.exact_pairs.max(1) as f64);
             score.insert("weight".to_string(), weights.get(&s.spec).copied().unwrap_or(1.0));
@@ -367,6 +426,7 @@ fn score_head(
             spec: spec.clone(),
             recall: if n > 0 { sum / n as f64 } else { 1.0 },
             recall_min: if n > 0 { min } else { 1.0 },
+            retrieval_recall: None,
             error: if norm > 0.0 { diff / norm } else { diff },
             pairs: out.stats.computed_pairs,
             time_s: t.elapsed().as_secs_f64(),
@@ -374,6 +434,44 @@ fn score_head(
     }
     let exact_pairs = exact.stats.computed_pairs;
     Ok(HeadResult { layer: c.layer, head: c.head, exact_pairs, exact_time_s, scores, chosen: None })
+}
+
+/// Each candidate of `h` on the retrieval prompt's records `r` of the same head: the mean recall
+/// over its last [`RETRIEVAL_ROWS`] rows. A candidate that fails there keeps recall 0 (never
+/// chosen by the quality bounds).
+fn score_retrieval(r: &Captured, h: &mut HeadResult, cfg: &SearchConfig) -> Result<(), EvalError> {
+    let inputs = r.inputs()?;
+    let params = r.head_params();
+    let prefs = |m: &str| Prefs {
+        method: Some(m.to_string()),
+        par: attn::Par::Rayon(cfg.threads.max(1)),
+        ..Prefs::default()
+    };
+    let exact = attn::attend(inputs.q, inputs.k, inputs.v, &params, &prefs("sdpa-flash"))
+        .map_err(attn_models::ModelError::from)?;
+    let tail = exact.lse.len().saturating_sub(RETRIEVAL_ROWS);
+    for s in &mut h.scores {
+        let recall = match attn::attend(inputs.q, inputs.k, inputs.v, &params, &prefs(&s.spec)) {
+            Ok(out) => {
+                let (mut sum, mut n) = (0.0f64, 0usize);
+                for (&a, &b) in out.lse[tail..].iter().zip(&exact.lse[tail..]) {
+                    if b.is_finite() {
+                        sum +=
+                            if a.is_finite() { (f64::from(a) - f64::from(b)).exp() } else { 0.0 };
+                        n += 1;
+                    }
+                }
+                if n > 0 {
+                    sum / n as f64
+                } else {
+                    1.0
+                }
+            }
+            Err(_) => 0.0,
+        };
+        s.retrieval_recall = Some(recall);
+    }
+    Ok(())
 }
 
 /// Every score of every head as JSON lines (`attn plan --scores`): one candidate on one head
@@ -386,6 +484,7 @@ pub fn write_scores(heads: &[HeadResult]) -> String {
             let line = serde_json::json!({
                 "layer": h.layer, "head": h.head, "candidate": c.spec,
                 "recall": c.recall, "recall_min": c.recall_min, "error": c.error,
+                "retrieval_recall": c.retrieval_recall,
                 "pairs": c.pairs, "exact_pairs": h.exact_pairs,
                 "time_s": c.time_s, "exact_time_s": h.exact_time_s,
                 "chosen": h.chosen == Some(i),
@@ -400,7 +499,8 @@ pub fn write_scores(heads: &[HeadResult]) -> String {
 /// The heads of a scores file written by `attn plan --scores` (JSON lines: one candidate on
 /// one head per line, the heads in order), to choose again without measuring: every line's
 /// `layer`, `head`, `candidate`, `recall`, `recall_min`, `error` (null = not a number),
-/// `pairs`, `exact_pairs`, `time_s` and `exact_time_s`. The choices are not read back.
+/// `pairs`, `exact_pairs`, `time_s` and `exact_time_s`, and `retrieval_recall` where the search
+/// had a retrieval prompt (absent or null: none). The choices are not read back.
 ///
 /// # Errors
 /// [`EvalError::Data`] naming the line for a line that does not parse or lacks a field, and
@@ -413,6 +513,8 @@ pub fn read_scores(text: &str) -> Result<Vec<HeadResult>, EvalError> {
         candidate: String,
         recall: Option<f64>,
         recall_min: Option<f64>,
+        #[serde(default)]
+        retrieval_recall: Option<f64>,
         error: Option<f64>,
         pairs: u64,
         exact_pairs: u64,
@@ -430,6 +532,7 @@ pub fn read_scores(text: &str) -> Result<Vec<HeadResult>, EvalError> {
             spec: x.candidate,
             recall: x.recall.unwrap_or(f64::NAN),
             recall_min: x.recall_min.unwrap_or(f64::NAN),
+            retrieval_recall: x.retrieval_recall,
             error: x.error.unwrap_or(f64::NAN),
             pairs: x.pairs,
             time_s: x.time_s,
@@ -474,8 +577,9 @@ pub fn weights(heads: &[HeadResult]) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// The cheapest candidate of `h` (pairs × weight) that meets the quality bounds and costs less
-/// than exact; `None` = exact.
+/// The cheapest candidate of `h` (pairs × weight) that meets the quality bounds (recall, and
+/// retrieval recall where scored, at least `target_recall`; error at most `max_error`) and costs
+/// less than exact; `None` = exact.
 pub fn choose(
     h: &HeadResult,
     cfg: &SearchConfig,
@@ -487,6 +591,7 @@ pub fn choose(
         .enumerate()
         .filter(|(_, s)| {
             s.recall >= cfg.target_recall
+                && s.retrieval_recall.is_none_or(|r| r >= cfg.target_recall)
                 && s.error <= cfg.max_error
                 && cost(s) < h.exact_pairs as f64
         })

@@ -7,8 +7,8 @@ use attn_eval::lm::{self, LmInput};
 use attn_eval::needle::{self, NeedleInput};
 use attn_eval::retrieval::TaskKind;
 use attn_eval::search::{
-    choose, choose_budget, read_scores, search, select, write_scores, HeadResult, Score,
-    SearchConfig,
+    choose, choose_budget, read_scores, search, search_with_retrieval, select, write_scores,
+    HeadResult, Score, SearchConfig, RETRIEVAL_ROWS,
 };
 use attn_models::decoder::Decoder;
 use attn_models::{AttentionPlan, Choice};
@@ -23,7 +23,15 @@ fn tokens(m: &Decoder, n: usize) -> Vec<u32> {
 }
 
 fn score(spec: &str, recall: f64, error: f64, pairs: u64, time_s: f64) -> Score {
-    Score { spec: spec.into(), recall, recall_min: recall, error, pairs, time_s }
+    Score {
+        spec: spec.into(),
+        recall,
+        recall_min: recall,
+        retrieval_recall: None,
+        error,
+        pairs,
+        time_s,
+    }
 }
 
 #[test]
@@ -50,6 +58,33 @@ fn choose_takes_the_cheapest_weighted_candidate_that_meets_both_bounds() {
     // Nothing cheaper than exact: exact.
     w.insert("a".to_string(), 2.0);
     assert_eq!(choose(&h, &cfg, &w), None);
+}
+
+#[test]
+fn a_retrieval_recall_below_the_target_rules_a_candidate_out() {
+    let mut h = HeadResult {
+        layer: 0,
+        head: 0,
+        exact_pairs: 1000,
+        exact_time_s: 1.0,
+        scores: vec![score("wide", 0.99, 0.01, 600, 0.6), score("narrow", 0.97, 0.02, 200, 0.2)],
+        chosen: None,
+    };
+    let cfg = SearchConfig { target_recall: 0.95, max_error: 0.1, ..SearchConfig::default() };
+    let w = BTreeMap::new();
+    assert_eq!(choose(&h, &cfg, &w), Some(1), "no retrieval scores: the cheaper one");
+    // The narrow one keeps the text's mass but not the question's reach back to the needle.
+    h.scores[0].retrieval_recall = Some(0.98);
+    h.scores[1].retrieval_recall = Some(0.40);
+    assert_eq!(choose(&h, &cfg, &w), Some(0));
+    h.scores[0].retrieval_recall = Some(0.90);
+    assert_eq!(choose(&h, &cfg, &w), None, "neither reaches it: exact");
+    // The scores file keeps the retrieval recall; files without it read as none.
+    let back = read_scores(&write_scores(std::slice::from_ref(&h))).expect("reads");
+    let got: Vec<Option<f64>> = back[0].scores.iter().map(|s| s.retrieval_recall).collect();
+    assert_eq!(got, vec![Some(0.90), Some(0.40)]);
+    let old = r#"{"layer":0,"head":0,"candidate":"x","recall":0.9,"recall_min":0.1,"error":0.1,"pairs":5,"exact_pairs":9,"time_s":0.1,"exact_time_s":0.2}"#;
+    assert_eq!(read_scores(old).expect("reads")[0].scores[0].retrieval_recall, None);
 }
 
 /// A head with `exact_pairs` 1000 and the given (spec, pairs, error) candidates.
@@ -268,6 +303,60 @@ fn searched_plan_runs_what_it_chose_and_exact_where_nothing_qualifies() {
     assert!(out.plan.is_exact(), "{:?}", out.plan.overrides.first());
     assert!((out.density() - 1.0).abs() < 1e-12);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_retrieval_prompt_scores_every_candidate_on_its_last_rows() {
+    let m = smollm2();
+    let t = tokens(&m, 320);
+    let mut passkey = NeedleInput::new(&m, &[TaskKind::Passkey], 400, 1, 1).expect("sample");
+    let (_, ids) = passkey.samples.remove(0);
+    let cfg = SearchConfig {
+        target_recall: 0.5,
+        max_error: f64::INFINITY,
+        candidates: vec!["streaming:sink=4,window=32".into(), "streaming:sink=4,window=256".into()],
+        threads: 2,
+        layers: Some([0, 15].into_iter().collect()),
+        speedup: None,
+    };
+    let out = search_with_retrieval(&m, &t, Some(&ids), &cfg, |_, _| {}).expect("search");
+    assert_eq!(out.heads.len(), 2 * m.config.heads);
+    for h in &out.heads {
+        for s in &h.scores {
+            let r = s.retrieval_recall.expect("scored on the prompt");
+            assert!(r > 0.0 && r <= 1.0 + 1e-6, "{} recall {r}", s.spec);
+        }
+        // The wider window keeps at least the narrower one's mass on the question rows.
+        let (narrow, wide) = (&h.scores[0], &h.scores[1]);
+        assert!(
+            wide.retrieval_recall >= narrow.retrieval_recall,
+            "layer {} head {}",
+            h.layer,
+            h.head
+        );
+        if let Some(c) = h.chosen {
+            assert!(h.scores[c].retrieval_recall.unwrap() >= 0.5 && h.scores[c].recall >= 0.5);
+        }
+    }
+    // Chosen by pairs alone (at 320 tokens the measured time per pair can make every window dearer
+    // than exact): every choice keeps both recalls, and the plan file carries the retrieval
+    // recall beside it.
+    let mut heads = out.heads.clone();
+    let plan = select(&mut heads, &cfg, &BTreeMap::new()).expect("select");
+    assert!(!plan.overrides.is_empty());
+    for h in heads.iter().filter(|h| h.chosen.is_some()) {
+        let s = &h.scores[h.chosen.unwrap()];
+        assert!(s.retrieval_recall.unwrap() >= 0.5 && s.recall >= 0.5, "{}", s.spec);
+    }
+    for o in &plan.overrides {
+        let r = o.score.as_ref().and_then(|s| s.get("retrieval_recall").copied());
+        assert!(r.is_some_and(|r| r >= 0.5), "{:?}", o.score);
+    }
+    // Without the prompt no candidate carries a retrieval recall; a prompt too short is an error.
+    let plain = search(&m, &t, &cfg, |_, _| {}).expect("search");
+    assert!(plain.heads.iter().all(|h| h.scores.iter().all(|s| s.retrieval_recall.is_none())));
+    let short = &ids[..RETRIEVAL_ROWS];
+    assert!(search_with_retrieval(&m, &t, Some(short), &cfg, |_, _| {}).is_err());
 }
 
 #[test]

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use attn_eval::search::{
-    read_scores, search, select, weights, write_scores, SearchConfig, SearchOutcome,
+    read_scores, search_with_retrieval, select, weights, write_scores, SearchConfig, SearchOutcome,
+    RETRIEVAL_ROWS,
 };
 use clap::Args;
 
@@ -19,7 +20,10 @@ candidate method (with its budget) then runs on every head and is scored by the 
 it keeps (recall: mean over rows of exp(lse_method − lse_exact)), its relative output error, and \
 the (query, key) pairs it scores, each call timed. Each head gets the cheapest candidate \
 (pairs × the candidate's seconds-per-pair over exact's, summed over all heads) with recall ≥ \
---target-recall and error ≤ --max-error, else exact. With --speedup X instead: the choices whose \
+--target-recall and error ≤ --max-error, else exact. With --retrieval TASK a second exact forward \
+over one retrieval prompt (e.g. passkey) records every head again, and a choice must also keep \
+--target-recall on that prompt's last 32 rows, where the question reaches back to the needle: \
+mean recall over a text does not protect the few keys retrieval needs. With --speedup X instead: the choices whose \
 summed cost is at most exact's over X with the smallest summed output error (the quality bounds \
 do not apply). --from-scores FILE chooses again from a file --scores wrote, without running the \
 model. The plan file (JSON, versioned) holds the scores beside each choice; `attn eval --plan \
@@ -27,6 +31,7 @@ FILE` and `attn perplexity --method @FILE` run it.
 Calibrate on a different text than the one you evaluate on (default: Persuasion; eval: Emma).
 Examples:
   attn plan --model smollm2 --tokens 8192 --out plan.json --scores scores.jsonl
+  attn plan --model smollm2 --tokens 8192 --target-recall 0.9 --retrieval passkey --out plan.json
   attn plan --from-scores scores.jsonl --speedup 4 --out plan-4x.json
   attn plan --model smollm2 --tokens 4096 --candidate vertical-slash:vertical=128,slash=256 \\
       --candidate streaming:sink=64,window=1024 --target-recall 0.9 --out plan.json")]
@@ -40,6 +45,12 @@ pub struct PlanArgs {
     /// Calibration tokens (the length the plan is meant for)
     #[arg(long, default_value_t = 8192)]
     pub tokens: usize,
+    /// Also calibrate on one retrieval prompt of --tokens tokens (a task of `attn eval --task
+    /// retrieval`: passkey, niah_single_2, …; generated under seed 1, which eval's default seed 0
+    /// does not use): a head's choice must also keep --target-recall of the exact attention mass
+    /// on the prompt's last 32 rows, the question that reaches back to the needle
+    #[arg(long, value_name = "TASK")]
+    pub retrieval: Option<String>,
     /// Smallest mean attention-mass recall a chosen method keeps on a head
     #[arg(long, default_value_t = 0.95)]
     pub target_recall: f64,
@@ -160,6 +171,11 @@ fn keep_candidates(heads: &mut [attn_eval::search::HeadResult], wanted: &[String
 
 /// Runs the model over the calibration tokens and scores every candidate on every head.
 fn measure(a: &PlanArgs, cfg: &SearchConfig) -> Result<SearchOutcome> {
+    let retrieval_kind: Option<attn_eval::retrieval::TaskKind> = a
+        .retrieval
+        .as_deref()
+        .map(|task| task.parse().map_err(|e| anyhow::anyhow!("--retrieval `{task}`: {e}")))
+        .transpose()?;
     let text = if std::path::Path::new(&a.text).exists() {
         std::fs::read_to_string(&a.text).with_context(|| format!("reading {}", a.text))?
     } else {
@@ -172,6 +188,20 @@ fn measure(a: &PlanArgs, cfg: &SearchConfig) -> Result<SearchOutcome> {
     }
     let input = attn_eval::lm::LmInput::new(&model, &text, a.tokens, 0)?;
     let tokens = &input.windows[0];
+    let retrieval = match retrieval_kind {
+        Some(kind) => {
+            let mut r = attn_eval::needle::NeedleInput::new(&model, &[kind], a.tokens, 1, 1)?;
+            let (sample, ids) = r.samples.remove(0);
+            let depth = sample.depth.map_or("–".to_string(), |d| format!("{:.0} %", 100.0 * d));
+            eprintln!(
+                "retrieval calibration: {kind}, {} tokens, needle at depth {depth}, recall over \
+                 the last {RETRIEVAL_ROWS} rows",
+                ids.len()
+            );
+            Some(ids)
+        }
+        None => None,
+    };
     if let Some(l) = a.layers.iter().find(|&&l| l >= model.config.layers.len()) {
         bail!("--layers: layer {l} out of range (the model has {})", model.config.layers.len());
     }
@@ -189,10 +219,11 @@ fn measure(a: &PlanArgs, cfg: &SearchConfig) -> Result<SearchOutcome> {
         b
     };
     eprintln!("{}: exact forward over {} tokens, recording every head", a.model, tokens.len());
-    let outcome = search(&model, tokens, cfg, |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
+    let outcome =
+        search_with_retrieval(&model, tokens, retrieval.as_deref(), cfg, |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        })?;
     bar.finish_and_clear();
     Ok(outcome)
 }
