@@ -373,6 +373,34 @@ pub fn select(
     Ok(plan)
 }
 
+/// The call preferences of one candidate (or exact's `sdpa-flash`) in the search.
+fn prefs(method: &str, cfg: &SearchConfig) -> Prefs {
+    Prefs {
+        method: Some(method.to_string()),
+        par: attn::Par::Rayon(cfg.threads.max(1)),
+        ..Prefs::default()
+    }
+}
+
+/// Mean and smallest attention-mass recall `exp(lse − lse_exact)` over the rows exact attention
+/// sees something on (a row the method leaves empty keeps 0); `(1, 1)` when there is none.
+fn recall(lse: &[f32], exact: &[f32]) -> (f64, f64) {
+    let (mut sum, mut n, mut min) = (0.0f64, 0usize, f64::INFINITY);
+    for (&a, &b) in lse.iter().zip(exact) {
+        if b.is_finite() {
+            let r = if a.is_finite() { (f64::from(a) - f64::from(b)).exp() } else { 0.0 };
+            sum += r;
+            n += 1;
+            min = min.min(r);
+        }
+    }
+    if n > 0 {
+        (sum / n as f64, min)
+    } else {
+        (1.0, 1.0)
+    }
+}
+
 fn score_head(
     c: &Captured,
     candidates: &[String],
@@ -381,11 +409,7 @@ fn score_head(
 ) -> Result<HeadResult, EvalError> {
     let inputs = c.inputs()?;
     let params = c.head_params();
-    let prefs = |m: &str| Prefs {
-        method: Some(m.to_string()),
-        par: attn::Par::Rayon(cfg.threads.max(1)),
-        ..Prefs::default()
-    };
+    let prefs = |m: &str| prefs(m, cfg);
     let t = Instant::now();
     let exact = attn::attend(inputs.q, inputs.k, inputs.v, &params, &prefs("sdpa-flash"))
         .map_err(attn_models::ModelError::from)?;
@@ -406,15 +430,7 @@ fn score_head(
                 continue;
             }
         };
-        let (mut sum, mut n, mut min) = (0.0f64, 0usize, f64::INFINITY);
-        for (&a, &b) in out.lse.iter().zip(&exact.lse) {
-            if b.is_finite() {
-                let r = if a.is_finite() { (f64::from(a) - f64::from(b)).exp() } else { 0.0 };
-                sum += r;
-                n += 1;
-                min = min.min(r);
-            }
-        }
+        let (recall, recall_min) = recall(&out.lse, &exact.lse);
         let diff = out
             .o
             .iter()
@@ -424,8 +440,8 @@ fn score_head(
             .sqrt();
         scores.push(Score {
             spec: spec.clone(),
-            recall: if n > 0 { sum / n as f64 } else { 1.0 },
-            recall_min: if n > 0 { min } else { 1.0 },
+            recall,
+            recall_min,
             retrieval_recall: None,
             error: if norm > 0.0 { diff / norm } else { diff },
             pairs: out.stats.computed_pairs,
@@ -442,34 +458,16 @@ fn score_head(
 fn score_retrieval(r: &Captured, h: &mut HeadResult, cfg: &SearchConfig) -> Result<(), EvalError> {
     let inputs = r.inputs()?;
     let params = r.head_params();
-    let prefs = |m: &str| Prefs {
-        method: Some(m.to_string()),
-        par: attn::Par::Rayon(cfg.threads.max(1)),
-        ..Prefs::default()
-    };
+    let prefs = |m: &str| prefs(m, cfg);
     let exact = attn::attend(inputs.q, inputs.k, inputs.v, &params, &prefs("sdpa-flash"))
         .map_err(attn_models::ModelError::from)?;
     let tail = exact.lse.len().saturating_sub(RETRIEVAL_ROWS);
     for s in &mut h.scores {
-        let recall = match attn::attend(inputs.q, inputs.k, inputs.v, &params, &prefs(&s.spec)) {
-            Ok(out) => {
-                let (mut sum, mut n) = (0.0f64, 0usize);
-                for (&a, &b) in out.lse[tail..].iter().zip(&exact.lse[tail..]) {
-                    if b.is_finite() {
-                        sum +=
-                            if a.is_finite() { (f64::from(a) - f64::from(b)).exp() } else { 0.0 };
-                        n += 1;
-                    }
-                }
-                if n > 0 {
-                    sum / n as f64
-                } else {
-                    1.0
-                }
-            }
+        let r = match attn::attend(inputs.q, inputs.k, inputs.v, &params, &prefs(&s.spec)) {
+            Ok(out) => recall(&out.lse[tail..], &exact.lse[tail..]).0,
             Err(_) => 0.0,
         };
-        s.retrieval_recall = Some(recall);
+        s.retrieval_recall = Some(r);
     }
     Ok(())
 }
