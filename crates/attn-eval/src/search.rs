@@ -280,34 +280,40 @@ pub fn search_with_retrieval(
     model.forward(tokens, &mut cache, &mut ctx, ForwardOpts::default())?;
     let captured = ctx.capture.take().map(|c| c.items).unwrap_or_default();
     drop(cache);
-    let mut on_retrieval = match retrieval {
-        Some(r) => {
-            let mut ctx = RunCtx::exact();
-            ctx.threads = cfg.threads;
-            ctx.capture = Some(Capture::new(cfg.layers.clone(), None));
-            let mut cache = KvCache::default();
-            model.forward(r, &mut cache, &mut ctx, ForwardOpts::default())?;
-            ctx.capture.take().map(|c| c.items).unwrap_or_default()
-        }
-        None => Vec::new(),
-    }
-    .into_iter();
-
-    let total = captured.len();
-    let mut heads = Vec::with_capacity(total);
+    // Scored head by head, each record dropped once scored; the retrieval prompt's records come
+    // after, so only one set is held at a time.
+    let rounds = if retrieval.is_some() { 2 } else { 1 };
+    let total = rounds * captured.len();
+    let mut heads = Vec::with_capacity(captured.len());
     let mut skipped: Vec<(String, String, usize)> = Vec::new();
     for (i, c) in captured.into_iter().enumerate() {
-        let mut h = score_head(&c, &candidates, cfg, &mut skipped)?;
-        if retrieval.is_some() {
-            // Both forwards record the same (layer, head) sequence.
-            let r = on_retrieval.next().filter(|r| (r.layer, r.head) == (c.layer, c.head));
-            let r = r.ok_or_else(|| {
-                EvalError::Data("the retrieval prompt recorded other heads than the text".into())
-            })?;
-            score_retrieval(&r, &mut h, cfg)?;
-        }
-        heads.push(h);
+        heads.push(score_head(&c, &candidates, cfg, &mut skipped)?);
         on_head(i + 1, total);
+    }
+    if let Some(r) = retrieval {
+        let mut ctx = RunCtx::exact();
+        ctx.threads = cfg.threads;
+        ctx.capture = Some(Capture::new(cfg.layers.clone(), None));
+        let mut cache = KvCache::default();
+        model.forward(r, &mut cache, &mut ctx, ForwardOpts::default())?;
+        let records = ctx.capture.take().map(|c| c.items).unwrap_or_default();
+        drop(cache);
+        if records.len() != heads.len() {
+            return Err(EvalError::Data(
+                "the retrieval prompt recorded other heads than the text".into(),
+            ));
+        }
+        let n = heads.len();
+        for (i, (rec, h)) in records.into_iter().zip(heads.iter_mut()).enumerate() {
+            // Both forwards record the same (layer, head) sequence.
+            if (rec.layer, rec.head) != (h.layer, h.head) {
+                return Err(EvalError::Data(
+                    "the retrieval prompt recorded other heads than the text".into(),
+                ));
+            }
+            score_retrieval(&rec, h, cfg)?;
+            on_head(n + i + 1, total);
+        }
     }
     let weights = weights(&heads);
     let plan = select(&mut heads, cfg, &weights)?;
