@@ -273,13 +273,7 @@ pub fn search_with_retrieval(
     for c in &candidates {
         attn::methods::build(c).map_err(|e| EvalError::Data(format!("candidate `{c}`: {e}")))?;
     }
-    let mut ctx = RunCtx::exact();
-    ctx.threads = cfg.threads;
-    ctx.capture = Some(Capture::new(cfg.layers.clone(), None));
-    let mut cache = KvCache::default();
-    model.forward(tokens, &mut cache, &mut ctx, ForwardOpts::default())?;
-    let captured = ctx.capture.take().map(|c| c.items).unwrap_or_default();
-    drop(cache);
+    let captured = record(model, tokens, cfg)?;
     // Scored head by head, each record dropped once scored; the retrieval prompt's records come
     // after, so only one set is held at a time.
     let rounds = if retrieval.is_some() { 2 } else { 1 };
@@ -291,13 +285,7 @@ pub fn search_with_retrieval(
         on_head(i + 1, total);
     }
     if let Some(r) = retrieval {
-        let mut ctx = RunCtx::exact();
-        ctx.threads = cfg.threads;
-        ctx.capture = Some(Capture::new(cfg.layers.clone(), None));
-        let mut cache = KvCache::default();
-        model.forward(r, &mut cache, &mut ctx, ForwardOpts::default())?;
-        let records = ctx.capture.take().map(|c| c.items).unwrap_or_default();
-        drop(cache);
+        let records = record(model, r, cfg)?;
         if records.len() != heads.len() {
             return Err(EvalError::Data(
                 "the retrieval prompt recorded other heads than the text".into(),
@@ -318,6 +306,16 @@ pub fn search_with_retrieval(
     let weights = weights(&heads);
     let plan = select(&mut heads, cfg, &weights)?;
     Ok(SearchOutcome { plan, heads, skipped, tokens: tokens.len(), weights })
+}
+
+/// One exact forward over `tokens` recording the Q/K/V of every searched head.
+fn record(model: &Decoder, tokens: &[u32], cfg: &SearchConfig) -> Result<Vec<Captured>, EvalError> {
+    let mut ctx = RunCtx::exact();
+    ctx.threads = cfg.threads;
+    ctx.capture = Some(Capture::new(cfg.layers.clone(), None));
+    let mut cache = KvCache::default();
+    model.forward(tokens, &mut cache, &mut ctx, ForwardOpts::default())?;
+    Ok(ctx.capture.take().map(|c| c.items).unwrap_or_default())
 }
 
 /// Checks the selection settings.
